@@ -1,0 +1,276 @@
+"""LoRA files: detect the key layout, convert to kohya keys with ``.alpha``, read and write our
+metadata in the safetensors header, and write files atomically.
+
+Layouts handled:
+- "kohya":    lora_unet_<path_with_underscores>.lora_down.weight / .lora_up.weight / .alpha
+              (also lora_te_, lora_te1_, lora_te2_ for text encoders)
+- "peft":     [base_model.model.|unet.|text_encoder.]<dotted.path>.lora_A[.<adapter>].weight / lora_B
+- "diffusers_old": [unet.]<path>.lora.down.weight / .lora.up.weight, and attention processors
+              (<path>.processor.to_q_lora.down.weight)
+ComfyUI v0.8.0 loads kohya keys for SD1.5/SDXL but not the peft layout, so :func:`to_kohya`
+is what a loader should call before handing the state dict to ComfyUI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field, asdict
+from typing import Mapping
+
+import torch
+
+METADATA_PREFIX = "hypersd."
+FORMATS = ("kohya", "peft", "diffusers_old")
+
+_PEFT_RE = re.compile(r"^(?P<mod>.+?)\.lora_(?P<ab>[AB])(?:\.(?P<adapter>[^.]+))?\.weight$")
+_OLD_RE = re.compile(r"^(?P<mod>.+?)\.lora\.(?P<ud>up|down)\.weight$")
+_PROC_RE = re.compile(r"^(?P<mod>.+?)\.processor\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<ud>up|down)\.weight$")
+_KOHYA_RE = re.compile(r"^(?P<mod>lora_(?:unet|te|te1|te2)_[A-Za-z0-9_]+)\.(?P<kind>lora_down\.weight|lora_up\.weight|alpha)$")
+
+_PREFIX_TO_KOHYA = (
+    ("base_model.model.", "lora_unet_"),
+    ("unet.", "lora_unet_"),
+    ("text_encoder_2.", "lora_te2_"),
+    ("text_encoder.", "lora_te1_"),
+    ("", "lora_unet_"),
+)
+
+
+class LoraFormatError(ValueError):
+    """A LoRA file or state dict we cannot read; the message says what to do."""
+
+
+def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Return the layout of a LoRA state dict: one of FORMATS."""
+    keys = list(state_dict)
+    if not keys:
+        raise LoraFormatError("the LoRA file holds no tensors")
+    if any(_KOHYA_RE.match(k) for k in keys):
+        return "kohya"
+    if any(_PEFT_RE.match(k) for k in keys):
+        return "peft"
+    if any(_OLD_RE.match(k) or _PROC_RE.match(k) for k in keys):
+        return "diffusers_old"
+    sample = ", ".join(keys[:3])
+    raise LoraFormatError(
+        f"unrecognised LoRA layout (first keys: {sample}); expected kohya (lora_unet_*.lora_down.weight), "
+        "peft (*.lora_A.weight) or diffusers (*.lora.down.weight) keys"
+    )
+
+
+def _kohya_name(module_path: str) -> str:
+    for prefix, kprefix in _PREFIX_TO_KOHYA:
+        if module_path.startswith(prefix):
+            rest = module_path[len(prefix):]
+            if prefix == "" and rest.startswith("text_model."):
+                kprefix = "lora_te1_"
+            return kprefix + rest.replace(".", "_")
+    raise AssertionError("unreachable")
+
+
+def _rank_alpha_from_metadata(metadata: Mapping[str, str] | None) -> dict:
+    """peft alpha/rank per module from diffusers' ``lora_adapter_metadata`` header entries."""
+    out: dict = {}
+    if not metadata:
+        return out
+    for key, val in metadata.items():
+        if "lora_adapter_metadata" not in key:
+            continue
+        try:
+            cfg = json.loads(val)
+        except (TypeError, json.JSONDecodeError):
+            continue
+        out.setdefault("lora_alpha", cfg.get("lora_alpha"))
+        out.setdefault("r", cfg.get("r"))
+        out.setdefault("alpha_pattern", cfg.get("alpha_pattern") or {})
+    return out
+
+
+def to_kohya(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None,
+             default_alpha: float | None = None) -> dict[str, torch.Tensor]:
+    """Convert any supported layout to kohya keys with an ``.alpha`` per module.
+
+    For peft/diffusers layouts the alpha comes from the header's adapter metadata when present,
+    else ``default_alpha``, else the rank (scale 1, what diffusers assumes without alphas).
+    """
+    fmt = detect_format(state_dict)
+    if fmt == "kohya":
+        return dict(state_dict)
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for k, v in state_dict.items():
+        m = _PEFT_RE.match(k)
+        if m:
+            pairs.setdefault(m["mod"], {})["down" if m["ab"] == "A" else "up"] = v
+            continue
+        m = _OLD_RE.match(k)
+        if m:
+            pairs.setdefault(m["mod"], {})[m["ud"]] = v
+            continue
+        m = _PROC_RE.match(k)
+        if m:
+            proj = "to_out.0" if m["proj"] == "to_out" else m["proj"]
+            pairs.setdefault(f"{m['mod']}.{proj}", {})[m["ud"]] = v
+            continue
+        if k.endswith(".alpha"):
+            pairs.setdefault(k[: -len(".alpha")], {})["alpha"] = v
+            continue
+        raise LoraFormatError(f"key {k!r} does not fit the {fmt} layout of the rest of the file")
+    peft_cfg = _rank_alpha_from_metadata(metadata)
+    out: dict[str, torch.Tensor] = {}
+    for mod, p in pairs.items():
+        if "down" not in p or "up" not in p:
+            raise LoraFormatError(f"module {mod!r} has only one of its two LoRA matrices; the file is incomplete")
+        name = _kohya_name(mod)
+        rank = p["down"].shape[0]
+        alpha = p.get("alpha")
+        if alpha is None:
+            a = peft_cfg.get("alpha_pattern", {}).get(mod, peft_cfg.get("lora_alpha")) or default_alpha or rank
+            alpha = torch.tensor(float(a))
+        out[f"{name}.lora_down.weight"] = p["down"]
+        out[f"{name}.lora_up.weight"] = p["up"]
+        out[f"{name}.alpha"] = alpha.reshape(()).float()
+    return out
+
+
+def kohya_to_peft(state_dict: Mapping[str, torch.Tensor], module_names: list[str],
+                  prefix: str = "unet.") -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """kohya keys -> diffusers/peft keys (``unet.<path>.lora_A.weight``) for the given dotted
+    module names; returns the state dict and each module's alpha (for the adapter config)."""
+    by_kohya = {_kohya_name(prefix + n): n for n in module_names}
+    out, alphas = {}, {}
+    for k, v in state_dict.items():
+        m = _KOHYA_RE.match(k)
+        if not m:
+            raise LoraFormatError(f"not a kohya key: {k!r}")
+        mod = by_kohya.get(m["mod"])
+        if mod is None:
+            raise LoraFormatError(f"kohya module {m['mod']!r} matches no module of the model")
+        if m["kind"] == "alpha":
+            alphas[mod] = float(v)
+        else:
+            ab = "lora_A" if m["kind"].startswith("lora_down") else "lora_B"
+            out[f"{prefix}{mod}.{ab}.weight"] = v
+    return out, alphas
+
+
+def lora_delta(down: torch.Tensor, up: torch.Tensor, alpha: float | None, strength: float = 1.0) -> torch.Tensor:
+    """Delta W = strength * (alpha/rank) * up @ down (conv kernels flattened and restored)."""
+    rank = down.shape[0]
+    scale = strength * ((float(alpha) / rank) if alpha is not None else 1.0)
+    if down.ndim == 4:
+        if down.shape[2:] == (1, 1):
+            w = (up.flatten(1) @ down.flatten(1)).reshape(up.shape[0], down.shape[1], 1, 1)
+        else:
+            w = torch.einsum("or,rihw->oihw", up.flatten(1), down)
+        return scale * w
+    return scale * (up @ down)
+
+
+# -- base model detection ---------------------------------------------------------------------
+CROSS_ATTENTION_DIMS = {768: "sd15", 1024: "sd21", 2048: "sdxl"}
+
+
+def infer_base_model(state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """Guess the base model from cross-attention key projections (768: SD1.5, 2048: SDXL).
+
+    Returns None when the file has no cross-attention k/v LoRA to judge from.
+    """
+    sd = to_kohya(state_dict) if detect_format(state_dict) != "kohya" else state_dict
+    for k, v in sd.items():
+        if k.startswith("lora_te2_"):
+            return "sdxl"
+        if k.startswith("lora_unet_") and re.search(r"attn2_to_[kv]\.lora_down\.weight$", k):
+            return CROSS_ATTENTION_DIMS.get(int(v.shape[1]), f"unknown(cross_attention_dim={v.shape[1]})")
+    return None
+
+
+# -- metadata ---------------------------------------------------------------------------------
+@dataclass
+class HyperSDMetadata:
+    """What a Hyper-SD LoRA says about itself, stored as ``hypersd.*`` header strings."""
+
+    base_model: str = "unknown"  # sd15 | sdxl | embedded-digits | ...
+    steps: list[int] = field(default_factory=list)  # step counts it serves, e.g. [1..8]
+    segments: int | None = None  # TSCD segments of the final stage
+    prediction_type: str = "epsilon"
+    strength: float = 1.0
+    eta: float | None = None  # TSCD/TCD gamma
+    cfg: float = 1.0  # ComfyUI convention: 1.0 = no guidance
+    spacing: str = "trailing"  # timestep selection: trailing | tcd
+    onestep_timestep: int | None = None
+    stage: str | None = None  # tscd | feedback | dmd | unified
+    extra: dict = field(default_factory=dict)
+
+    def to_header(self) -> dict[str, str]:
+        d = asdict(self)
+        return {METADATA_PREFIX + k: json.dumps(v) for k, v in d.items() if v is not None}
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, str] | None) -> "HyperSDMetadata | None":
+        if not header or not any(k.startswith(METADATA_PREFIX) for k in header):
+            return None
+        known = cls.__dataclass_fields__
+        kw = {}
+        for k, v in header.items():
+            if k.startswith(METADATA_PREFIX) and k[len(METADATA_PREFIX):] in known:
+                try:
+                    kw[k[len(METADATA_PREFIX):]] = json.loads(v)
+                except json.JSONDecodeError:
+                    raise LoraFormatError(f"metadata {k}={v!r} is not valid JSON; re-export the LoRA") from None
+        return cls(**kw)
+
+
+# -- files ------------------------------------------------------------------------------------
+def load_lora(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a LoRA .safetensors file (never pickle) -> (state dict, header metadata)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise LoraFormatError(f"LoRA file not found: {path}")
+    if not path.endswith(".safetensors"):
+        raise LoraFormatError(
+            f"{os.path.basename(path)} is not a .safetensors file; only safetensors LoRAs are loaded "
+            "(pickled .ckpt/.pt/.bin files can run code: convert them to safetensors first)"
+        )
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+        sd = load_file(path)
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise LoraFormatError(f"{os.path.basename(path)} is not a readable safetensors file ({e}); re-download or re-export it") from e
+    return sd, metadata
+
+
+def save_lora(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor],
+              metadata: HyperSDMetadata | Mapping[str, str] | None = None) -> str:
+    """Write a .safetensors LoRA atomically: a temp file in the same folder, then rename."""
+    from safetensors.torch import save_file
+
+    path = os.fspath(path)
+    header = metadata.to_header() if isinstance(metadata, HyperSDMetadata) else dict(metadata or {})
+    header.setdefault("format", "pt")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+    return path
+
+
+def atomic_write(path: str, write_fn) -> None:
+    """Call ``write_fn(tmp_path)`` then move the result over ``path``; never leaves a half file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,156 @@
+"""k-diffusion-signature samplers for Hyper-SD: the TSCD/TCD multistep sampler and the DMD
+one-step sampler, plus the sigma schedules they use.
+
+Each sampler is ``fn(model, x, sigmas, extra_args=None, callback=None, disable=None, **options)``
+with ``model(x, sigma, **extra_args) -> denoised x0`` in VE space, so it runs unchanged in
+ComfyUI (wrapped in ``KSAMPLER``), under k-diffusion's wrappers and in our own tests.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from .schedule import VPSchedule, tcd_timesteps, trailing_timesteps, start_noise_scale
+
+NoiseSampler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+_DEFAULT_SCHEDULE: VPSchedule | None = None
+
+
+def default_schedule() -> VPSchedule:
+    """The SD1.5/SDXL scaled-linear schedule, built once."""
+    global _DEFAULT_SCHEDULE
+    if _DEFAULT_SCHEDULE is None:
+        _DEFAULT_SCHEDULE = VPSchedule.scaled_linear()
+    return _DEFAULT_SCHEDULE
+
+
+def seeded_noise_sampler(x: torch.Tensor, seed: Optional[int]) -> NoiseSampler:
+    """Per-step noise from a generator seeded with the run's seed (None: global RNG).
+
+    Draws on the CPU and moves to x's device, so a seed gives the same image on every device.
+    """
+    gen = None
+    if seed is not None:
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
+
+    def sample(sigma, sigma_next):
+        return torch.randn(x.shape, generator=gen, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
+
+    return sample
+
+
+def tscd_jump_sigmas(sigmas: torch.Tensor, eta: float, schedule: VPSchedule) -> torch.Tensor:
+    """sigma_s per step: s = floor((1-eta)*t') with t' the next step's timestep.
+
+    Vectorised over the whole schedule with tensor ops only (no host syncs). A next sigma of 0
+    (clean end) gives sigma_s = 0.
+    """
+    nxt = sigmas[1:]
+    t_next = schedule.timestep(nxt.to(torch.float64)).round()
+    s = torch.floor((1.0 - eta) * t_next.clamp(min=0))
+    sig_s = schedule.sigma(s).to(sigmas.dtype)
+    return torch.where(nxt > 0, torch.minimum(sig_s, nxt), torch.zeros_like(nxt))
+
+
+@torch.no_grad()
+def sample_tscd(model, x, sigmas, extra_args=None, callback=None, disable=None, eta: float = 0.3,
+                noise_sampler: Optional[NoiseSampler] = None, schedule: Optional[VPSchedule] = None,
+                rescale_start: bool = False):
+    """TSCD/TCD multistep sampling (Hyper-SD 2404.13686; TCD 2402.19159), gamma = ``eta``.
+
+    Each step predicts x0, jumps deterministically down to s = floor((1-eta)*t_next), then
+    re-noises up to t_next with seeded noise. eta=0 is DDIM; eta=1 is LCM-like.
+    """
+    if not 0.0 <= float(eta) <= 1.0:
+        raise ValueError(f"eta (gamma) must be in [0, 1], got {eta}")
+    extra_args = {} if extra_args is None else extra_args
+    schedule = schedule or default_schedule()
+    if noise_sampler is None and eta > 0:
+        noise_sampler = seeded_noise_sampler(x, extra_args.get("seed"))
+    if rescale_start:
+        x = x * start_noise_scale(float(sigmas[0]))
+    n = len(sigmas) - 1
+    sig_s = tscd_jump_sigmas(sigmas, float(eta), schedule)
+    noise_std = (sigmas[1:] ** 2 - sig_s**2).clamp(min=0).sqrt()
+    s_in = x.new_ones([x.shape[0]])
+    for i in _progress(range(n), disable):
+        denoised = model(x, sigmas[i] * s_in, **extra_args)
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+        eps = (x - denoised) / sigmas[i]
+        x = denoised + sig_s[i] * eps
+        if eta > 0 and i < n - 1:
+            x = x + noise_std[i] * noise_sampler(sigmas[i], sigmas[i + 1])
+    return x
+
+
+@torch.no_grad()
+def sample_dmd_onestep(model, x, sigmas, extra_args=None, callback=None, disable=None,
+                       rescale_start: bool = False):
+    """One-step generation (DMD / Hyper-SD 1-step): one model call at sigmas[0], return x0.
+
+    Longer schedules use their first and last sigma only.
+
+    ``rescale_start`` corrects ComfyUI's sigma*z starting noise below sigma_max to the
+    unit-variance model input diffusers uses (needed for the 1-step UNet at t=800).
+    """
+    extra_args = {} if extra_args is None else extra_args
+    if len(sigmas) < 2:
+        return x
+    if rescale_start:
+        x = x * start_noise_scale(float(sigmas[0]))
+    s_in = x.new_ones([x.shape[0]])
+    denoised = model(x, sigmas[0] * s_in, **extra_args)
+    if callback is not None:
+        callback({"x": x, "i": 0, "sigma": sigmas[0], "sigma_hat": sigmas[0], "denoised": denoised})
+    # Land at sigmas[-1] along the predicted trajectory: x0 itself when it is 0.
+    return denoised + sigmas[-1] * (x - denoised) / sigmas[0]
+
+
+def _progress(it, disable):
+    if disable is False:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # tqdm is optional; ComfyUI ships it
+            return it
+        return tqdm(it)
+    return it
+
+
+TIMESTEP_SPACINGS = ("trailing", "tcd")
+
+
+def get_sigmas_tscd(steps: int, schedule: Optional[VPSchedule] = None, spacing: str = "trailing",
+                    denoise: float = 1.0, original_steps: int = 50, final: str = "zero",
+                    dtype=torch.float32) -> torch.Tensor:
+    """Sigma schedule for :func:`sample_tscd`.
+
+    spacing="trailing": DDIM trailing (the N-step Hyper-SD LoRAs, TSCD segment starts);
+    spacing="tcd": diffusers TCDScheduler's choice (the unified 1-step LoRA with TCD).
+    ``denoise`` < 1 is img2img: trailing keeps the last ``steps`` of steps/denoise steps (as
+    ComfyUI's schedulers do); tcd uses TCD's ``strength``.
+    """
+    schedule = schedule or default_schedule()
+    T = schedule.num_train_timesteps
+    if not 0.0 < denoise <= 1.0:
+        raise ValueError(f"denoise must be in (0, 1], got {denoise}")
+    if spacing == "trailing":
+        total = max(steps, int(round(steps / denoise)))
+        ts = trailing_timesteps(total, T)[-steps:] if total != steps else trailing_timesteps(steps, T)
+    elif spacing == "tcd":
+        ts = tcd_timesteps(steps, original_steps=original_steps, strength=denoise, num_train_timesteps=T)
+    else:
+        raise ValueError(f"spacing must be one of {TIMESTEP_SPACINGS}, got {spacing!r}")
+    return schedule.sigmas_for_timesteps(ts, final=final, dtype=dtype)
+
+
+def get_sigmas_onestep(timestep: int = 999, schedule: Optional[VPSchedule] = None, dtype=torch.float32) -> torch.Tensor:
+    """[sigma(timestep), 0]: one step at t (999 for the unified LoRA / DMD, 800 for the SDXL 1-step UNet)."""
+    schedule = schedule or default_schedule()
+    if not 0 <= int(timestep) < schedule.num_train_timesteps:
+        raise ValueError(f"timestep must be in [0, {schedule.num_train_timesteps - 1}], got {timestep}")
+    return schedule.sigmas_for_timesteps([int(timestep)], final="zero", dtype=dtype)
