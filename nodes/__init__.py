@@ -1,0 +1,1 @@
+"""ComfyUI nodes of the Hyper-SD pack (thin: translate ComfyUI objects, call hypersd_core)."""
