@@ -80,13 +80,18 @@ class DiscreteVPDenoiser(torch.nn.Module):
         self.quantize = quantize
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, **kwargs) -> torch.Tensor:
-        sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype).expand(x.shape[0])
+        # sigma and t stay in at least float32: in fp16/bf16 t = 999 would round to 1000 (bf16)
+        # and sigma's rounding would move t by several steps.
+        sigma = torch.as_tensor(sigma, device=x.device)
+        if sigma.dtype != torch.float64:
+            sigma = sigma.float()
+        sigma = sigma.expand(x.shape[0])
         c_in = ve_input_scale(sigma)
         t = self.schedule.timestep(sigma)
         if self.quantize:
             t = t.round()
         x_vp = x * _bcast(c_in, x)
-        out = self.net(x_vp, t.to(x.dtype), **kwargs)
+        out = self.net(x_vp, t, **kwargs)
         alpha, sig = c_in, sigma * c_in  # VP alpha = 1/sqrt(1+s^2), VP sigma = s/sqrt(1+s^2)
         x0, _ = to_x0_eps(out, x_vp, alpha, sig, self.prediction_type)
         return x0

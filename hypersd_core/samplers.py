@@ -50,8 +50,8 @@ def tscd_jump_sigmas(sigmas: torch.Tensor, eta: float, schedule: VPSchedule) -> 
     (clean end) gives sigma_s = 0.
     """
     nxt = sigmas[1:]
-    t_next = schedule.timestep(nxt.to(torch.float64)).round()
-    s = torch.floor((1.0 - eta) * t_next.clamp(min=0))
+    t_next = schedule.timestep(nxt).round().clamp(min=0).float()
+    s = torch.floor((1.0 - eta) * t_next)  # float32, exactly as diffusers' TCDScheduler computes it
     sig_s = schedule.sigma(s).to(sigmas.dtype)
     return torch.where(nxt > 0, torch.minimum(sig_s, nxt), torch.zeros_like(nxt))
 
@@ -139,7 +139,7 @@ def get_sigmas_tscd(steps: int, schedule: Optional[VPSchedule] = None, spacing: 
     if not 0.0 < denoise <= 1.0:
         raise ValueError(f"denoise must be in (0, 1], got {denoise}")
     if spacing == "trailing":
-        total = max(steps, int(round(steps / denoise)))
+        total = max(steps, int(steps / denoise))  # ComfyUI: total_steps = int(steps/denoise)
         ts = trailing_timesteps(total, T)[-steps:] if total != steps else trailing_timesteps(steps, T)
     elif spacing == "tcd":
         ts = tcd_timesteps(steps, original_steps=original_steps, strength=denoise, num_train_timesteps=T)

@@ -69,6 +69,14 @@ class VPSchedule:
         self.alphas_cumprod = a
         self.sigmas = ((1 - a) / a).sqrt()  # VE sigma per timestep, increasing
         self.log_sigmas = self.sigmas.log()
+        self._device_tables: dict = {}
+
+    def _tables(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sigmas, log_sigmas) in float64 on ``device``, copied there once."""
+        key = torch.device(device)
+        if key not in self._device_tables:
+            self._device_tables[key] = (self.sigmas.to(key), self.log_sigmas.to(key))
+        return self._device_tables[key]
 
     @classmethod
     def scaled_linear(
@@ -119,27 +127,35 @@ class VPSchedule:
         """
         t = torch.as_tensor(t)
         out_dtype = t.dtype if t.is_floating_point() else torch.float64
-        log_sigmas = self.log_sigmas.to(t.device)
+        sigmas, log_sigmas = self._tables(t.device)
         td = t.to(torch.float64).clamp(max=self.num_train_timesteps - 1)
         lo = td.clamp(min=0).floor().long()
         hi = (lo + 1).clamp(max=self.num_train_timesteps - 1)
         w = td.clamp(min=0) - lo
         log_s = (1 - w) * log_sigmas[lo] + w * log_sigmas[hi]
-        s = torch.where(td < 0, torch.zeros_like(log_s), log_s.exp())
+        s = torch.where(w == 0, sigmas[lo], log_s.exp())  # integer t: the exact table entry
+        s = torch.where(td < 0, torch.zeros_like(s), s)
         return s.to(out_dtype)
 
     def timestep(self, sigma: torch.Tensor | float) -> torch.Tensor:
-        """Fractional timestep of VE sigma (inverse of :meth:`sigma`, log-linear; 0 -> -1)."""
+        """Fractional timestep of VE sigma (inverse of :meth:`sigma`, log-linear; 0 -> -1).
+
+        A sigma equal to a table entry rounded to its own dtype (e.g. a float32 schedule from
+        :meth:`sigmas_for_timesteps`) maps to that exact integer timestep, as diffusers passes it.
+        """
         sigma = torch.as_tensor(sigma)
         out_dtype = sigma.dtype if sigma.is_floating_point() else torch.float64
-        log_sigmas = self.log_sigmas.to(sigma.device)
+        sigmas, log_sigmas = self._tables(sigma.device)
         s = sigma.to(torch.float64)
-        log_s = s.clamp(min=float(self.sigmas[0])).log()
+        log_s = s.clamp(min=self.sigma_min).log()
         idx = torch.searchsorted(log_sigmas, log_s.reshape(-1)).reshape(log_s.shape)
         hi = idx.clamp(1, len(log_sigmas) - 1)
         lo = hi - 1
         w = ((log_s - log_sigmas[lo]) / (log_sigmas[hi] - log_sigmas[lo])).clamp(0, 1)
         t = lo.to(torch.float64) + w
+        if sigma.is_floating_point():
+            grid = sigmas.to(sigma.dtype)
+            t = torch.where(sigma == grid[hi], hi.to(t.dtype), torch.where(sigma == grid[lo], lo.to(t.dtype), t))
         t = torch.where(s <= 0, torch.full_like(t, -1.0), t)
         return t.to(out_dtype)
 

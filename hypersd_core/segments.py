@@ -1,6 +1,7 @@
 """TSCD segment arithmetic on an N-step solver grid: one implementation for training and sampling.
 
-Solver grid tau_i = (i+1)*T/N - 1 for i = 0..N-1 (N = 4, T = 1000: 249, 499, 749, 999);
+Solver grid tau_i = round((i+1)*T/N) - 1 for i = 0..N-1 (N = 4, T = 1000: 249, 499, 749, 999),
+i.e. DDIM's N-step trailing timesteps (N = 80 gives 11, 24, 36, 49, ...; rounding half to even);
 tau_{-1} is "time zero" (clean data). k segments of m = N/k grid steps each: grid index i lies
 in segment j = i // m, whose lower edge index is e = j*m and edge time tau_{e-1}.
 """
@@ -26,8 +27,6 @@ class SegmentGrid:
         n, k, T = self.num_solver_steps, self.num_segments, self.num_train_timesteps
         if not isinstance(n, int) or not 1 <= n <= T:
             raise ValueError(f"num_solver_steps must be an integer in [1, {T}], got {n!r}")
-        if T % n:
-            raise ValueError(f"num_solver_steps ({n}) must divide num_train_timesteps ({T}) so the grid is integral")
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"num_segments must be a positive integer, got {k!r}")
         if n % k:
@@ -42,12 +41,15 @@ class SegmentGrid:
         return self.num_solver_steps // self.num_segments
 
     @property
-    def step_size(self) -> int:
-        return self.num_train_timesteps // self.num_solver_steps
+    def step_size(self) -> float:
+        """T/N: the grid spacing in timesteps (12.5 for N = 80)."""
+        return self.num_train_timesteps / self.num_solver_steps
 
     def timestep(self, i):
         """tau_i; i = -1 gives -1 ("time zero"). Works on ints and integer tensors."""
-        return (i + 1) * self.step_size - 1
+        if isinstance(i, torch.Tensor):
+            return torch.round((i + 1) * self.step_size).long() - 1
+        return int(round((i + 1) * self.step_size)) - 1
 
     def segment_of(self, i):
         """Segment index j of grid index i."""
