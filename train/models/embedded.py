@@ -1,0 +1,104 @@
+"""The embedded default teacher: a pixel-space diffusers UNet2DConditionModel (no VAE; decoding is
+the identity), a small random-init frozen CLIP text encoder, the real CLIP tokenizer, and the
+digit classifier, all stored under train/embedded/."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+EMBEDDED_DIR = Path(__file__).resolve().parents[1] / "embedded"
+SHARED_TOKENIZER = Path(__file__).resolve().parents[3] / "shared" / "data" / "clip_tokenizer"
+
+RESOLUTION = 16
+TEXT_CONFIG = dict(
+    vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+    max_position_embeddings=77, projection_dim=32, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+)
+UNET_CONFIG = dict(
+    sample_size=RESOLUTION, in_channels=1, out_channels=1, layers_per_block=1,
+    block_out_channels=(32, 64, 64), norm_num_groups=8, cross_attention_dim=TEXT_CONFIG["hidden_size"],
+    attention_head_dim=4,
+    down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+)
+
+
+def build_unet(config: dict | None = None):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(**(config or UNET_CONFIG))
+
+
+def build_text_encoder(config: dict | None = None, seed: int = 0):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    return CLIPTextModel(CLIPTextConfig(**(config or TEXT_CONFIG))).eval().requires_grad_(False)
+
+
+def find_tokenizer(folder: str | os.PathLike | None = None) -> Path:
+    """The CLIP tokenizer folder: ``folder``, else the embedded copy, else ../shared/data."""
+    for cand in ([Path(folder)] if folder else []) + [EMBEDDED_DIR / "tokenizer", SHARED_TOKENIZER]:
+        if (cand / "vocab.json").is_file() and (cand / "merges.txt").is_file():
+            return cand
+    raise FileNotFoundError(
+        "no CLIP tokenizer found (looked for vocab.json + merges.txt in "
+        f"{folder or '-'}, {EMBEDDED_DIR / 'tokenizer'}, {SHARED_TOKENIZER}); pass tokenizer_path in the config"
+    )
+
+
+def load_tokenizer(folder: str | os.PathLike | None = None):
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(find_tokenizer(folder)))
+
+
+@torch.no_grad()
+def encode_prompts(text_encoder, tokenizer, prompts: list[str], device=None) -> torch.Tensor:
+    """last_hidden_state of the padded (77-token) prompts, as SD1.5 conditions its UNet."""
+    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    device = device or next(text_encoder.parameters()).device
+    return text_encoder(ids.to(device))[0]
+
+
+@dataclass
+class EmbeddedTeacher:
+    unet: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    meta: dict
+
+    @property
+    def resolution(self) -> int:
+        return int(self.meta.get("resolution", RESOLUTION))
+
+
+def load_embedded(folder: str | os.PathLike | None = None, tokenizer_path=None) -> EmbeddedTeacher:
+    """Load the committed embedded teacher (UNet, text encoder, tokenizer) from ``folder``."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    folder = Path(folder or EMBEDDED_DIR)
+    need = [folder / "unet" / "diffusion_pytorch_model.safetensors", folder / "text_encoder" / "model.safetensors",
+            folder / "meta.json"]
+    missing = [str(p) for p in need if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"embedded teacher incomplete, missing: {', '.join(missing)}. "
+            "Re-create it with: python -m train.embedded.make_embedded"
+        )
+    unet = UNet2DConditionModel.from_pretrained(str(folder / "unet")).float().eval().requires_grad_(False)
+    text_encoder = CLIPTextModel.from_pretrained(str(folder / "text_encoder"))
+    text_encoder = text_encoder.float().eval().requires_grad_(False)
+    meta = json.loads((folder / "meta.json").read_text())
+    return EmbeddedTeacher(unet, text_encoder, load_tokenizer(tokenizer_path), meta)
+
+
+def classifier_path(folder: str | os.PathLike | None = None) -> Path:
+    return Path(folder or EMBEDDED_DIR) / "classifier"

@@ -1,0 +1,60 @@
+"""Sampling for training-time grids and metrics through hypersd_core's samplers (the same code
+ComfyUI runs): a UNet wrapped with classifier-free guidance, then DiscreteVPDenoiser."""
+
+from __future__ import annotations
+
+import torch
+
+from hypersd_core.parameterization import DiscreteVPDenoiser, cfg_combine
+from hypersd_core.samplers import get_sigmas_onestep, get_sigmas_tscd, sample_dmd_onestep, sample_tscd, seeded_noise_sampler
+from hypersd_core.schedule import VPSchedule
+
+
+class GuidedUNet(torch.nn.Module):
+    """``net(x_vp, t)`` = the UNet's output on fixed text embeddings, with CFG when ``cfg != 1``.
+
+    ``added_cond`` holds SDXL's extra conditioning (text_embeds, time_ids) when needed.
+    """
+
+    def __init__(self, unet, cond: torch.Tensor, uncond: torch.Tensor | None = None, cfg: float = 1.0,
+                 added_cond: dict | None = None, added_uncond: dict | None = None):
+        super().__init__()
+        self.unet, self.cond, self.uncond, self.cfg = unet, cond, uncond, float(cfg)
+        self.added_cond, self.added_uncond = added_cond, added_uncond
+        if self.cfg != 1.0 and uncond is None:
+            raise ValueError("cfg != 1 needs unconditional embeddings")
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.unet.parameters()).dtype
+        if self.cfg == 1.0:
+            kw = {"added_cond_kwargs": self.added_cond} if self.added_cond else {}
+            return self.unet(x.to(dtype), t, encoder_hidden_states=self.cond, **kw).sample.to(x.dtype)
+        emb = torch.cat([self.cond, self.uncond])
+        kw = {}
+        if self.added_cond:
+            kw["added_cond_kwargs"] = {k: torch.cat([self.added_cond[k], self.added_uncond[k]]) for k in self.added_cond}
+        out = self.unet(torch.cat([x, x]).to(dtype), torch.cat([t, t]), encoder_hidden_states=emb, **kw).sample
+        cond, uncond = out.to(x.dtype).chunk(2)
+        return cfg_combine(cond, uncond, self.cfg)
+
+
+@torch.no_grad()
+def sample_images(unet, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None = None, *,
+                  steps: int, cfg: float = 1.0, eta: float = 0.0, spacing: str = "trailing",
+                  schedule: VPSchedule | None = None, prediction_type: str = "epsilon", seed: int | None = 0,
+                  onestep_timestep: int | None = None, added_cond=None, added_uncond=None) -> torch.Tensor:
+    """Generate from unit-variance VP noise (diffusers' convention) -> x0 in model space.
+
+    ``steps`` TSCD/DDIM steps (eta=0 is DDIM); ``onestep_timestep`` set uses the one-step sampler.
+    """
+    schedule = schedule or VPSchedule.scaled_linear()
+    net = GuidedUNet(unet, cond, uncond, cfg, added_cond, added_uncond)
+    model = DiscreteVPDenoiser(net, schedule, prediction_type)
+    if onestep_timestep is not None:
+        sigmas = get_sigmas_onestep(onestep_timestep, schedule).to(noise.device)
+        x = noise * (sigmas[0] ** 2 + 1).sqrt()
+        return sample_dmd_onestep(model, x, sigmas)
+    sigmas = get_sigmas_tscd(steps, schedule, spacing=spacing).to(noise.device)
+    x = noise * (sigmas[0] ** 2 + 1).sqrt()  # VP z at t_max -> VE x
+    noise_sampler = seeded_noise_sampler(x, seed) if eta > 0 else None
+    return sample_tscd(model, x, sigmas, eta=eta, noise_sampler=noise_sampler, schedule=schedule, disable=True)
