@@ -56,3 +56,84 @@ def comfy():
         root=root, pack=pack, nodes=nodes, folder_paths=folder_paths, loaded=ok,
         pack_ids=sorted(set(nodes.NODE_CLASS_MAPPINGS) - before),
     )
+
+
+# Full-size UNet configs as ComfyUI's model detection produces them (comfy/model_detection.py).
+SD15_UNET = {
+    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
+    "adm_in_channels": None, "in_channels": 4, "model_channels": 320, "num_res_blocks": [2, 2, 2, 2],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1,
+    "use_linear_in_transformer": False, "context_dim": 768, "num_heads": 8,
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+SDXL_UNET = {
+    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
+    "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4, "model_channels": 320,
+    "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 2, 2, 10, 10], "channel_mult": [1, 2, 4],
+    "transformer_depth_middle": 10, "use_linear_in_transformer": True, "context_dim": 2048, "num_head_channels": 64,
+    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+    "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+# A ~1M-parameter SD1.5-shaped UNet that really runs on the CPU.
+TINY_UNET = dict(SD15_UNET, model_channels=32, channel_mult=[1, 2], num_res_blocks=[1, 1], transformer_depth=[1, 1],
+                 transformer_depth_output=[1, 1, 1, 1], context_dim=32, num_heads=2)
+
+
+def _patcher(model_config, device):
+    import comfy.model_patcher
+    import torch
+
+    cpu = torch.device("cpu")
+    with torch.device(device):
+        model = model_config.get_model({}, device=device)
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+def _meta_clip(model_config):
+    """The model's real CLIP class, built on the meta device (key maps and patches, no weights)."""
+    import comfy.sd
+    import torch
+
+    cpu = torch.device("cpu")
+    options = {"initial_device": torch.device("meta"), "load_device": cpu, "offload_device": cpu, "dtype": torch.float32}
+    return comfy.sd.CLIP(model_config.clip_target(), model_options=options)
+
+
+@pytest.fixture(scope="session")
+def sd15_meta(comfy):
+    """(MODEL, CLIP) of full-size SD1.5 architecture on the meta device: real key maps, no memory."""
+    import comfy.supported_models as sm
+
+    config = sm.SD15(dict(SD15_UNET))
+    return _patcher(config, "meta"), _meta_clip(config)
+
+
+@pytest.fixture(scope="session")
+def sdxl_meta(comfy):
+    import comfy.supported_models as sm
+
+    config = sm.SDXL(dict(SDXL_UNET))
+    return _patcher(config, "meta"), _meta_clip(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(comfy):
+    """A tiny SD1.5-style MODEL with seeded random weights, on the CPU."""
+    import comfy.supported_models as sm
+    import torch
+
+    patcher = _patcher(sm.SD15(dict(TINY_UNET)), "cpu")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in patcher.model.diffusion_model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return patcher
+
+
+@pytest.fixture(scope="session")
+def loras_dir(comfy, tmp_path_factory):
+    """A folder registered as ComfyUI's models/loras for this session."""
+    path = tmp_path_factory.mktemp("loras")
+    comfy.folder_paths.add_model_folder_path("loras", str(path), is_default=True)
+    return path
