@@ -1,0 +1,5 @@
+from train.cli import main
+
+import sys
+
+sys.exit(main())

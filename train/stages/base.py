@@ -1,0 +1,92 @@
+"""The stage interface: what every training stage (tscd, feedback, dmd, ...) gets and returns.
+
+The trainer owns models, data, the LoRA optimizer, checkpoints and export; a stage owns its
+loss, any extra modules it trains (a discriminator, a fake-score adapter) and their state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from hypersd_core.schedule import VPSchedule
+
+
+@dataclass
+class Batch:
+    """One training batch in model space (latents, or pixels for the embedded model)."""
+
+    x0: torch.Tensor
+    cond: torch.Tensor  # encoder_hidden_states
+    prompts: list[str]
+    added_cond: dict | None = None  # SDXL: {"text_embeds", "time_ids"}
+
+
+@dataclass
+class StageContext:
+    """Everything the trainer hands a stage. ``unet`` is the (possibly DDP-wrapped) student used
+    for forwards with gradients; ``base_unet`` the unwrapped module for everything else."""
+
+    config: Any  # TrainConfig
+    accelerator: Any
+    unet: torch.nn.Module
+    base_unet: torch.nn.Module
+    schedule: VPSchedule
+    prediction_type: str
+    lora_params: list[torch.nn.Parameter]
+    optimizer: Any  # LoRA optimizer (accelerate-wrapped)
+    uncond: Callable[[int], tuple[torch.Tensor, dict | None]]  # batch -> (uncond embeddings, added cond)
+    decode: Callable[[torch.Tensor], torch.Tensor]  # model space -> images in [-1, 1]
+    teacher: Callable[[], contextlib.AbstractContextManager]  # `with ctx.teacher() as net:` frozen teacher UNet
+    generator: torch.Generator  # this process's stage randomness (checkpointed)
+    log: Callable[[dict, int], None]
+    output_dir: str
+    weight_dtype: torch.dtype = torch.float32
+    extras: dict = field(default_factory=dict)  # e.g. "classifier" for the embedded model
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def step_lora(self, loss: torch.Tensor, max_grad_norm: float | None = None) -> None:
+        """Backward ``loss`` and take one (gradient-accumulated) step of the LoRA optimizer."""
+        self.accelerator.backward(loss)
+        if self.accelerator.sync_gradients and max_grad_norm:
+            self.accelerator.clip_grad_norm_(self.lora_params, max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+class Stage:
+    """Base class; subclasses are registered with ``@register_stage("name")``."""
+
+    stage_name = "base"
+
+    def __init__(self, ctx: StageContext, cfg, index: int):
+        self.ctx, self.cfg, self.index = ctx, cfg, index
+
+    def setup(self) -> None:
+        """Build extra modules/optimizers (after the LoRA exists, before a resume loads state)."""
+
+    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+        """One optimizer step (including backward and optimizer steps); returns scalars to log."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Flat tensors of the stage's own state (EMA, discriminator, its optimizer) for checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            raise ValueError(f"stage {self.stage_name!r} has no state but the checkpoint holds {len(state)} tensors")
+
+    def sampling_context(self) -> contextlib.AbstractContextManager:
+        """Weights to sample grids/metrics with (e.g. the EMA); default: the student as it is."""
+        return contextlib.nullcontext()
+
+    def metadata(self) -> dict:
+        """HyperSDMetadata fields for the LoRA exported after this stage."""
+        return {"segments": self.cfg.segments, "steps": [self.cfg.segments], "stage": self.stage_name}
