@@ -1,0 +1,294 @@
+"""Real-time prompt -> image generation from already-built components (one step or a few).
+
+Duck-typed, so this module imports neither diffusers nor transformers:
+- ``unet``: a callable with diffusers' ``UNet2DConditionModel`` signature
+  ``unet(x, t, encoder_hidden_states=..., added_cond_kwargs=..., return_dict=False)[0]``;
+- :class:`PromptEncoder`: CLIP-style tokenizers and text encoders (one for SD1.5, two for SDXL);
+- ``decoder``: latents -> image in [-1, 1] (a VAE or AutoencoderTiny decode), or None (pixels).
+
+Speed path: prompt embeddings cached per prompt (a new prompt costs one text-encoder call, an
+unchanged one none); static input buffers per (batch, height, width); sampling + decoding in one
+function with no host syncs, which ``torch.compile(mode="reduce-overhead")`` turns into CUDA
+graph replays on a GPU. Without CUDA the compile request is logged and the path runs eager.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .parameterization import DiscreteVPDenoiser
+from .samplers import get_sigmas_onestep, get_sigmas_tscd, sample_dmd_onestep, sample_tscd
+from .schedule import VPSchedule
+
+log = logging.getLogger(__name__)
+
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+class PromptEncoder:
+    """Prompt -> conditioning tensors with CLIP-style tokenizers and encoders.
+
+    kind="sd15": last hidden state of one encoder (``encoder_hidden_states``).
+    kind="sdxl": penultimate hidden states of both encoders concatenated, plus the second
+    (projection) encoder's pooled ``text_embeds``, as diffusers' SDXL pipeline does.
+    """
+
+    def __init__(self, tokenizers: Sequence, text_encoders: Sequence, kind: str = "sd15"):
+        if kind not in ("sd15", "sdxl"):
+            raise ValueError(f"kind must be 'sd15' or 'sdxl', got {kind!r}")
+        need = 1 if kind == "sd15" else 2
+        if len(tokenizers) != need or len(text_encoders) != need:
+            raise ValueError(f"kind={kind!r} needs {need} tokenizer(s) and text encoder(s), "
+                             f"got {len(tokenizers)} and {len(text_encoders)}")
+        self.tokenizers = list(tokenizers)
+        self.text_encoders = list(text_encoders)
+        self.kind = kind
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.text_encoders[0].parameters()).device
+
+    def tokenize(self, prompt: str) -> list[torch.Tensor]:
+        """Token ids (1, max_length) per tokenizer, on the CPU."""
+        return [tok(prompt, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids for tok in self.tokenizers]
+
+    def encode_ids(self, *ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Conditioning tensors from token ids (pure tensor code: the compile target)."""
+        if self.kind == "sd15":
+            return {"encoder_hidden_states": self.text_encoders[0](ids[0])[0]}
+        hidden = []
+        out = None
+        for enc, i in zip(self.text_encoders, ids):
+            out = enc(i, output_hidden_states=True)
+            hidden.append(out.hidden_states[-2])
+        pooled = out.text_embeds if hasattr(out, "text_embeds") else out[0]
+        return {"encoder_hidden_states": torch.cat(hidden, dim=-1), "text_embeds": pooled}
+
+
+class UNetNet(torch.nn.Module):
+    """A diffusers-signature UNet as a VP network ``net(x, t, **cond)``: runs in the UNet's dtype,
+    returns float32 so the sampler math stays in full precision."""
+
+    def __init__(self, unet: Callable, dtype: torch.dtype):
+        super().__init__()
+        self.unet = unet
+        self.dtype = dtype
+
+    def forward(self, x, t, encoder_hidden_states, text_embeds=None, time_ids=None):
+        added = None if text_embeds is None else {"text_embeds": text_embeds, "time_ids": time_ids}
+        out = self.unet(x.to(self.dtype), t, encoder_hidden_states=encoder_hidden_states,
+                        added_cond_kwargs=added, return_dict=False)[0]
+        return out.float()
+
+
+@dataclass
+class GeneratorStats:
+    text_encoder_calls: int = 0
+    prompt_cache_hits: int = 0
+    images: int = 0
+    last_ms: float = float("nan")
+    last_encode_ms: float = 0.0
+    # seconds spent on the first calls of each captured (batch, height, width): compile + capture
+    capture_s: dict = field(default_factory=dict)
+    compile_status: str = "eager"
+
+
+@dataclass
+class _Buffers:
+    noise: torch.Tensor
+    step_noise: Optional[torch.Tensor]
+    cond: dict
+    prompt: Optional[str] = None
+    calls: int = 0
+
+
+class Generator:
+    """Prompt -> uint8 image (B, H, W, 3) with one or a few Hyper-SD steps.
+
+    ``steps=1`` runs one model call at ``timestep`` (999 for the unified LoRA / DMD, 800 for the
+    SDXL 1-step UNet) and returns x0; ``steps>1`` runs the TSCD sampler with ``eta`` and
+    ``spacing``. ``compile`` is a torch.compile mode (e.g. "reduce-overhead" = CUDA graphs) or
+    None; on a CPU a CUDA-graph mode is logged and skipped unless ``backend`` is a CPU backend.
+    """
+
+    def __init__(self, unet: Callable, prompt_encoder: PromptEncoder, decoder: Optional[Callable] = None, *,
+                 latent_channels: int = 4, vae_scale_factor: int = 8, dtype: torch.dtype = torch.float32,
+                 decoder_dtype: Optional[torch.dtype] = None, device: str | torch.device = "cpu",
+                 schedule: Optional[VPSchedule] = None, prediction_type: str = "epsilon", steps: int = 1,
+                 timestep: int = 999, spacing: str = "trailing", eta: float = 1.0, sdxl: bool = False,
+                 compile: Optional[str] = None, backend: str = "inductor", fullgraph: bool = False,
+                 cache_size: int = 256):
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.decoder_dtype = decoder_dtype or dtype
+        self.prompt_encoder = prompt_encoder
+        self.decoder = decoder
+        self.latent_channels = latent_channels
+        self.vae_scale_factor = vae_scale_factor
+        self.sdxl = sdxl
+        self.steps = int(steps)
+        self.eta = float(eta)
+        self.schedule = schedule or VPSchedule.scaled_linear()
+        self.denoiser = DiscreteVPDenoiser(UNetNet(unet, dtype), self.schedule, prediction_type)
+        if self.steps == 1:
+            sigmas = get_sigmas_onestep(timestep, self.schedule)
+        else:
+            sigmas = get_sigmas_tscd(self.steps, self.schedule, spacing=spacing)
+        self.sigmas = sigmas.to(self.device)
+        # diffusers starts from unit-variance VP noise: VE x = sqrt(1 + sigma0^2) * z
+        self.start_scale = math.sqrt(1.0 + float(sigmas[0]) ** 2)
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, dict] = OrderedDict()
+        self._buffers: dict[tuple, _Buffers] = {}
+        self._gen = torch.Generator(device=self.device)
+        self.stats = GeneratorStats()
+        self._render = self.render_core
+        self._encode = prompt_encoder.encode_ids
+        self._cudagraphs = False
+        self._compiled = False
+        self._setup_compile(compile, backend, fullgraph)
+
+    # -- compilation ---------------------------------------------------------------------------
+    def _setup_compile(self, mode: Optional[str], backend: str, fullgraph: bool) -> None:
+        if mode is None and backend == "inductor":
+            return
+        if self.device.type != "cuda" and backend == "inductor" and mode in CUDA_GRAPH_MODES:
+            log.warning("compile=%r uses CUDA graphs, which need a CUDA GPU; the device is %s, so "
+                        "generation runs eager (pass device='cuda' on a GPU)", mode, self.device)
+            self.stats.compile_status = f"eager ({self.device.type}: CUDA graphs need a CUDA GPU)"
+            return
+        kw = dict(backend=backend, fullgraph=fullgraph, dynamic=False)
+        if backend == "inductor":
+            kw["mode"] = mode
+        self._render = torch.compile(self.render_core, **kw)
+        self._encode = torch.compile(self.prompt_encoder.encode_ids, **kw)
+        self._cudagraphs = self.device.type == "cuda" and mode in CUDA_GRAPH_MODES
+        self._compiled = True
+        self.stats.compile_status = f"compiled ({backend}, mode={mode})"
+
+    def _run(self, which: str, *args):
+        """Call the compiled function; on a compile error log it and fall back to eager."""
+        fn = self._render if which == "render" else self._encode
+        if not self._compiled:
+            return fn(*args)
+        try:
+            return fn(*args)
+        except Exception as exc:  # torch.compile errors surface on the first call
+            log.warning("torch.compile failed for %s (%s: %s); falling back to eager", which,
+                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            self._render, self._encode = self.render_core, self.prompt_encoder.encode_ids
+            self._compiled = self._cudagraphs = False
+            self.stats.compile_status = f"eager (compile failed: {type(exc).__name__})"
+            eager = self._render if which == "render" else self._encode
+            return eager(*args)
+
+    # -- prompts -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def prompt_embeddings(self, prompt: str) -> dict[str, torch.Tensor]:
+        """Cached conditioning for ``prompt``: one text-encoder call the first time, none after."""
+        hit = self._cache.get(prompt)
+        if hit is not None:
+            self._cache.move_to_end(prompt)
+            self.stats.prompt_cache_hits += 1
+            return hit
+        t0 = time.perf_counter()
+        ids = [i.to(self.prompt_encoder.device) for i in self.prompt_encoder.tokenize(prompt)]
+        if self._cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        out = self._run("encode", *ids)
+        cond = {k: v.detach().to(self.device, self.dtype, copy=True) for k, v in out.items()}
+        self.stats.text_encoder_calls += 1
+        self.stats.last_encode_ms = (time.perf_counter() - t0) * 1e3
+        self._cache[prompt] = cond
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return cond
+
+    # -- buffers -------------------------------------------------------------------------------
+    def _buffers_for(self, batch: int, height: int, width: int, cond: dict) -> _Buffers:
+        key = (batch, height, width)
+        buf = self._buffers.get(key)
+        if buf is not None:
+            return buf
+        s = self.vae_scale_factor
+        if height % s or width % s:
+            raise ValueError(f"height and width must be multiples of {s}, got {height}x{width}")
+        shape = (batch, self.latent_channels, height // s, width // s)
+        noise = torch.empty(shape, device=self.device)
+        step_noise = torch.empty((self.steps - 1,) + shape, device=self.device) if self.steps > 1 else None
+        bcond = {k: torch.empty((batch,) + tuple(v.shape[1:]), device=self.device, dtype=v.dtype)
+                 for k, v in cond.items()}
+        if self.sdxl:  # original size, crop top-left, target size (diffusers' add_time_ids)
+            ids = torch.tensor([height, width, 0, 0, height, width], device=self.device, dtype=self.dtype)
+            bcond["time_ids"] = ids.expand(batch, 6).clone()
+        if self._cudagraphs:
+            for t in [noise, step_noise, *bcond.values()]:
+                if t is not None:
+                    torch._dynamo.mark_static_address(t)
+        buf = self._buffers[key] = _Buffers(noise, step_noise, bcond)
+        return buf
+
+    # -- the graph-safe core ---------------------------------------------------------------------
+    def sample_latents(self, noise: torch.Tensor, step_noise: Optional[torch.Tensor],
+                       cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Unit-variance noise -> x0 latents (float32) with the one-step or TSCD sampler."""
+        x = noise * self.start_scale
+        if self.steps == 1:
+            return sample_dmd_onestep(self.denoiser, x, self.sigmas, extra_args=cond)
+        draws = iter(step_noise.unbind(0))
+        return sample_tscd(self.denoiser, x, self.sigmas, extra_args=cond, eta=self.eta,
+                           noise_sampler=lambda s, s_next: next(draws), schedule=self.schedule)
+
+    def render_core(self, noise: torch.Tensor, step_noise: Optional[torch.Tensor],
+                    cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Noise + conditioning -> uint8 images (B, H, W, 3): sampler and decoder, no host syncs."""
+        with torch.no_grad():
+            x0 = self.sample_latents(noise, step_noise, cond)
+            img = x0 if self.decoder is None else self.decoder(x0.to(self.decoder_dtype))
+            img = ((img.float() + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8)
+            if img.shape[1] == 1:
+                img = img.expand(-1, 3, -1, -1)
+            return img.permute(0, 2, 3, 1).contiguous()
+
+    # -- the public call -----------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompt: str, seed: int = 0, height: int = 512, width: int = 512,
+                 batch_size: int = 1) -> torch.Tensor:
+        """uint8 images (batch, height, width, 3) on the CPU for ``prompt`` and ``seed``."""
+        t0 = time.perf_counter()
+        cond = self.prompt_embeddings(prompt)
+        buf = self._buffers_for(batch_size, height, width, cond)
+        if buf.prompt != prompt:
+            for k, v in cond.items():
+                buf.cond[k].copy_(v.expand_as(buf.cond[k]))
+            buf.prompt = prompt
+        self._gen.manual_seed(int(seed))
+        buf.noise.normal_(generator=self._gen)
+        if buf.step_noise is not None:
+            buf.step_noise.normal_(generator=self._gen)
+        if self._cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        img = self._run("render", buf.noise, buf.step_noise, buf.cond).cpu()
+        ms = (time.perf_counter() - t0) * 1e3
+        key = (batch_size, height, width)
+        if self._compiled and buf.calls < 3:  # dynamo compile, then CUDA-graph warm-up and record
+            self.stats.capture_s[key] = self.stats.capture_s.get(key, 0.0) + ms / 1e3
+        buf.calls += 1
+        self.stats.images += batch_size
+        self.stats.last_ms = ms
+        return img
+
+    def warmup(self, height: int = 512, width: int = 512, batch_size: int = 1, runs: int = 3) -> float:
+        """Compile and capture for this shape ahead of time; returns the seconds it took."""
+        t0 = time.perf_counter()
+        for i in range(runs):
+            self.generate("", seed=i, height=height, width=width, batch_size=batch_size)
+        return time.perf_counter() - t0

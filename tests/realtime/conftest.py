@@ -1,0 +1,34 @@
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """CI has 2 shared cores: keep each test to one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def tiny(tokenizer_path):
+    from train.realtime_models import tiny_components
+
+    return tiny_components(tokenizer_path)
+
+
+class CallCounter:
+    """Counts forward calls of a module through a forward hook."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.calls = 0
+        module.register_forward_hook(self._hook)
+
+    def _hook(self, *args):
+        self.calls += 1
+
+
+@pytest.fixture
+def count_calls():
+    return CallCounter

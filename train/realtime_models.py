@@ -1,0 +1,192 @@
+"""Build a :class:`hypersd_core.generate.Generator` from local files: SD1.5/SDXL (diffusers folder
+or single .safetensors file), a TAESD/TAESDXL tiny VAE, the embedded digits model, or a tiny
+random model with the same interface (tests, and before the embedded model exists).
+
+Nothing is downloaded: every loader passes ``local_files_only=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from hypersd_core.generate import Generator, PromptEncoder
+from hypersd_core.lora_formats import load_lora
+from hypersd_core.lora_merge import LoraMerge
+
+log = logging.getLogger(__name__)
+
+SHARED_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "data" / "clip_tokenizer"
+KINDS = ("embedded", "tiny", "sd15", "sdxl")
+DEFAULT_SIZE = {"embedded": 16, "tiny": 32, "sd15": 512, "sdxl": 1024}
+
+
+class LatentDecoder(torch.nn.Module):
+    """VAE decode as a plain module: latents (as the UNet sees them) -> image in [-1, 1]."""
+
+    def __init__(self, vae: torch.nn.Module):
+        super().__init__()
+        self.vae = vae
+        self.scaling_factor = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
+        self.shift_factor = float(getattr(vae.config, "shift_factor", 0.0) or 0.0)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z / self.scaling_factor + self.shift_factor, return_dict=False)[0]
+
+
+@dataclass
+class Components:
+    """Loaded parts for :func:`build_generator`."""
+    kind: str
+    unet: torch.nn.Module
+    prompt_encoder: PromptEncoder
+    decoder: Optional[torch.nn.Module]
+    latent_channels: int
+    vae_scale_factor: int
+    size: int
+    prediction_type: str = "epsilon"
+    description: str = ""
+
+
+def _tokenizer(path: Optional[str | os.PathLike] = None):
+    from transformers import CLIPTokenizer
+
+    path = Path(path or os.environ.get("HYPERSD_TOKENIZER", SHARED_TOKENIZER))
+    if not (path / "vocab.json").is_file():
+        raise FileNotFoundError(f"no CLIP tokenizer at {path} (vocab.json + merges.txt); pass --tokenizer")
+    return CLIPTokenizer.from_pretrained(str(path))
+
+
+def tiny_components(tokenizer_path=None, seed: int = 0, pixel_space: bool = False) -> Components:
+    """A tiny random SD1.5-shaped model (UNet, CLIP text encoder, AutoencoderTiny decoder).
+
+    ``pixel_space=True`` mimics the embedded digits model instead: 1 channel, 16x16, no decoder.
+    """
+    from diffusers import AutoencoderTiny, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77))
+    ch = 1 if pixel_space else 4
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=ch, out_channels=ch, layers_per_block=1, block_out_channels=(32, 64),
+        norm_num_groups=8, cross_attention_dim=32, attention_head_dim=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+    decoder, scale = None, 1
+    if not pixel_space:
+        vae = AutoencoderTiny(encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
+                              num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1), latent_channels=4)
+        decoder, scale = LatentDecoder(vae.eval().requires_grad_(False)), 2
+    enc = PromptEncoder([_tokenizer(tokenizer_path)], [text.eval().requires_grad_(False)], "sd15")
+    return Components("tiny", unet.eval().requires_grad_(False), enc, decoder, ch, scale,
+                      16 if pixel_space else 32, description="tiny random model")
+
+
+def embedded_components(folder=None, tokenizer_path=None) -> Components:
+    """The committed embedded digits teacher (pixel space, 16x16, identity decoder).
+
+    Falls back to a tiny random pixel-space model with the same interface, with a log line,
+    while the embedded files are absent.
+    """
+    try:
+        from train.models.embedded import load_embedded
+        teacher = load_embedded(folder, tokenizer_path)
+    except (ImportError, FileNotFoundError) as exc:
+        log.warning("embedded digits model not available (%s); using a tiny random stand-in", exc)
+        comp = tiny_components(tokenizer_path, pixel_space=True)
+        comp.kind, comp.description = "embedded", "tiny random stand-in for the embedded digits model"
+        return comp
+    enc = PromptEncoder([teacher.tokenizer], [teacher.text_encoder], "sd15")
+    return Components("embedded", teacher.unet, enc, None, teacher.unet.config.in_channels, 1,
+                      teacher.resolution, description="embedded digits model")
+
+
+def load_tiny_vae(path: str | os.PathLike, dtype=torch.float32) -> torch.nn.Module:
+    """AutoencoderTiny from a TAESD/TAESDXL diffusers folder, or a decoder-only .safetensors file
+    in the original layout ComfyUI keeps in models/vae_approx (``taesd_decoder.safetensors``)."""
+    from diffusers import AutoencoderTiny
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_dir():
+        return AutoencoderTiny.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: give a diffusers AutoencoderTiny folder or a .safetensors file")
+    sd = load_file(str(path))
+    if not any(k.startswith("decoder.") for k in sd):
+        sd = {f"decoder.layers.{k}": v for k, v in sd.items()}  # original taesd_decoder layout
+    vae = AutoencoderTiny()
+    missing, unexpected = vae.load_state_dict(sd, strict=False)
+    missing_dec = [k for k in missing if k.startswith("decoder.")]
+    if missing_dec or unexpected:
+        raise ValueError(f"{path} is not a TAESD decoder: missing {missing_dec[:3]}, unexpected {unexpected[:3]}")
+    return vae.to(dtype)
+
+
+def sd_components(kind: str, path: str | os.PathLike, dtype=torch.float16, config: Optional[str] = None,
+                  tiny_vae: Optional[str] = None) -> Components:
+    """SD1.5 or SDXL from a local diffusers folder or a single-file checkpoint (``config``: a local
+    diffusers folder with the matching model_index/config files, needed offline for single files)."""
+    import diffusers
+
+    if kind not in ("sd15", "sdxl"):
+        raise ValueError(f"kind must be 'sd15' or 'sdxl', got {kind!r}")
+    cls = diffusers.StableDiffusionPipeline if kind == "sd15" else diffusers.StableDiffusionXLPipeline
+    path = Path(path)
+    common = dict(torch_dtype=dtype, local_files_only=True, safety_checker=None) if kind == "sd15" else \
+        dict(torch_dtype=dtype, local_files_only=True)
+    if tiny_vae:
+        common["vae"] = load_tiny_vae(tiny_vae, dtype)
+    if path.is_dir():
+        pipe = cls.from_pretrained(str(path), **common)
+    elif path.is_file():
+        if config is None:
+            raise ValueError(f"loading the single file {path} offline needs --config: a local diffusers "
+                             f"folder of the same model type ({kind}) with its config files")
+        pipe = cls.from_single_file(str(path), config=str(config), **common)
+    else:
+        raise FileNotFoundError(f"{path} does not exist; give a diffusers folder or a .safetensors checkpoint")
+    if kind == "sd15":
+        enc = PromptEncoder([pipe.tokenizer], [pipe.text_encoder], "sd15")
+    else:
+        enc = PromptEncoder([pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2], "sdxl")
+    pred = pipe.scheduler.config.get("prediction_type", "epsilon")
+    return Components(kind, pipe.unet, enc, LatentDecoder(pipe.vae), pipe.unet.config.in_channels,
+                      pipe.vae_scale_factor, DEFAULT_SIZE[kind], pred, description=f"{kind} from {path}")
+
+
+def load_components(kind: str, path=None, dtype=torch.float16, config=None, tiny_vae=None,
+                    tokenizer_path=None) -> Components:
+    if kind == "embedded":
+        return embedded_components(path, tokenizer_path)
+    if kind == "tiny":
+        return tiny_components(tokenizer_path)
+    if path is None:
+        raise ValueError(f"--model {kind} needs --path (a diffusers folder or a .safetensors file)")
+    return sd_components(kind, path, dtype, config, tiny_vae)
+
+
+def build_generator(comp: Components, device="cpu", dtype=torch.float32, lora: Optional[str] = None,
+                    lora_strength: float = 1.0, **kwargs) -> tuple[Generator, Optional[LoraMerge]]:
+    """Move the components to ``device``/``dtype``, merge a LoRA file if given, build the Generator."""
+    for m in (comp.unet, comp.decoder, *comp.prompt_encoder.text_encoders):
+        if m is None:
+            continue
+        if next(m.parameters()).dtype != dtype:
+            m.to(dtype=dtype)
+        m.to(device=device).eval().requires_grad_(False)
+    merged = None
+    if lora:
+        sd, meta = load_lora(lora)
+        merged = LoraMerge(comp.unet, sd, lora_strength, metadata=meta)
+        log.info("merged %d LoRA modules from %s at strength %s", len(merged), lora, lora_strength)
+    gen = Generator(comp.unet, comp.prompt_encoder, comp.decoder, latent_channels=comp.latent_channels,
+                    vae_scale_factor=comp.vae_scale_factor, dtype=dtype, device=device,
+                    prediction_type=comp.prediction_type, sdxl=comp.kind == "sdxl", **kwargs)
+    return gen, merged
