@@ -1,0 +1,149 @@
+"""The live demo: stale-request dropping, the HTTP API, and the page in a real headless Chromium."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_stale_request_is_dropped_without_generating(tiny):
+    from train.demo import DemoState
+    from train.realtime_models import build_generator
+
+    gen, _ = build_generator(tiny)
+    state = DemoState(gen, 32, "tiny")
+    state.note("c", 5)
+    assert state.generate("old prompt", 0, "c", 3) is None
+    assert gen.stats.images == 0 and state.dropped == 1
+    out = state.generate("new prompt", 0, "c", 6)
+    assert out["seq"] == 6 and out["image"].startswith("data:image/png;base64,") and out["ms"] > 0
+
+
+def _post(url, body):
+    req = urllib.request.Request(url + "generate", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return r.status, r.read()
+
+
+@pytest.fixture(scope="module")
+def demo_url(tokenizer_path):
+    """`python -m train.demo` on a free loopback port with the embedded model (or its stand-in)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), HYPERSD_TOKENIZER=str(tokenizer_path))
+    proc = subprocess.Popen([sys.executable, "-m", "train.demo", "--model", "embedded", "--port", "0",
+                             "--threads", "1", "--debounce-ms", "30"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, url = [], None
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        m = re.search(r"serving on (http://127\.0\.0\.1:\d+/)", line)
+        if m:
+            url = m.group(1)
+            break
+    if url is None:
+        proc.kill()
+        pytest.fail("demo did not start:\n" + "".join(lines))
+    threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def test_demo_http_api(demo_url):
+    with urllib.request.urlopen(demo_url, timeout=30) as r:
+        page = r.read().decode()
+    assert 'id="prompt"' in page and 'id="image"' in page and "images/s" in page
+    status, body = _post(demo_url, {"prompt": "a handwritten digit 3", "seed": 1, "seq": 1, "client": "t"})
+    first = json.loads(body)
+    assert status == 200 and first["seq"] == 1 and first["image"].startswith("data:image/")
+    status, body = _post(demo_url, {"prompt": "a handwritten digit 8", "seed": 1, "seq": 2, "client": "t"})
+    assert json.loads(body)["image"] != first["image"]
+    status, _ = _post(demo_url, {"prompt": "late", "seed": 1, "seq": 1, "client": "t"})
+    assert status == 204, "a request older than one already seen must be dropped"
+    with urllib.request.urlopen(demo_url + "info", timeout=30) as r:
+        info = json.loads(r.read())
+    assert info["text_encoder_calls"] == 2 and info["dropped_stale"] >= 1
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None)
+
+
+@pytest.fixture
+def browser():
+    if not CHROMIUM or not CHROMEDRIVER:
+        pytest.skip("Chromium not installed (apt-get install -y chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install selenium)")
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="hypersd-chromium-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--user-data-dir={profile}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def _image_state(driver):
+    return driver.execute_script(
+        "const i = document.getElementById('image');"
+        "return [i.getAttribute('src') || '', i.dataset.prompt || '', i.complete && i.naturalWidth,"
+        " document.getElementById('ms').textContent, document.getElementById('ips').textContent];")
+
+
+def _wait_for(driver, cond, timeout=60):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def check(d):
+        state = _image_state(d)
+        return state if cond(state) else False
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(check)
+
+
+def _pixels(driver):
+    """The displayed image's decoded RGBA pixels, read back through a canvas."""
+    return driver.execute_script(
+        "const i = document.getElementById('image'); const c = document.createElement('canvas');"
+        "c.width = i.naturalWidth; c.height = i.naturalHeight; const g = c.getContext('2d');"
+        "g.drawImage(i, 0, 0); return Array.from(g.getImageData(0, 0, c.width, c.height).data);")
+
+
+def test_page_follows_typing_in_headless_chromium(demo_url, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(demo_url)
+    box = browser.find_element(By.ID, "prompt")
+    box.send_keys("a handwritten digit 3")
+    st = _wait_for(browser, lambda s: s[1] == "a handwritten digit 3" and s[2])
+    src1, px1 = st[0], _pixels(browser)
+    assert src1.startswith("data:image/") and len(px1) > 0 and max(px1[:-1:4]) > 0
+    assert float(st[3]) > 0 and float(st[4]) > 0, f"ms / images/s readout missing: {st[3:]}"
+    box.clear()
+    box.send_keys("a handwritten digit 8")
+    st = _wait_for(browser, lambda s: s[1] == "a handwritten digit 8" and s[2] and s[0] != src1)
+    px2 = _pixels(browser)
+    assert len(px2) == len(px1) and px2 != px1, "the image must change with the prompt"
+    assert float(st[3]) > 0 and float(st[4]) > 0
+    assert browser.find_element(By.ID, "status").text == ""
