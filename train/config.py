@@ -22,6 +22,7 @@ class ModelConfig:
     path: str | None = None  # diffusers folder (from_pretrained) or single .safetensors checkpoint
     teacher_path: str | None = None  # separate teacher UNet; None: the base UNet with the LoRA disabled
     tokenizer_path: str | None = None
+    config_path: str | None = None  # local diffusers folder with the configs from_single_file needs offline
     prediction_type: str | None = None  # None: from the scheduler config / model kind
     dtype: str = "fp32"  # dtype of the frozen weights: fp32 | fp16 | bf16
     gradient_checkpointing: bool = False

@@ -1,0 +1,131 @@
+"""Checkpoints: tensors in safetensors, the rest in JSON, written to a temp folder and renamed, so
+a run killed at any moment leaves the previous checkpoint intact. Never pickle."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hypersd_core.lora_formats import atomic_write
+
+_PY = "@py"  # suffix of optimizer entries that were Python numbers
+
+
+def optimizer_tensors(optimizer, prefix: str = "opt.") -> dict[str, torch.Tensor]:
+    """An optimizer's per-parameter state as flat tensors (param_groups come from the config)."""
+    sd = optimizer.state_dict()
+    out = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                out[f"{prefix}{pid}.{k}"] = v.detach().cpu().clone()
+            elif isinstance(v, (int, float)):
+                out[f"{prefix}{pid}.{k}{_PY}"] = torch.tensor(float(v), dtype=torch.float64)
+            else:
+                raise TypeError(f"cannot checkpoint optimizer state {k}={type(v).__name__}")
+    return out
+
+
+def load_optimizer_tensors(optimizer, tensors: dict[str, torch.Tensor], prefix: str = "opt.") -> None:
+    sd = optimizer.state_dict()
+    state: dict = {}
+    for key, v in tensors.items():
+        if not key.startswith(prefix):
+            continue
+        pid, name = key[len(prefix):].split(".", 1)
+        if name.endswith(_PY):
+            name, v = name[: -len(_PY)], float(v)
+        state.setdefault(int(pid), {})[name] = v
+    sd["state"] = state
+    optimizer.load_state_dict(sd)
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors.update({f"rng.cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    np_state = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
+    meta = {"python": _jsonable(random.getstate()), "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+    return tensors, meta
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda"))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    random.setstate(_tupled(meta["python"]))
+    n = meta["numpy"]
+    np.random.set_state((n[0], tensors["rng.numpy"].numpy().astype(np.uint32), n[1], n[2], n[3]))
+
+
+def _jsonable(x):
+    return [_jsonable(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _tupled(x):
+    return tuple(_tupled(v) for v in x) if isinstance(x, list) else x
+
+
+# -- folders -----------------------------------------------------------------------------------
+def checkpoint_root(output: str | os.PathLike) -> Path:
+    return Path(output) / "checkpoints"
+
+
+def latest_checkpoint(output: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint folder (named step-<global step>), or None."""
+    root = checkpoint_root(output)
+    if not root.is_dir():
+        return None
+    done = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / "state.json").is_file()]
+    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
+
+
+def begin(output, global_step: int) -> Path:
+    """A fresh temp folder for the checkpoint of ``global_step`` (main process)."""
+    tmp = checkpoint_root(output) / f".tmp-step-{global_step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def write_part(folder: Path, name: str, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> None:
+    """One part: <name>.safetensors (+ <name>.json)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(str(folder / f"{name}.safetensors"), lambda tmp: save_file(tensors, tmp))
+    if meta is not None:
+        atomic_write(str(folder / f"{name}.json"), lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+
+
+def read_part(folder: Path, name: str) -> tuple[dict[str, torch.Tensor], dict | None]:
+    from safetensors.torch import load_file
+
+    path = folder / f"{name}.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {folder} lacks {path.name}; it is incomplete or from a run with "
+                                "another number of processes")
+    meta_path = folder / f"{name}.json"
+    return load_file(str(path)), (json.loads(meta_path.read_text()) if meta_path.is_file() else None)
+
+
+def commit(tmp: Path, state: dict, keep: int) -> Path:
+    """Write state.json last, rename the temp folder into place, drop old checkpoints."""
+    atomic_write(str(tmp / "state.json"), lambda p: Path(p).write_text(json.dumps(state, indent=2)))
+    final = tmp.parent / tmp.name.replace(".tmp-", "")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    olds = sorted((p for p in tmp.parent.iterdir() if p.is_dir() and p.name.startswith("step-")),
+                  key=lambda p: int(p.name.split("-")[1]))
+    for p in olds[:-keep] if keep > 0 else []:
+        shutil.rmtree(p, ignore_errors=True)
+    return final

@@ -1,0 +1,54 @@
+"""Metrics of a trained student on the embedded digits (see metrics.py), as a dict and a table."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .grids import generate
+from .metrics import classifier_features, digit_eval_set, score_images
+
+
+def evaluate_digits(trainer, stage) -> dict:
+    """Teacher DDIM (eval.teacher_steps) and the student at eval.steps, scored against held-out digits."""
+    from .digits import load_digit_splits
+
+    e, m = trainer.cfg.eval, trainer.model
+    clf = m.extras.get("classifier")
+    if clf is None:
+        raise ValueError("eval needs the digit classifier (model.kind embedded or tiny)")
+    clf = clf.to(trainer.acc.device)
+    res = m.unet.config.sample_size
+    labels, prompts, noise = digit_eval_set(e.per_digit, res, e.seed, m.unet.config.in_channels)
+    noise = noise.to(trainer.acc.device)
+    _, test = load_digit_splits(res)
+    real = classifier_features(clf, test.images.to(trainer.acc.device))
+    kw = dict(schedule=m.schedule, prediction_type=m.prediction_type, decode=trainer.decode)
+    out = {"n_samples": len(labels), "real_samples": len(test.labels), "eta": e.eta,
+           "reference": f"teacher DDIM {e.reference_steps} steps, cfg {e.teacher_cfg:g}", "rows": {}}
+    with trainer.teacher() as teacher:
+        t0 = time.time()
+        ref = generate(teacher, trainer.conditioner, prompts, noise, steps=e.reference_steps, cfg=e.teacher_cfg, eta=0.0, **kw)
+        out["rows"][f"teacher DDIM {e.reference_steps}"] = dict(score_images(clf, ref, labels, real, ref), steps=e.reference_steps,
+                                                                  nfe=2 * e.reference_steps, seconds=round(time.time() - t0, 2))
+        t0 = time.time()
+        imgs = generate(teacher, trainer.conditioner, prompts, noise, steps=e.teacher_steps, cfg=e.teacher_cfg, eta=0.0, **kw)
+        out["rows"][f"teacher DDIM {e.teacher_steps}"] = dict(score_images(clf, imgs, labels, real, ref), steps=e.teacher_steps,
+                                                                nfe=2 * e.teacher_steps, seconds=round(time.time() - t0, 2))
+    with stage.sampling_context():
+        for k in e.steps:
+            t0 = time.time()
+            imgs = generate(trainer.base_unet, trainer.conditioner, prompts, noise, steps=k, cfg=1.0, eta=e.eta, **kw)
+            out["rows"][f"student {k}"] = dict(score_images(clf, imgs, labels, real, ref), steps=k, nfe=k,
+                                               seconds=round(time.time() - t0, 2))
+    return out
+
+
+def format_table(metrics: dict) -> str:
+    lines = [f"{'sampler':<20} {'NFE':>4} {'Frechet':>9} {'adherence':>9} {'traj.err':>9}"]
+    for name, r in metrics["rows"].items():
+        lines.append(f"{name:<20} {r['nfe']:>4} {r['frechet']:>9.3f} {r['adherence']:>9.3f} {r.get('trajectory_error', 0):>9.4f}")
+    lines.append(f"(n={metrics['n_samples']} samples vs {metrics['real_samples']} held-out digits; "
+                 f"trajectory error vs {metrics['reference']})")
+    return "\n".join(lines)

@@ -1,0 +1,44 @@
+"""Export the student LoRA: a kohya-format .safetensors with ``.alpha`` and our HyperSDMetadata
+(what ComfyUI, A1111 and diffusers load), plus a diffusers/peft copy (``load_lora_weights``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from hypersd_core.lora_formats import HyperSDMetadata, save_lora, to_kohya
+
+from .lora import ADAPTER
+
+
+def peft_state_dict(unet) -> dict[str, torch.Tensor]:
+    """The LoRA in diffusers' layout: ``unet.<module>.lora_A.weight`` / ``lora_B``."""
+    from peft.utils import get_peft_model_state_dict
+
+    sd = get_peft_model_state_dict(unet, adapter_name=ADAPTER)
+    return {"unet." + k: v.detach().float().cpu().contiguous() for k, v in sd.items()}
+
+
+def lora_alpha(unet) -> float:
+    cfg = unet.peft_config[ADAPTER]
+    return float(cfg.lora_alpha)
+
+
+def export_lora(unet, folder: str | os.PathLike, name: str, metadata: HyperSDMetadata) -> dict[str, str]:
+    """Write <folder>/<name>.safetensors (kohya) and <folder>/<name>_diffusers/ (peft); returns paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    peft_sd = peft_state_dict(unet)
+    kohya = to_kohya(peft_sd, default_alpha=lora_alpha(unet))
+    kohya_path = save_lora(folder / f"{name}.safetensors", kohya, metadata)
+    ddir = folder / f"{name}_diffusers"
+    ddir.mkdir(exist_ok=True)
+    cfg = unet.peft_config[ADAPTER]
+    header = dict(metadata.to_header())
+    header["lora_adapter_metadata"] = json.dumps({"r": cfg.r, "lora_alpha": cfg.lora_alpha,
+                                                  "target_modules": sorted(cfg.target_modules)})
+    peft_path = save_lora(ddir / "pytorch_lora_weights.safetensors", peft_sd, header)
+    return {"kohya": str(kohya_path), "diffusers": str(peft_path)}

@@ -1,0 +1,164 @@
+"""The TSCD stage: consistency distillation within k trajectory segments, with an optional
+adversarial term (discriminator heads on the frozen teacher's features) and noise perturbation.
+The per-sample math is hypersd_core.tscd; this file wires models and optimizers around it."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch.func import functional_call
+
+from hypersd_core.losses import adversarial_d_loss, adversarial_g_loss, consistency_loss
+from hypersd_core.parameterization import add_noise
+from hypersd_core.segments import SegmentGrid
+from hypersd_core.tscd import (adversarial_timesteps, consistency_target, perturb_noise, renoise_in_segment,
+                               student_edge_prediction, teacher_ddim_step, tscd_timesteps)
+
+from ..checkpoint import load_optimizer_tensors, optimizer_tensors
+from ..discriminator import FeatureDiscriminator, feature_channels, teacher_features
+from ..lora import LoraEMA
+from . import register_stage
+from .base import Batch, Stage
+
+
+def _rows(d: dict | None, mask: torch.Tensor) -> dict | None:
+    return None if d is None else {k: v[mask] for k, v in d.items()}
+
+
+def _cat(a: dict | None, b: dict | None) -> dict | None:
+    return None if a is None else {k: torch.cat([a[k], b[k]]) for k in a}
+
+
+def _unet_kw(added: dict | None) -> dict:
+    return {"added_cond_kwargs": added} if added else {}
+
+
+@register_stage("tscd")
+class TSCDStage(Stage):
+    def setup(self) -> None:
+        ctx, cfg = self.ctx, self.cfg
+        self.grid = SegmentGrid(ctx.config.solver_steps, cfg.segments, ctx.config.num_train_timesteps)
+        self.ema = LoraEMA(ctx.base_unet, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.disc = self.d_opt = None
+        if cfg.adv_weight > 0:
+            self.disc = FeatureDiscriminator(feature_channels(ctx.base_unet)).to(ctx.device)
+            opt = torch.optim.AdamW(self.disc.parameters(), lr=ctx.config.optim.disc_lr, betas=(0.0, 0.99))
+            self.disc_wrapped, self.d_opt = ctx.accelerator.prepare(self.disc, opt)
+
+    # -- pieces -------------------------------------------------------------------------------
+    def _randn(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.randn(like.shape, generator=self.ctx.generator).to(like.device, like.dtype)
+
+    def _guidance(self, batch: int) -> torch.Tensor:
+        u = torch.rand(batch, generator=self.ctx.generator, dtype=torch.float64)
+        return (self.cfg.cfg_min + u * (self.cfg.cfg_max - self.cfg.cfg_min)).float()
+
+    @torch.no_grad()
+    def _teacher_step(self, x_t, ts, cond, added, w):
+        ctx = self.ctx
+        with ctx.teacher() as teacher:
+            if bool((w == 1).all()):
+                out = teacher(x_t, ts.t, encoder_hidden_states=cond, **_unet_kw(added)).sample
+                cond_out, uncond_out = out, None
+            else:
+                unc, unc_added = ctx.uncond(x_t.shape[0])
+                out = teacher(torch.cat([x_t, x_t]), torch.cat([ts.t, ts.t]), encoder_hidden_states=torch.cat([cond, unc]),
+                              **_unet_kw(_cat(added, unc_added))).sample
+                cond_out, uncond_out = out.chunk(2)
+        return teacher_ddim_step(cond_out.float(), None if uncond_out is None else uncond_out.float(),
+                                 w.to(x_t.device), x_t.float(), ts, ctx.schedule, ctx.prediction_type)
+
+    @torch.no_grad()
+    def _target(self, x_prev, ts, cond, added):
+        """Boundary rows keep the teacher's x_{t'}; the others run the target network at t'."""
+        ctx = self.ctx
+        inner = ~ts.boundary
+        if not bool(inner.any()):
+            return consistency_target(x_prev, None, ts, ctx.schedule, ctx.prediction_type)
+        swap = self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
+        with swap:
+            part = ctx.base_unet(x_prev[inner].to(ctx.weight_dtype), ts.t_prev[inner], encoder_hidden_states=cond[inner],
+                                 **_unet_kw(_rows(added, inner))).sample
+        out = torch.zeros_like(x_prev)
+        out[inner] = part.float()
+        return consistency_target(x_prev, out, ts, ctx.schedule, ctx.prediction_type)
+
+    def _disc_logits(self, x, t, cond, added, train_heads: bool):
+        with self.ctx.teacher() as teacher:
+            feats = teacher_features(teacher, x.to(self.ctx.weight_dtype), t, cond, added)
+        if train_heads:
+            return self.disc_wrapped(feats)
+        # Generator pass: gradients flow to x through detached head weights, never into the heads.
+        params = {k: v.detach() for k, v in self.disc.named_parameters()}
+        return functional_call(self.disc, params, (feats,))
+
+    # -- the step -------------------------------------------------------------------------------
+    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+        ctx, cfg = self.ctx, self.cfg
+        acc = ctx.accelerator
+        x0 = batch.x0.float()
+        n = x0.shape[0]
+        ts = tscd_timesteps(self.grid, self.grid.sample_indices(n, ctx.generator))
+        ts = type(ts)(*(v.to(ctx.device) for v in (ts.index, ts.t, ts.t_prev, ts.t_edge, ts.boundary)))
+        noise = perturb_noise(self._randn(x0), cfg.noise_perturbation, ctx.generator)
+        a, s = ctx.schedule.alpha_sigma(ts.t, device=ctx.device)
+        x_t = add_noise(x0, noise, a, s)
+        w = self._guidance(n)
+
+        with acc.autocast():
+            x_prev = self._teacher_step(x_t.to(ctx.weight_dtype), ts, batch.cond, batch.added_cond, w)
+            target = self._target(x_prev, ts, batch.cond, batch.added_cond)
+            out = ctx.unet(x_t.to(ctx.weight_dtype), ts.t, encoder_hidden_states=batch.cond,
+                           **_unet_kw(batch.added_cond)).sample
+            pred = student_edge_prediction(out.float(), x_t, ts, ctx.schedule, ctx.prediction_type)
+            l_cd = consistency_loss(pred, target, cfg.loss, cfg.huber_c)
+            loss = cfg.consistency_weight * l_cd
+            logs = {"loss/consistency": l_cd.detach()}
+            if self.disc is not None:
+                t_a = adversarial_timesteps(ts, self.grid, torch.rand(n, generator=ctx.generator)).to(ctx.device)
+                z = self._randn(x0)
+                fake = renoise_in_segment(pred, ts.t_edge, t_a, z, ctx.schedule)
+                l_g = adversarial_g_loss(self._disc_logits(fake, t_a, batch.cond, batch.added_cond, False).float(), cfg.adv_loss)
+                loss = loss + cfg.adv_weight * l_g
+                logs["loss/adv_g"] = l_g.detach()
+        ctx.step_lora(loss, ctx.config.optim.max_grad_norm)
+        if self.ema is not None and acc.sync_gradients:
+            self.ema.update()
+
+        if self.disc is not None:
+            real = renoise_in_segment(target, ts.t_edge, t_a, z, ctx.schedule)
+            fake = fake.detach()
+            both_t, both_c = torch.cat([t_a, t_a]), torch.cat([batch.cond, batch.cond])
+            both_added = _cat(batch.added_cond, batch.added_cond)
+            for _ in range(max(1, cfg.d_steps)):
+                with acc.autocast():
+                    logits = self._disc_logits(torch.cat([real, fake]), both_t, both_c, both_added, True).float()
+                    l_d = adversarial_d_loss(*logits.chunk(2), cfg.adv_loss)
+                acc.backward(l_d)
+                self.d_opt.step()
+                self.d_opt.zero_grad(set_to_none=True)
+            logs["loss/adv_d"] = l_d.detach()
+        logs["loss/total"] = loss.detach()
+        return {k: float(v) for k, v in logs.items()}
+
+    # -- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        if self.ema is not None:
+            out.update(self.ema.state_dict("ema."))
+        if self.disc is not None:
+            out.update({"disc." + k: v.detach().cpu() for k, v in self.disc.state_dict().items()})
+            out.update(optimizer_tensors(self.d_opt, "disc_opt."))
+        return out
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if self.ema is not None:
+            self.ema.load_state_dict(state, "ema.")
+        if self.disc is not None:
+            self.disc.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("disc.")})
+            load_optimizer_tensors(self.d_opt, state, "disc_opt.")
+
+    def metadata(self) -> dict:
+        k = self.cfg.segments
+        return {"segments": k, "steps": [k], "stage": "tscd"}

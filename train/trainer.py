@@ -1,0 +1,290 @@
+"""The training driver: models, LoRA, data, stages in order, checkpoints, export and evaluation.
+Run through ``python -m train`` (one process) or ``accelerate launch -m train`` (several)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from hypersd_core.lora_formats import HyperSDMetadata
+
+from . import checkpoint as ckpt
+from .conditioning import TextConditioner
+from .config import TrainConfig
+from .data import build_source
+from .export import export_lora
+from .grids import sample_grid_rows, save_grid, tensorboard_grid
+from .lora import add_lora, adapters_disabled, load_lora_tensors, lora_tensors
+from .models.loading import DTYPES, load_model
+from .optim import build_optimizer, reset_state, set_lr
+from .stages import StageContext, get_stage
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: bool = False):
+        self.cfg, self.resume = cfg, resume
+        self.out = Path(cfg.output)
+        self.results: dict = {}
+
+    # -- setup ----------------------------------------------------------------------------------
+    def _setup(self):
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        cfg = self.cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.acc = acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+                                     kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+        if not self.resume and acc.is_main_process and ckpt.latest_checkpoint(self.out) is not None:
+            raise FileExistsError(f"{self.out} already holds checkpoints: pass --resume to continue that run, "
+                                  "or choose another --output")
+        torch.manual_seed(cfg.seed + acc.process_index)
+        self.model = m = load_model(cfg.model)
+        self.weight_dtype = DTYPES[cfg.model.dtype] if acc.device.type == "cuda" else torch.float32
+        m.unet.to(acc.device, self.weight_dtype)
+        for e in m.text_encoders:
+            e.to(acc.device)
+        if m.vae is not None:
+            m.vae.to(acc.device, self.weight_dtype)
+        if m.teacher_unet is not None:
+            m.teacher_unet.to(acc.device, self.weight_dtype)
+        self.lora_params = add_lora(m.unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules)
+        for p in self.lora_params:  # LoRA weights train in fp32 even over an fp16/bf16 base
+            p.data = p.data.float()
+        if cfg.lora.init_from:
+            self._init_lora(cfg.lora.init_from)
+        if cfg.model.gradient_checkpointing:
+            m.unet.enable_gradient_checkpointing()
+        opt = build_optimizer(self.lora_params, cfg.optim, acc.device)
+        self.unet, self.optimizer = acc.prepare(m.unet, opt)
+        self.base_unet = m.unet
+        self.conditioner = TextConditioner(m.text_encoders, m.tokenizers, acc.device, self.weight_dtype,
+                                           resolution=cfg.data.resolution or m.resolution,
+                                           memo=cfg.data.kind == "digits")
+        self.source = build_source(cfg.data, m, self.conditioner, acc.device, acc.process_index, acc.num_processes, cfg.seed)
+        self.generator = torch.Generator().manual_seed(cfg.seed * 7 + 1000 * acc.process_index + 1)
+        self.writer = None
+        if acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(str(self.out / "tensorboard"))
+            except ImportError:
+                self.writer = None
+        self.ctx = StageContext(
+            config=cfg, accelerator=acc, unet=self.unet, base_unet=self.base_unet, schedule=m.schedule,
+            prediction_type=m.prediction_type, lora_params=self.lora_params, optimizer=self.optimizer,
+            uncond=self.conditioner.uncond, decode=self.decode, teacher=self.teacher, generator=self.generator,
+            log=self.log, output_dir=str(self.out), weight_dtype=self.weight_dtype, extras=dict(m.extras))
+
+    def _init_lora(self, path: str) -> None:
+        from hypersd_core.lora_formats import detect_format, kohya_to_peft, load_lora
+        from peft import set_peft_model_state_dict
+
+        sd, _ = load_lora(path)
+        if detect_format(sd) == "kohya":
+            names = [n for n, _ in self.model.unet.named_modules()]
+            sd, _ = kohya_to_peft(sd, names)
+        sd = {k[len("unet."):] if k.startswith("unet.") else k: v for k, v in sd.items()}
+        set_peft_model_state_dict(self.model.unet, sd, adapter_name="default")
+
+    @contextlib.contextmanager
+    def teacher(self):
+        """The frozen teacher: a separate UNet, or the student's base with the LoRA disabled."""
+        if self.model.teacher_unet is not None:
+            yield self.model.teacher_unet
+        else:
+            with adapters_disabled(self.base_unet) as unet:
+                yield unet
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        vae = self.model.vae
+        if vae is None:
+            return x
+        with torch.no_grad():
+            return vae.decode((x / self.model.scaling_factor).to(vae.dtype)).sample.float()
+
+    def log(self, scalars: dict, step: int) -> None:
+        if self.writer is not None:
+            for k, v in scalars.items():
+                self.writer.add_scalar(k, v, step)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _save(self, stage, state: dict) -> None:
+        acc = self.acc
+        acc.wait_for_everyone()
+        tmp = ckpt.checkpoint_root(self.out) / f".tmp-step-{state['global_step']}"
+        if acc.is_main_process:
+            ckpt.begin(self.out, state["global_step"])
+            ckpt.write_part(tmp, "lora", lora_tensors(self.base_unet))
+            ckpt.write_part(tmp, "optimizer", ckpt.optimizer_tensors(self.optimizer))
+            ckpt.write_part(tmp, "stage", stage.state_dict() if stage is not None else {})
+        acc.wait_for_everyone()
+        rng_t, rng_m = ckpt.rng_state()
+        data_t, data_m = self.source.state()
+        tensors = {**rng_t, **data_t, "stage_gen": self.generator.get_state()}
+        ckpt.write_part(tmp, f"rank{acc.process_index}", tensors, {"rng": rng_m, "data": data_m})
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            ckpt.commit(tmp, dict(state, num_processes=acc.num_processes), self.cfg.keep_checkpoints)
+        acc.wait_for_everyone()
+
+    def _load_resume(self) -> tuple[dict, Path | None]:
+        folder = ckpt.latest_checkpoint(self.out)
+        if folder is None:
+            if self.resume:
+                print(f"--resume: no checkpoint in {self.out}; starting from the beginning")
+            return {"stage": 0, "step": 0, "global_step": 0}, None
+        state = json.loads((folder / "state.json").read_text())
+        if state.get("num_processes", 1) != self.acc.num_processes:
+            raise RuntimeError(f"checkpoint {folder} was written by {state['num_processes']} processes; resume it with "
+                               f"the same number (got {self.acc.num_processes})")
+        load_lora_tensors(self.base_unet, ckpt.read_part(folder, "lora")[0])
+        return state, folder
+
+    def _restore_process_state(self, folder: Path) -> None:
+        tensors, meta = ckpt.read_part(folder, f"rank{self.acc.process_index}")
+        ckpt.set_rng_state(tensors, meta["rng"])
+        self.source.load_state(tensors, meta["data"])
+        self.generator.set_state(tensors["stage_gen"])
+
+    # -- main loop ------------------------------------------------------------------------------
+    def run(self) -> dict:
+        t_start = time.time()
+        self._setup()
+        cfg, acc = self.cfg, self.acc
+        state, folder = self._load_resume() if self.resume else ({"stage": 0, "step": 0, "global_step": 0}, None)
+        if folder is not None:
+            self._restore_process_state(folder)
+        stage = None
+        stage_times = {}
+        for idx in range(state["stage"], len(cfg.stages)):
+            scfg = cfg.stages[idx]
+            stage = get_stage(scfg.name)(self.ctx, scfg, idx)
+            stage.setup()
+            start = state["step"] if idx == state["stage"] else 0
+            if folder is not None and idx == state["stage"] and start > 0:
+                ckpt.load_optimizer_tensors(self.optimizer, ckpt.read_part(folder, "optimizer")[0])
+                stage.load_state_dict(ckpt.read_part(folder, "stage")[0])
+            else:
+                reset_state(self.optimizer)
+            base_lr = scfg.lr if scfg.lr is not None else cfg.optim.lr
+            t0 = time.time()
+            bar = self._progress(scfg, idx, start)
+            for step in range(start, scfg.steps):
+                set_lr(self.optimizer, base_lr * min(1.0, (step + 1) / max(1, cfg.optim.warmup_steps)))
+                for _ in range(cfg.grad_accum):
+                    batch = self.source.next_batch()
+                    with acc.accumulate(self.unet):
+                        logs = stage.train_step(batch, step)
+                state["global_step"] += 1
+                state["step"] = step + 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in logs.items()})
+                if step % cfg.log_every == 0 or step == scfg.steps - 1:
+                    self.log({**logs, "lr": base_lr}, state["global_step"])
+                if cfg.sample.every and state["global_step"] % cfg.sample.every == 0:
+                    self._tb_grid(stage, state["global_step"])
+                if cfg.checkpoint_every and step + 1 < scfg.steps and state["global_step"] % cfg.checkpoint_every == 0:
+                    self._save(stage, {"stage": idx, "step": step + 1, "global_step": state["global_step"]})
+            if bar is not None:
+                bar.close()
+            stage_times[f"{idx}:{scfg.name}:k{scfg.segments}"] = round(time.time() - t0, 1)
+            self._export(stage, f"stage{idx + 1}_{scfg.name}_k{scfg.segments}", last=False)
+            self._tb_grid(stage, state["global_step"])
+            state = {"stage": idx + 1, "step": 0, "global_step": state["global_step"]}
+            self._save(stage, state)
+            folder = None
+        if stage is None:  # resumed a finished run
+            stage = get_stage(cfg.stages[-1].name)(self.ctx, cfg.stages[-1], len(cfg.stages) - 1)
+            stage.setup()
+        paths = self._export(stage, "hypersd_lora", last=True)
+        self.results.update({"lora": paths, "stage_seconds": stage_times})
+        if acc.is_main_process:
+            self._final_outputs(stage)
+            self.results["total_seconds"] = round(time.time() - t_start, 1)
+            (self.out / "summary.json").write_text(json.dumps(self.results, indent=2, default=str))
+            self._print_summary()
+        if self.writer is not None:
+            self.writer.close()
+        acc.wait_for_everyone()
+        acc.end_training()
+        return self.results
+
+    def _progress(self, scfg, idx: int, start: int):
+        if not (self.cfg.progress and self.acc.is_local_main_process):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=scfg.steps, initial=start, desc=f"stage {idx + 1}/{len(self.cfg.stages)} {scfg.name} k={scfg.segments}")
+
+    # -- outputs --------------------------------------------------------------------------------
+    def _metadata(self, stage) -> HyperSDMetadata:
+        e = self.cfg.export
+        md = stage.metadata()
+        steps = e.steps if e.steps else md.get("steps")
+        extra = {"solver_steps": self.cfg.solver_steps, "segments_schedule": [s.segments for s in self.cfg.stages],
+                 "stages": [s.name for s in self.cfg.stages], "lora_rank": self.cfg.lora.rank}
+        return HyperSDMetadata(base_model=e.base_model or self.model.base_model, steps=list(steps or []),
+                               segments=md.get("segments"), prediction_type=self.model.prediction_type,
+                               strength=e.strength, eta=e.eta, cfg=e.cfg, spacing=e.spacing,
+                               onestep_timestep=md.get("onestep_timestep"), stage=md.get("stage"), extra=extra)
+
+    def _export(self, stage, name: str, last: bool) -> dict:
+        self.acc.wait_for_everyone()
+        paths = {}
+        if self.acc.is_main_process:
+            paths = export_lora(self.base_unet, self.out / ("lora" if not last else ""), name, self._metadata(stage))
+        self.acc.wait_for_everyone()
+        return paths
+
+    def _grid_prompts(self) -> list[str]:
+        s = self.cfg.sample
+        if s.prompts:
+            return list(s.prompts)[: s.num] if s.num else list(s.prompts)
+        from .digits import caption
+        return [caption(d % 10) for d in range(s.num)]
+
+    def _grid_rows(self, stage, seed: int) -> dict:
+        s, m = self.cfg.sample, self.model
+        prompts = self._grid_prompts()
+        shape = (len(prompts), m.unet.config.in_channels, m.unet.config.sample_size, m.unet.config.sample_size)
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.acc.device)
+        return sample_grid_rows(self.base_unet, self.teacher, stage.sampling_context, self.conditioner, prompts, noise,
+                                student_steps=s.steps, teacher_steps=s.teacher_steps, teacher_cfg=s.teacher_cfg,
+                                student_cfg=s.cfg, eta=s.eta, schedule=m.schedule, prediction_type=m.prediction_type,
+                                decode=self.decode)
+
+    def _tb_grid(self, stage, step: int) -> None:
+        if self.writer is None:
+            return
+        rows = self._grid_rows(stage, self.cfg.sample.seed)
+        tensorboard_grid(self.writer, "samples", rows, step)
+
+    def _final_outputs(self, stage) -> None:
+        rows = self._grid_rows(stage, self.cfg.sample.seed)
+        self.results["grid"] = save_grid(rows, self.out / "samples.png")
+        if self.cfg.eval.enabled:
+            from .evaluate import evaluate_digits
+
+            metrics = evaluate_digits(self, stage)
+            self.results["metrics"] = str(self.out / "metrics.json")
+            (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            self.metrics = metrics
+
+    def _print_summary(self) -> None:
+        print(f"\nLoRA (kohya): {self.results['lora'].get('kohya')}\nLoRA (diffusers): {self.results['lora'].get('diffusers')}")
+        print(f"sample grid: {self.results.get('grid')}")
+        m = getattr(self, "metrics", None)
+        if m:
+            from .evaluate import format_table
+            print(format_table(m))
+        print(f"total time: {self.results.get('total_seconds')} s")
