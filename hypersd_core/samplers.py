@@ -76,7 +76,7 @@ def sample_tscd(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     n = len(sigmas) - 1
     sig_s = tscd_jump_sigmas(sigmas, float(eta), schedule)
     noise_std = (sigmas[1:] ** 2 - sig_s**2).clamp(min=0).sqrt()
-    s_in = x.new_ones([x.shape[0]])
+    s_in = x.new_ones([x.shape[0]], dtype=sigmas.dtype)  # sigma keeps its precision for fp16/bf16 x
     for i in _progress(range(n), disable):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         if callback is not None:
@@ -103,7 +103,7 @@ def sample_dmd_onestep(model, x, sigmas, extra_args=None, callback=None, disable
         return x
     if rescale_start:
         x = x * start_noise_scale(float(sigmas[0]))
-    s_in = x.new_ones([x.shape[0]])
+    s_in = x.new_ones([x.shape[0]], dtype=sigmas.dtype)  # sigma keeps its precision for fp16/bf16 x
     denoised = model(x, sigmas[0] * s_in, **extra_args)
     if callback is not None:
         callback({"x": x, "i": 0, "sigma": sigmas[0], "sigma_hat": sigmas[0], "denoised": denoised})
