@@ -47,8 +47,8 @@ def make_lora(modules, layout, rank=2, alpha=None, seed=0):
 
 
 @pytest.fixture
-def loader(comfy):
-    return comfy.nodes.NODE_CLASS_MAPPINGS["HyperSDLoraLoader"]
+def loader(comfyui):
+    return comfyui.nodes.NODE_CLASS_MAPPINGS["HyperSDLoraLoader"]
 
 
 def run(loader, model, clip, name, strength=-1.0, strength_clip=1.0):
