@@ -22,8 +22,8 @@ SCHED = VPSchedule.scaled_linear()
 
 
 def gaussian_denoiser(x, sigma, **kwargs):
-    """The exact denoiser for N(0, I) data: E[x0 | x] = x / (1 + sigma^2)."""
-    return x / (1 + sigma.reshape(-1, *([1] * (x.ndim - 1))) ** 2)
+    """The exact denoiser for N(0, I) data: E[x0 | x] = x / (1 + sigma^2), in x's dtype."""
+    return (x / (1 + sigma.reshape(-1, *([1] * (x.ndim - 1))) ** 2)).to(x.dtype)
 
 
 def run(seed=None, eta=0.5, steps=4, x=None, **kw):
