@@ -104,11 +104,12 @@ class Trainer:
             with adapters_disabled(self.base_unet) as unet:
                 yield unet
 
-    def decode(self, x: torch.Tensor) -> torch.Tensor:
+    def decode(self, x: torch.Tensor, grad: bool = False) -> torch.Tensor:
+        """Model space -> images in [-1, 1]; ``grad=True`` keeps the graph (feedback rewards)."""
         vae = self.model.vae
         if vae is None:
             return x
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             return vae.decode((x / self.model.scaling_factor).to(vae.dtype)).sample.float()
 
     def log(self, scalars: dict, step: int) -> None:
