@@ -71,22 +71,51 @@ def _kohya_name(module_path: str) -> str:
     raise AssertionError("unreachable")
 
 
-def _rank_alpha_from_metadata(metadata: Mapping[str, str] | None) -> dict:
-    """peft alpha/rank per module from diffusers' ``lora_adapter_metadata`` header entries."""
-    out: dict = {}
-    if not metadata:
-        return out
-    for key, val in metadata.items():
+_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+
+
+def _rank_alpha_from_metadata(metadata: Mapping[str, str] | None) -> dict[str, dict]:
+    """peft adapter configs from diffusers' ``lora_adapter_metadata`` header, per component.
+
+    ``unet.save_lora_adapter`` writes the bare config ({"r", "lora_alpha", ...}: key ""); a
+    pipeline's ``save_lora_weights`` prefixes each field with its component ("unet.lora_alpha").
+    """
+    out: dict[str, dict] = {}
+    for key, val in (metadata or {}).items():
         if "lora_adapter_metadata" not in key:
             continue
         try:
             cfg = json.loads(val)
         except (TypeError, json.JSONDecodeError):
             continue
-        out.setdefault("lora_alpha", cfg.get("lora_alpha"))
-        out.setdefault("r", cfg.get("r"))
-        out.setdefault("alpha_pattern", cfg.get("alpha_pattern") or {})
+        if not isinstance(cfg, dict):
+            continue
+        for field_name, value in cfg.items():
+            comp, _, name = field_name.rpartition(".")
+            if comp and comp not in _COMPONENTS:
+                comp, name = "", field_name
+            out.setdefault(comp, {}).setdefault(name, value)
     return out
+
+
+def _peft_alpha(module: str, rank: int, configs: dict[str, dict]) -> float | None:
+    """The kohya alpha equivalent to peft's scaling for ``module`` (alpha/r, or alpha/sqrt(r)
+    with rsLoRA), or None when the header says nothing."""
+    comp, _, rest = module.partition(".")
+    if comp in configs:
+        cfg, name = configs[comp], rest
+    elif len(configs) == 1:
+        cfg, name = next(iter(configs.values())), module
+    else:
+        return None
+    alpha = cfg.get("lora_alpha")
+    for pattern, value in (cfg.get("alpha_pattern") or {}).items():
+        if re.match(rf"(.*\.)?({pattern})$", name):  # peft's get_pattern_key rule
+            alpha = value
+            break
+    if alpha is None:
+        return None
+    return float(alpha) * (rank**0.5 if cfg.get("use_rslora") else 1.0)
 
 
 def to_kohya(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None,
@@ -118,7 +147,7 @@ def to_kohya(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
             pairs.setdefault(k[: -len(".alpha")], {})["alpha"] = v
             continue
         raise LoraFormatError(f"key {k!r} does not fit the {fmt} layout of the rest of the file")
-    peft_cfg = _rank_alpha_from_metadata(metadata)
+    peft_cfgs = _rank_alpha_from_metadata(metadata)
     out: dict[str, torch.Tensor] = {}
     for mod, p in pairs.items():
         if "down" not in p or "up" not in p:
@@ -127,8 +156,8 @@ def to_kohya(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
         rank = p["down"].shape[0]
         alpha = p.get("alpha")
         if alpha is None:
-            a = peft_cfg.get("alpha_pattern", {}).get(mod, peft_cfg.get("lora_alpha")) or default_alpha or rank
-            alpha = torch.tensor(float(a))
+            a = _peft_alpha(mod, rank, peft_cfgs)
+            alpha = torch.tensor(float(a if a is not None else default_alpha if default_alpha is not None else rank))
         out[f"{name}.lora_down.weight"] = p["down"]
         out[f"{name}.lora_up.weight"] = p["up"]
         out[f"{name}.alpha"] = alpha.reshape(()).float()
