@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 def pseudo_huber(pred: torch.Tensor, target: torch.Tensor, c: float = 0.001) -> torch.Tensor:
     """mean(sqrt((pred-target)^2 + c^2) - c), the consistency-distillation distance."""
-    return (((pred.float() - target.float()) ** 2 + c * c).sqrt() - c).mean()
+    d2 = (pred.float() - target.float()) ** 2
+    return (d2 / ((d2 + c * c).sqrt() + c)).mean()  # the same value, without cancellation for d << c
 
 
 def consistency_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "huber", huber_c: float = 0.001) -> torch.Tensor:
@@ -46,7 +47,8 @@ def reward_hinge_loss(rewards: torch.Tensor, threshold: float = 2.0, weight: flo
 
 def dmd_loss(x: torch.Tensor, mu_real: torch.Tensor, mu_fake: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """DMD2 distribution matching: grad = (mu_fake - mu_real)/mean|x - mu_real| per sample,
-    loss = 0.5*||x - stopgrad(x - grad)||^2 (mean), whose gradient in x is that grad."""
+    loss = 0.5*mean((x - stopgrad(x - grad))^2), whose gradient in x is grad/x.numel()
+    (the mean reduction DMD2 uses)."""
     xf = x.float()
     dims = list(range(1, x.ndim))
     with torch.no_grad():
