@@ -105,9 +105,9 @@ def test_fake_updates_train_only_the_fake_adapter(tiny_unet, embeddings):
 def test_reference_bank_is_the_teacher(tiny_unet, embeddings):
     cond, uncond = embeddings
     z = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    bank = build_reference_bank(tiny_unet, z, cond, uncond, steps=3, cfg=2.0, schedule=SCHED, chunk=1)
     from train.sampling import sample_images
 
     use_adapter(tiny_unet, None)
+    bank = build_reference_bank(tiny_unet, z, cond, uncond, steps=3, cfg=2.0, schedule=SCHED, chunk=1)
     ref = sample_images(tiny_unet, z, cond, uncond, steps=3, cfg=2.0, schedule=SCHED)
     torch.testing.assert_close(bank, ref)

@@ -38,9 +38,9 @@ def test_coco_reader(coco_folder):
     coco = CocoInstances(str(coco_folder / "instances.json"), str(coco_folder / "images"),
                          str(coco_folder / "captions.json"))
     assert [r["caption"] for r in coco.records] == ["a cat on a mat", "a photo of dog"]  # crowd skipped
-    t = coco.target(coco.index_of("a photo of dog"), 20, 24)  # half size
-    assert t["labels"].tolist() == [2] and t["masks"].shape == (1, 20, 24)
-    assert t["boxes"][0].tolist() == pytest.approx([2, 2, 15, 15], abs=1)
+    t = coco.target(coco.index_of("a photo of dog"), 20)  # 40x48 -> 20x24, centre crop 20x20 (left 2)
+    assert t["labels"].tolist() == [2] and t["masks"].shape == (1, 20, 20)
+    assert t["boxes"][0].tolist() == pytest.approx([0, 2, 13, 15], abs=1)
     assert coco.image(0, 16).shape == (3, 16, 16)
     with pytest.raises(KeyError, match="not in the COCO set"):
         coco.index_of("a unicorn")

@@ -65,30 +65,41 @@ class CocoInstances:
         return self.by_caption[caption]
 
     def image(self, i: int, size: int) -> torch.Tensor:
-        """Record i's image as a (3, size, size) tensor in [-1, 1] (stretched, as the masks are)."""
+        """Record i's image as (3, size, size) in [-1, 1]: shorter side resized to ``size`` and
+        centre-cropped, as the training data loader does (data.center_crop)."""
         from PIL import Image
 
         path = self.images_dir / self.records[i]["image"]["file_name"]
         if not path.is_file():
             raise RewardFilesError(f"COCO image {path} is missing from {self.images_dir}")
         with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32)
+            (nw, nh), (left, top) = _geometry(im.width, im.height, size)
+            im = im.convert("RGB").resize((nw, nh), Image.BICUBIC).crop((left, top, left + size, top + size))
+            arr = np.asarray(im, dtype=np.float32)
         return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0
 
-    def target(self, i: int, height: int, width: int) -> dict[str, torch.Tensor]:
-        """Mask R-CNN training target for record i at (height, width): boxes, labels, masks.
-
-        Instances too small to cover a pixel at this size are dropped (possibly all of them:
+    def target(self, i: int, size: int) -> dict[str, torch.Tensor]:
+        """Mask R-CNN training target (boxes, labels, masks) for record i in the same geometry as
+        :meth:`image`. Instances that vanish at this size are dropped (possibly all of them:
         Mask R-CNN takes an image without boxes as a negative example)."""
         rec = self.records[i]
         h0, w0 = rec["image"]["height"], rec["image"]["width"]
+        (nw, nh), (left, top) = _geometry(w0, h0, size)
         masks = torch.stack([torch.from_numpy(rasterize(a["segmentation"], h0, w0)) for a in rec["annotations"]])
-        masks = F.interpolate(masks[:, None].float(), size=(height, width), mode="nearest")[:, 0].to(torch.uint8)
+        masks = F.interpolate(masks[:, None].float(), size=(nh, nw), mode="nearest")[:, 0].to(torch.uint8)
+        masks = masks[:, top:top + size, left:left + size]
         keep = masks.flatten(1).any(1).bool()
         masks = masks[keep]
         labels = torch.tensor([a["category_id"] for a in rec["annotations"]], dtype=torch.int64)[keep]
         boxes = torch.stack([_mask_box(m) for m in masks]) if len(masks) else torch.zeros(0, 4)
         return {"boxes": boxes, "labels": labels, "masks": masks}
+
+
+def _geometry(w: int, h: int, size: int):
+    """((new_w, new_h), (left, top)): shorter side to ``size``, then a centred size x size crop."""
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    return (nw, nh), ((nw - size) // 2, (nh - size) // 2)
 
 
 def _mask_box(mask: torch.Tensor) -> torch.Tensor:
@@ -116,3 +127,26 @@ def rasterize(segmentation, height: int, width: int) -> np.ndarray:
         return flat.reshape(width, height).T.copy()  # COCO RLE is column-major
     raise ValueError("compressed-RLE segmentations need pycocotools; this reader takes polygons and "
                      "uncompressed RLE (COCO's non-crowd instances are polygons)")
+
+
+def write_captions_jsonl(coco: CocoInstances, out: str) -> int:
+    """captions.jsonl (file_name, caption) for the training folder loader; returns the count."""
+    from hypersd_core.lora_formats import atomic_write
+
+    lines = [json.dumps({"file_name": r["image"]["file_name"], "caption": r["caption"]}) for r in coco.records]
+    atomic_write(out, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
+    return len(lines)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Write captions.jsonl for a COCO images folder (feedback stage, source: data)")
+    ap.add_argument("instances_json")
+    ap.add_argument("images_dir")
+    ap.add_argument("--captions-json")
+    ap.add_argument("--out", help="default: <images_dir>/captions.jsonl")
+    a = ap.parse_args()
+    n = write_captions_jsonl(CocoInstances(a.instances_json, a.images_dir, a.captions_json),
+                             a.out or str(Path(a.images_dir) / "captions.jsonl"))
+    print(f"wrote {n} captions")

@@ -3,9 +3,10 @@ R-CNN scores how well the instances of a real COCO image survive in the student'
 reconstruction of it. Reward = -(weighted Mask R-CNN training losses against the ground-truth
 boxes, labels and masks), so gradients flow through the detector into the image.
 
-It pairs with the feedback stage's ``source: data`` mode: ``sample_batch`` gives real images and
-their captions; the stage noises them to a late step, denoises once with the student, decodes
-and calls this reward with the same captions, which name the ground truth.
+It pairs with the feedback stage's ``source: data`` mode: train on a folder of the COCO images
+with their captions (``python -m train.rewards.coco`` writes the captions.jsonl); the stage
+noises each batch image, denoises it once with the student, decodes it and calls this reward
+with the batch captions, which name the ground truth (same resize + centre crop as the loader).
 """
 
 from __future__ import annotations
@@ -74,13 +75,15 @@ class SegmentationReward(nn.Module):
 
     def forward(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         x = to_rgb(to_unit_range(images.float()))
-        h, w = x.shape[-2:]
+        if x.shape[-1] != x.shape[-2]:
+            raise ValueError(f"the segmentation reward takes square images (as the data loader crops them), got {tuple(x.shape[-2:])}")
+        size = x.shape[-1]
         rewards = []
         was_training = self.detector.training
         self.detector.train()  # the losses need train mode; frozen BN and frozen weights keep it fixed
         try:
             for img, prompt in zip(x, prompts):
-                target = self.coco.target(self.coco.index_of(prompt), h, w)
+                target = self.coco.target(self.coco.index_of(prompt), size)
                 target = {k: v.to(img.device) for k, v in target.items()}
                 losses = self.detector([img], [target])
                 rewards.append(-sum(self.loss_weights[k] * losses[k] for k in LOSS_KEYS))

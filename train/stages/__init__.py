@@ -11,7 +11,8 @@ import importlib
 from .base import Stage, StageContext
 
 _REGISTRY: dict[str, type[Stage]] = {}
-BUILTIN_MODULES = {"tscd": "train.stages.tscd", "feedback": "train.stages.feedback", "dmd": "train.stages.dmd"}
+BUILTIN_MODULES = {"tscd": "train.stages.tscd", "feedback": "train.stages.feedback", "dmd": "train.stages.dmd",
+                   "unified": "train.stages.dmd"}
 
 
 def register_stage(name: str):

@@ -31,6 +31,7 @@ regression bank holds latents only (4x128x128 fp16 = 128 KB per pair).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
@@ -55,8 +56,9 @@ class DMDOptions:
     reg_weight: float = 0.25  # Hyper-SD's MSE regulariser to paired teacher samples
     reg_steps: int = 25  # teacher DDIM steps for the reference samples
     reg_cfg: float | None = None  # None: real_cfg
-    reg_pairs: int = 64  # size of the precomputed (noise, prompt, x_ref) bank
+    reg_pairs: int = 64  # size of the (noise, prompt, x_ref) bank, filled from the first batches
     fake_adapter: str = "fake"
+    tscd: bool | None = None  # add this stage's TSCD loss (None: on for "unified", off for "dmd")
 
     def __post_init__(self):
         lo, hi = self.t_range
@@ -102,16 +104,22 @@ def diffuse(x: torch.Tensor, t: torch.Tensor, schedule: VPSchedule, generator: t
 
 def distribution_matching(unet, x: torch.Tensor, cond, uncond, opts: DMDOptions, schedule: VPSchedule,
                           student: str, prediction_type: str = "epsilon", generator=None,
-                          added_cond=None, added_uncond=None) -> torch.Tensor:
+                          added_cond=None, added_uncond=None, teacher=None) -> torch.Tensor:
     """DMD2's generator loss on generator samples x (grad flows into x only).
 
-    Leaves the UNet switched to the ``student`` adapter.
+    ``teacher``: a context manager factory yielding the real-score UNet (the trainer's, which may
+    be a separate model); None: ``unet`` with its adapters disabled. Leaves ``unet`` switched to
+    the ``student`` adapter with exactly the student's LoRA trainable.
     """
     t = sample_t(x.shape[0], opts, schedule.num_train_timesteps, generator, x.device)
     with torch.no_grad():
         x_t, _ = diffuse(x.detach(), t, schedule, generator)
-        use_adapter(unet, None)
-        mu_real = unet_x0(unet, x_t, t, cond, schedule, prediction_type, uncond, opts.real_cfg, added_cond, added_uncond)
+        if teacher is None:
+            use_adapter(unet, None)
+            mu_real = unet_x0(unet, x_t, t, cond, schedule, prediction_type, uncond, opts.real_cfg, added_cond, added_uncond)
+        else:
+            with teacher() as real:
+                mu_real = unet_x0(real, x_t, t, cond, schedule, prediction_type, uncond, opts.real_cfg, added_cond, added_uncond)
         use_adapter(unet, opts.fake_adapter)
         mu_fake = unet_x0(unet, x_t, t, cond, schedule, prediction_type, added_cond=added_cond)
     use_adapter(unet, student, _params_of(unet, student))
@@ -144,17 +152,21 @@ def regression_loss(x: torch.Tensor, x_ref: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def build_reference_bank(unet, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None, *,
                          steps: int, cfg: float, schedule: VPSchedule, prediction_type: str = "epsilon",
-                         chunk: int = 16) -> torch.Tensor:
-    """Teacher (adapters disabled) multi-step DDIM samples from ``noise``, in chunks."""
+                         chunk: int = 16, added_cond=None, added_uncond=None) -> torch.Tensor:
+    """Teacher multi-step DDIM samples from ``noise``, in chunks. ``unet`` is run as it is
+    switched now: pass the teacher (or call ``use_adapter(unet, None)`` first)."""
     from train.sampling import sample_images
+
+    def rows(d, sl):
+        return None if d is None else {k: v[sl] for k, v in d.items()}
 
     out = []
     for i in range(0, noise.shape[0], chunk):
         sl = slice(i, i + chunk)
-        use_adapter(unet, None)
         out.append(sample_images(unet, noise[sl], cond[sl], None if uncond is None else uncond[sl], steps=steps,
                                  cfg=cfg, eta=0.0, spacing="trailing", schedule=schedule,
-                                 prediction_type=prediction_type))
+                                 prediction_type=prediction_type, added_cond=rows(added_cond, sl),
+                                 added_uncond=rows(added_uncond, sl)))
     return torch.cat(out)
 
 
@@ -168,3 +180,208 @@ def _params_of(unet, name: str):
 
     return adapter_parameters(unet, name)
 
+
+
+# -- the stages -----------------------------------------------------------------------------------
+from train.checkpoint import load_optimizer_tensors, optimizer_tensors  # noqa: E402
+from train.lora import ADAPTER  # noqa: E402
+
+from . import register_stage  # noqa: E402
+from .adapters import add_zero_adapter  # noqa: E402
+from .base import Stage  # noqa: E402
+from .feedback import FeedbackOptions, FeedbackTerm, extra_loss, options_from  # noqa: E402
+
+
+@register_stage("dmd")
+class DMDStage(Stage):
+    """Score distillation of the student LoRA at one step (``options.dmd``), with the fake score
+    as a second adapter on the shared UNet; optional ReFL term (``options.feedback``) and the
+    TSCD loss of this stage's segments in the same backward (``options.dmd.tscd: true``)."""
+
+    unified = False
+
+    def setup(self) -> None:
+        ctx, cfg = self.ctx, self.cfg
+        self.opts = options_from(cfg, "dmd", DMDOptions)
+        self.use_tscd = self.unified if self.opts.tscd is None else bool(self.opts.tscd)
+        unet = ctx.base_unet
+        name = self.opts.fake_adapter
+        if name in getattr(unet, "peft_config", {}):
+            self.fake_params = [p for n, p in unet.named_parameters() if "lora_" in n and f".{name}." in n]
+            with torch.no_grad():  # a new stage starts its fake score at the teacher again
+                for n, p in unet.named_parameters():
+                    if f"lora_B.{name}." in n:
+                        p.zero_()
+        else:
+            self.fake_params = add_zero_adapter(unet, name, like=ADAPTER)
+        for p in self.fake_params:
+            p.data = p.data.float()
+        o = ctx.config.optim
+        lr = self.opts.fake_lr or (cfg.lr if cfg.lr is not None else o.lr)
+        self.fake_opt = torch.optim.AdamW(self.fake_params, lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps)
+        use_adapter(unet, ADAPTER, ctx.lora_params)
+        self.tscd = None
+        if self.use_tscd:
+            from .tscd import TSCDStage
+
+            self.tscd = TSCDStage(ctx, cfg, self.index)
+            self.tscd.setup()
+        fb = (cfg.options or {}).get("feedback")
+        self.feedback = FeedbackTerm(ctx, options_from(cfg, "feedback", FeedbackOptions)) if fb is not None else None
+        self.bank: dict[str, torch.Tensor] = {}
+
+    # -- pieces -------------------------------------------------------------------------------
+    def _randn(self, shape) -> torch.Tensor:
+        return torch.randn(shape, generator=self.ctx.generator).to(self.ctx.device)
+
+    def _sync_fake_grads(self) -> None:
+        """The fake adapter is not in DDP's parameter list: average its gradients by hand."""
+        acc = self.ctx.accelerator
+        if acc.num_processes > 1:
+            import torch.distributed as dist
+
+            for p in self.fake_params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
+                p.grad /= acc.num_processes
+
+    def _fake_updates(self, batch) -> float:
+        ctx, unet = self.ctx, self.ctx.base_unet
+        with torch.no_grad(), ctx.accelerator.autocast():
+            use_adapter(unet, ADAPTER)
+            x = generate_onestep(unet, self._randn(batch.x0.shape), batch.cond, ctx.schedule, self.opts.onestep_timestep,
+                                 ctx.prediction_type, batch.added_cond).float()
+        use_adapter(unet, self.opts.fake_adapter, self.fake_params)
+        total = 0.0
+        for _ in range(self.opts.fake_updates):
+            with ctx.accelerator.autocast():
+                loss = fake_score_loss(unet, x, batch.cond, self.opts, ctx.schedule, ctx.prediction_type,
+                                       ctx.generator, batch.added_cond)
+            loss.backward()
+            self._sync_fake_grads()
+            if ctx.config.optim.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(self.fake_params, ctx.config.optim.max_grad_norm)
+            self.fake_opt.step()
+            self.fake_opt.zero_grad(set_to_none=True)
+            total += float(loss.detach())
+        use_adapter(unet, ADAPTER, ctx.lora_params)
+        return total / self.opts.fake_updates
+
+    def _fill_bank(self, batch) -> None:
+        """Add this batch's (noise, prompt, teacher sample) pairs until the bank holds reg_pairs."""
+        ctx, o = self.ctx, self.opts
+        have = len(self.bank["z"]) if self.bank else 0
+        m = min(o.reg_pairs - have, batch.x0.shape[0])
+        if m <= 0:
+            return
+        z = self._randn(batch.x0[:m].shape)
+        cond = batch.cond[:m]
+        added = None if batch.added_cond is None else {k: v[:m] for k, v in batch.added_cond.items()}
+        unc, unc_added = ctx.uncond(m)
+        cfg = o.reg_cfg if o.reg_cfg is not None else o.real_cfg
+        with ctx.teacher() as teacher, ctx.accelerator.autocast():
+            x_ref = build_reference_bank(teacher, z, cond, unc, steps=o.reg_steps, cfg=cfg, schedule=ctx.schedule,
+                                         prediction_type=ctx.prediction_type, added_cond=added, added_uncond=unc_added)
+        use_adapter(ctx.base_unet, ADAPTER, ctx.lora_params)
+        new = {"z": z, "cond": cond, "x_ref": x_ref.float()}
+        if added is not None:
+            new.update({f"added.{k}": v for k, v in added.items()})
+        self.bank = {k: torch.cat([self.bank[k], v.detach()]) if self.bank else v.detach() for k, v in new.items()}
+
+    def _bank_rows(self, n: int):
+        idx = torch.randint(len(self.bank["z"]), (n,), generator=self.ctx.generator).to(self.ctx.device)
+        added = {k[6:]: v[idx] for k, v in self.bank.items() if k.startswith("added.")} or None
+        return self.bank["z"][idx], self.bank["cond"][idx], self.bank["x_ref"][idx], added
+
+    # -- the step -------------------------------------------------------------------------------
+    def train_step(self, batch, step: int) -> dict[str, float]:
+        ctx = self.ctx
+        logs = {"loss/fake_score": self._fake_updates(batch)}
+        if self.opts.reg_weight > 0:
+            self._fill_bank(batch)
+        if self.tscd is not None:
+            # The TSCD stage makes the one forward through the (possibly DDP-wrapped) UNet; the
+            # generator terms run on the bare module, inside its step_lora (after its EMA swaps).
+            with extra_loss(ctx, lambda: self._generator_loss(batch, step, ctx.base_unet, logs)):
+                logs.update(self.tscd.train_step(batch, step))
+        else:
+            with ctx.accelerator.autocast():
+                loss = self._generator_loss(batch, step, ctx.unet, logs)
+            ctx.step_lora(loss, ctx.config.optim.max_grad_norm)
+            logs["loss/total"] = float(loss.detach())
+        return logs
+
+    def _generator_loss(self, batch, step: int, gen_unet, logs: dict) -> torch.Tensor:
+        """DMD (+ regression to the bank, + ReFL) loss of one generator batch."""
+        ctx, o = self.ctx, self.opts
+        n = batch.x0.shape[0]
+        z, cond, added = self._randn(batch.x0.shape), batch.cond, batch.added_cond
+        m = 0
+        if o.reg_weight > 0:
+            bz, bcond, bref, badded = self._bank_rows(n)
+            m = n
+            z, cond = torch.cat([z, bz]), torch.cat([cond, bcond])
+            added = None if added is None else {k: torch.cat([added[k], badded[k]]) for k in added}
+        x = generate_onestep(gen_unet, z, cond, ctx.schedule, o.onestep_timestep, ctx.prediction_type, added).float()
+        unc, unc_added = ctx.uncond(n)
+        l_dm = distribution_matching(ctx.base_unet, x[:n], batch.cond, unc, o, ctx.schedule, ADAPTER,
+                                     ctx.prediction_type, ctx.generator, batch.added_cond, unc_added, ctx.teacher)
+        loss = o.dm_weight * l_dm
+        logs["loss/dmd"] = float(l_dm.detach())
+        if m:
+            l_reg = regression_loss(x[n:], bref)
+            loss = loss + o.reg_weight * l_reg
+            logs["loss/regression"] = float(l_reg.detach())
+        if self.feedback is not None and step % self.feedback.opts.every == 0:
+            l_fb, fb_logs = self.feedback(batch)
+            loss = loss + l_fb
+            logs.update(fb_logs)
+        return loss
+
+    # -- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        name = self.opts.fake_adapter
+        out = {"fake." + n: p.detach().float().cpu().clone()
+               for n, p in self.ctx.base_unet.named_parameters() if "lora_" in n and f".{name}." in n}
+        out.update(optimizer_tensors(self.fake_opt, "fake_opt."))
+        out.update({"bank." + k: v.detach().cpu() for k, v in self.bank.items()})
+        if self.tscd is not None:
+            out.update({"tscd." + k: v for k, v in self.tscd.state_dict().items()})
+        return out
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        name = self.opts.fake_adapter
+        params = {n: p for n, p in self.ctx.base_unet.named_parameters() if "lora_" in n and f".{name}." in n}
+        missing = [n for n in params if "fake." + n not in state]
+        if missing:
+            raise ValueError(f"checkpoint lacks the fake-score adapter ({len(missing)} tensors, e.g. {missing[0]}); "
+                             "was it written by another stage or lora config?")
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(state["fake." + n].to(p))
+        load_optimizer_tensors(self.fake_opt, state, "fake_opt.")
+        self.bank = {k[5:]: v.to(self.ctx.device) for k, v in state.items() if k.startswith("bank.")}
+        if self.tscd is not None:
+            self.tscd.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("tscd.")})
+
+    @contextlib.contextmanager
+    def sampling_context(self):
+        use_adapter(self.ctx.base_unet, ADAPTER, self.ctx.lora_params)
+        with (self.tscd.sampling_context() if self.tscd is not None else contextlib.nullcontext()):
+            yield
+
+    def metadata(self) -> dict:
+        return {"segments": self.cfg.segments, "steps": [1], "stage": "dmd", "onestep_timestep": self.opts.onestep_timestep}
+
+
+@register_stage("unified")
+class UnifiedStage(DMDStage):
+    """The final stage of the unified LoRA: DMD at one step + the TSCD loss (this stage's
+    segments, default on) + optional ReFL, exported as ONE LoRA for 1 to 8 steps."""
+
+    unified = True
+
+    def metadata(self) -> dict:
+        return {"segments": self.cfg.segments, "steps": list(range(1, 9)), "stage": "unified",
+                "onestep_timestep": self.opts.onestep_timestep}

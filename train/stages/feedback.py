@@ -10,8 +10,8 @@ The stage adds this to the TSCD distillation loss so the student does not drift.
 
 from __future__ import annotations
 
+import contextlib
 import math
-import random
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -22,6 +22,9 @@ from hypersd_core.parameterization import DiscreteVPDenoiser, add_noise
 from hypersd_core.rewards import score
 from hypersd_core.samplers import get_sigmas_tscd, sample_tscd, seeded_noise_sampler, tscd_jump_sigmas
 from hypersd_core.schedule import VPSchedule
+
+from . import register_stage
+from .tscd import TSCDStage
 
 
 @dataclass
@@ -51,10 +54,10 @@ class FeedbackOptions:
             raise ValueError(f"feedback.every must be >= 1, got {self.every}")
 
 
-def pick_stop(steps: int, late_start: float, rng: random.Random) -> int:
+def pick_stop(steps: int, late_start: float, generator: torch.Generator | None = None) -> int:
     """Index of the step taken with gradients: uniform over the late share of an n-step run."""
     first = min(steps - 1, int(math.floor(late_start * steps)))
-    return rng.randint(first, steps - 1)
+    return int(torch.randint(first, steps, (1,), generator=generator))
 
 
 def refl_x0(denoiser: Callable, noise: torch.Tensor, steps: int, stop: int, *, eta: float = 0.3,
@@ -100,3 +103,131 @@ def student_denoiser(unet, cond: torch.Tensor, schedule: VPSchedule, prediction_
     from train.sampling import GuidedUNet
 
     return DiscreteVPDenoiser(GuidedUNet(unet, cond, added_cond=added_cond), schedule, prediction_type)
+
+
+def options_from(cfg, key: str, cls):
+    """A stage's ``options[key]`` mapping as dataclass ``cls`` (unknown keys name the valid ones)."""
+    from train.config import ConfigError, from_dict
+
+    raw = (cfg.options or {}).get(key, {})
+    if not isinstance(raw, dict):
+        raise ConfigError(f"stage options.{key} must be a mapping, got {raw!r}")
+    try:
+        return from_dict(cls, raw, f"options.{key}")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def build_stage_rewards(ctx, specs):
+    """The configured rewards; ``digits`` without a path uses the model's shipped classifier."""
+    from hypersd_core.rewards import WeightedRewards
+    from train.rewards import build_reward
+    from train.rewards.digits import DigitReward
+
+    pairs = []
+    for spec in specs:
+        spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+        weight = float(spec.pop("weight", 1.0))
+        if spec.get("name") == "digits" and not spec.get("path") and "classifier" in ctx.extras:
+            opts = {k: v for k, v in spec.items() if k != "name"}
+            reward = DigitReward(ctx.extras["classifier"], **opts).to(ctx.device)
+        else:
+            reward = build_reward(spec, ctx.device)
+        pairs.append((weight, reward))
+    if not pairs:
+        raise ValueError("the feedback term needs at least one reward in options.feedback.rewards")
+    return WeightedRewards(pairs)
+
+
+@contextlib.contextmanager
+def extra_loss(ctx, compute: Callable[[], torch.Tensor]):
+    """Add ``compute()`` to the loss of the next ``ctx.step_lora`` call (one backward, one step),
+    so a stage can put its term next to the TSCD stage's loss without copying that stage.
+
+    ``compute`` runs inside ``step_lora``, after the TSCD stage's own forwards: its target pass
+    swaps EMA weights into the LoRA in place, which would invalidate a graph built earlier.
+    """
+    had = "step_lora" in vars(ctx)
+    orig = ctx.step_lora
+
+    def step_lora(loss, max_grad_norm=None):
+        with ctx.accelerator.autocast():
+            extra = compute()
+        return orig(loss + extra, max_grad_norm)
+
+    ctx.step_lora = step_lora
+    try:
+        yield
+    finally:
+        if had:
+            ctx.step_lora = orig
+        else:
+            del ctx.step_lora
+
+
+class FeedbackTerm:
+    """The ReFL term for a stage: rewards built once, one loss per call."""
+
+    def __init__(self, ctx, opts: FeedbackOptions):
+        self.ctx, self.opts = ctx, opts
+        self.reward = build_stage_rewards(ctx, opts.rewards)
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        try:
+            return self.ctx.decode(x0, grad=True)
+        except TypeError:  # a decode without the grad switch: the identity (pixel space) is still fine
+            out = self.ctx.decode(x0)
+            if out is not x0:
+                raise RuntimeError("the trainer's decode() runs without gradients; feedback needs decode(x, grad=True)")
+            return out
+
+    def __call__(self, batch, unet=None) -> tuple[torch.Tensor, dict]:
+        ctx, o = self.ctx, self.opts
+        n = min(o.batch_size or batch.x0.shape[0], batch.x0.shape[0])
+        unet = unet if unet is not None else ctx.base_unet
+        added = None if batch.added_cond is None else {k: v[:n] for k, v in batch.added_cond.items()}
+        den = student_denoiser(unet, batch.cond[:n], ctx.schedule, ctx.prediction_type, added)
+        g = ctx.generator
+        if o.source == "data":
+            lo, hi = o.data_t_range
+            t = torch.randint(int(lo), int(hi) + 1, (n,), generator=g).to(ctx.device)
+            x0 = data_x0(den, batch.x0[:n].float(), t, ctx.schedule, g)
+            logs = {}
+        else:
+            steps = int(o.steps[int(torch.randint(len(o.steps), (1,), generator=g))])
+            stop = pick_stop(steps, o.late_start, g)
+            noise = torch.randn(batch.x0[:n].shape, generator=g).to(ctx.device)
+            seed = int(torch.randint(2**31 - 1, (1,), generator=g))
+            x0 = refl_x0(den, noise, steps, stop, eta=o.eta, spacing=o.spacing, schedule=ctx.schedule, seed=seed)
+            logs = {"feedback/steps": steps, "feedback/stop": stop}
+        loss, r_logs = feedback_loss(self.reward, self.decode, x0, batch.prompts[:n], o)
+        logs.update({"loss/feedback": float(loss.detach())} | {f"feedback/{k}": v for k, v in r_logs.items()})
+        return loss, logs
+
+
+@register_stage("feedback")
+class FeedbackStage(TSCDStage):
+    """TSCD distillation (this stage's segments, weights, EMA) plus the ReFL term
+    (``options.feedback``) on every ``every``-th step, in one backward."""
+
+    def setup(self) -> None:
+        super().setup()
+        self.fb_opts = options_from(self.cfg, "feedback", FeedbackOptions)
+        self.feedback = FeedbackTerm(self.ctx, self.fb_opts)
+
+    def train_step(self, batch, step: int) -> dict[str, float]:
+        if step % self.fb_opts.every:
+            return super().train_step(batch, step)
+        fb_logs = {}
+
+        def compute():
+            loss, logs = self.feedback(batch)
+            fb_logs.update(logs)
+            return loss
+
+        with extra_loss(self.ctx, compute):
+            logs = super().train_step(batch, step)
+        return {**logs, **fb_logs}
+
+    def metadata(self) -> dict:
+        return {**super().metadata(), "stage": "feedback"}
