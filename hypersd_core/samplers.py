@@ -72,7 +72,7 @@ def sample_tscd(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     if noise_sampler is None and eta > 0:
         noise_sampler = seeded_noise_sampler(x, extra_args.get("seed"))
     if rescale_start:
-        x = x * start_noise_scale(float(sigmas[0]))
+        x = x * start_noise_scale(sigmas[0])
     n = len(sigmas) - 1
     sig_s = tscd_jump_sigmas(sigmas, float(eta), schedule)
     noise_std = (sigmas[1:] ** 2 - sig_s**2).clamp(min=0).sqrt()
@@ -102,7 +102,7 @@ def sample_dmd_onestep(model, x, sigmas, extra_args=None, callback=None, disable
     if len(sigmas) < 2:
         return x
     if rescale_start:
-        x = x * start_noise_scale(float(sigmas[0]))
+        x = x * start_noise_scale(sigmas[0])
     s_in = x.new_ones([x.shape[0]], dtype=sigmas.dtype)  # sigma keeps its precision for fp16/bf16 x
     denoised = model(x, sigmas[0] * s_in, **extra_args)
     if callback is not None:

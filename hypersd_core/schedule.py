@@ -179,12 +179,15 @@ def ve_input_scale(sigma: torch.Tensor) -> torch.Tensor:
     return 1.0 / (sigma**2 + 1.0).sqrt()
 
 
-def start_noise_scale(sigma: float) -> float:
+def start_noise_scale(sigma: float | torch.Tensor) -> float | torch.Tensor:
     """Factor that turns sigma*z into the unit-variance VP noise diffusers starts from.
 
     ComfyUI scales starting noise by sqrt(1+sigma^2) only at sigma_max and by sigma below it;
     multiplying x = sigma*z by this factor gives x = sqrt(1+sigma^2)*z, i.e. VP input z.
+    A tensor sigma gives a tensor, without a host sync (samplers pass ``sigmas[0]``).
     """
+    if isinstance(sigma, torch.Tensor):
+        return (1.0 + sigma * sigma).sqrt() / sigma
     if sigma <= 0:
         raise ValueError("start_noise_scale needs sigma > 0")
     return math.sqrt(1.0 + sigma * sigma) / sigma
