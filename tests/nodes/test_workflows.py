@@ -10,6 +10,7 @@ WORKFLOWS = sorted((Path(__file__).resolve().parents[2] / "workflows").glob("*.j
 FRONTEND_ONLY = {"MarkdownNote", "Note", "Reroute", "PrimitiveNode"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
+FILE_CHOICES = {"lora_name"}  # lists of the user's files: checked by the prompt-validation test below
 NODE_KEYS = {"id", "type", "pos", "size", "flags", "order", "mode", "inputs", "outputs", "properties", "widgets_values"}
 
 
@@ -56,7 +57,7 @@ def check_value(where, typ, opts, value, own):
         if typ == "INT":
             assert float(value).is_integer(), where
         assert opts.get("min", value) <= value <= opts.get("max", value), f"{where}: {value} outside [{opts.get('min')}, {opts.get('max')}]"
-    else:  # combo: our own choices are fixed; core file lists depend on the user's models folder
+    else:  # combo: our own fixed choices here; file lists in test_workflow_passes_comfyui_prompt_validation
         options = typ if isinstance(typ, list) else opts.get("options", [])
         assert isinstance(value, str), where
         if own and options:
@@ -92,7 +93,7 @@ def test_workflow_matches_the_node_schemas(comfyui, path):
         values = n["widgets_values"]
         assert len(values) == len(widgets), f"{where}: {len(values)} widget values for {[w[0] for w in widgets]}"
         for (name, typ, opts), value in zip(widgets, values):
-            check_value(f"{where} widget {name}", typ, opts, value, own)
+            check_value(f"{where} widget {name}", typ, opts, value, own and name not in FILE_CHOICES)
         sockets = {name: (typ, optional) for name, typ, opts, optional in schema_inputs(cls) if not is_widget(typ, opts)}
         for inp in n["inputs"]:
             assert inp["name"] in sockets and inp["type"] == sockets[inp["name"]][0], f"{where}: input {inp}"
@@ -142,12 +143,18 @@ def test_note_names_every_model_file_and_cfg(path):
     assert len(samplers) == 1 and samplers[0]["widgets_values"][3] == 1.0  # cfg 1.0: diffusers guidance 0
 
 
-def test_templates_are_served_from_the_pack_folder(comfyui):
-    """ComfyUI lists custom-node templates from <pack>/<one of these>/*.json (app/custom_node_manager.py)."""
-    source = (comfyui.root / "app" / "custom_node_manager.py").read_text()
-    assert '"workflows"' in source.split("example_workflow_folder_names", 1)[1].split("\n", 1)[0]
-    served = sorted((comfyui.pack / "workflows").glob("*.json"))
-    assert [p.name for p in served] == [p.name for p in WORKFLOWS]
+def test_comfyui_lists_them_as_the_pack_templates(comfyui):
+    """The /workflow_templates route of ComfyUI's CustomNodeManager lists <pack>/workflows/*.json."""
+    import asyncio
+
+    from aiohttp import web
+    from app.custom_node_manager import CustomNodeManager
+
+    routes = web.RouteTableDef()
+    CustomNodeManager().add_routes(routes, web.Application(), [(comfyui.pack.name, str(comfyui.pack))])
+    handler = next(r.handler for r in routes if getattr(r, "path", None) == "/workflow_templates")
+    listed = json.loads(asyncio.run(handler(None)).text)
+    assert sorted(listed[comfyui.pack.name]) == [p.stem for p in WORKFLOWS]
 
 
 def to_api_prompt(wf, mappings):
