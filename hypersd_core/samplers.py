@@ -30,7 +30,9 @@ def default_schedule() -> VPSchedule:
 def seeded_noise_sampler(x: torch.Tensor, seed: Optional[int]) -> NoiseSampler:
     """Per-step noise from a generator seeded with the run's seed (None: global RNG).
 
-    Draws on the CPU and moves to x's device, so a seed gives the same image on every device.
+    Draws on the CPU and moves to x's device, so a seed gives the same image on every device;
+    on CUDA the copy goes through pinned memory without blocking, so the step loop never waits
+    for the GPU.
     """
     gen = None
     if seed is not None:
@@ -38,7 +40,10 @@ def seeded_noise_sampler(x: torch.Tensor, seed: Optional[int]) -> NoiseSampler:
         gen.manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
 
     def sample(sigma, sigma_next):
-        return torch.randn(x.shape, generator=gen, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
+        z = torch.randn(x.shape, generator=gen, dtype=torch.float32)
+        if x.device.type == "cuda":
+            z = z.pin_memory().to(x.device, non_blocking=True)
+        return z.to(device=x.device, dtype=x.dtype)
 
     return sample
 

@@ -21,7 +21,7 @@ class TinyEps(torch.nn.Module):
         self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
 
     def forward(self, x, t):
-        return self.conv(x) * (t / 1000).reshape(-1, 1, 1, 1) + 0.5 * x
+        return self.conv(x) * (t / 1000).reshape(-1, 1, 1, 1).to(x.dtype) + 0.5 * x
 
 
 def test_jump_sigmas_compile_fullgraph():
@@ -44,3 +44,24 @@ def test_whole_sampling_loop_compiles_fullgraph():
     compiled = torch.compile(generate, fullgraph=True, backend="eager")(x, sigmas)
     for a, b in zip(eager, compiled):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (sync-debug mode is CUDA only)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_no_host_sync_in_the_cuda_step_loop(dtype):
+    """torch.cuda.set_sync_debug_mode("error") raises on any synchronising call (.item(),
+    blocking copies) while seeded sampling runs on the GPU."""
+    from hypersd_core.samplers import seeded_noise_sampler
+
+    model = DiscreteVPDenoiser(TinyEps().cuda().to(dtype), SCHED)
+    x = torch.randn(1, 4, 8, 8, device="cuda", dtype=dtype) * 14.6
+    sigmas = get_sigmas_tscd(4, SCHED, spacing="tcd").cuda()
+    SCHED._tables(x.device)  # the one-time table upload happens before the loop
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = sample_tscd(model, x, sigmas, eta=0.3, noise_sampler=seeded_noise_sampler(x, 1), schedule=SCHED)
+        out = sample_dmd_onestep(model, out, sigmas[-2:], rescale_start=True)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert out.dtype == dtype and torch.isfinite(out).all()

@@ -49,7 +49,7 @@ def test_tscd_under_k_diffusion_wrapper(unet, z, cond, quantize, spacing, steps,
     # integers: both give the network the schedule's timesteps up to float32 rounding.
     for a, b in zip(kd_net.timesteps, our_net.timesteps):
         assert torch.allclose(a.double(), b.double(), atol=1e-3, rtol=0)
-    assert float((kd - ours).abs().max()) <= 1e-4
+    assert float((kd - ours).abs().max()) <= 1e-5  # measured <= 3e-7
 
 
 def test_dmd_onestep_under_k_diffusion_wrapper(unet, z, cond):
