@@ -41,7 +41,8 @@ def comfyui():
     loaded = sys.modules.get("nodes")
     if loaded is not None and Path(getattr(loaded, "__file__", "")).resolve() != root / "nodes.py":
         pytest.fail(f"a module named 'nodes' ({loaded}) was imported before ComfyUI's; run these tests in their own process")
-    sys.path.insert(0, str(root))
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True
@@ -49,12 +50,13 @@ def comfyui():
     import folder_paths
     import nodes
 
-    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
-    before = set(nodes.NODE_CLASS_MAPPINGS)
+    if "SamplerCustom" not in nodes.NODE_CLASS_MAPPINGS:  # another test module may have initialised ComfyUI
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
     ok = asyncio.run(nodes.load_custom_node(str(pack)))
+    module = f"custom_nodes.{pack.name}"
     return types.SimpleNamespace(
         root=root, pack=pack, nodes=nodes, folder_paths=folder_paths, loaded=ok,
-        pack_ids=sorted(set(nodes.NODE_CLASS_MAPPINGS) - before),
+        pack_ids=sorted(k for k, c in nodes.NODE_CLASS_MAPPINGS.items() if getattr(c, "RELATIVE_PYTHON_MODULE", None) == module),
     )
 
 
