@@ -10,19 +10,22 @@ def vp_schedule(model_sampling) -> VPSchedule:
     prediction (ComfyUI's wrapper hands the sampler x0 in every case).
     """
     import comfy.model_sampling as ms
+    import torch
 
-    name = type(model_sampling).__name__
-    kinds = [c.__name__ for c in type(model_sampling).__mro__]
+    # ComfyUI mixes a sampling class (an nn.Module) with a prediction class, both from comfy.model_sampling.
+    bases = [c for c in type(model_sampling).__mro__ if c.__module__ == ms.__name__]
+    sampling = next((c.__name__ for c in bases if issubclass(c, torch.nn.Module)), type(model_sampling).__name__)
+    prediction = next((c.__name__ for c in bases if not issubclass(c, torch.nn.Module)), "unknown")
     if not isinstance(model_sampling, ms.ModelSamplingDiscrete) or isinstance(
         model_sampling, (ms.ModelSamplingDiscreteEDM, ms.StableCascadeSampling)
     ):
         raise ValueError(
-            f"Hyper-SD samplers need a discrete-timestep (DDPM) model such as SD1.5 or SDXL; this model "
-            f"samples with {name} ({', '.join(kinds[1:3])}), e.g. a flow-matching (SD3/FLUX) or continuous "
-            "model. Use ComfyUI's own samplers for it (Hyper-SD3/FLUX LoRAs: KSampler, strength 0.125)."
+            f"Hyper-SD samplers need a discrete-timestep (DDPM) model such as SD1.5 or SDXL; this model uses "
+            f"{sampling} with {prediction} prediction (a flow-matching model such as SD3/FLUX, or a continuous-time "
+            "one). Use ComfyUI's own samplers for it (Hyper-SD3/FLUX LoRAs: KSampler, LoRA strength 0.125)."
         )
     if isinstance(model_sampling, ms.IMG_TO_IMG) or not isinstance(model_sampling, ms.EPS):
-        raise ValueError(f"Hyper-SD samplers do not support the {kinds[2]} parameterisation of this model")
+        raise ValueError(f"Hyper-SD samplers support eps, v and x0 prediction; this model uses {prediction}")
     sigmas = model_sampling.sigmas
     if len(sigmas) != getattr(model_sampling, "num_timesteps", len(sigmas)):
         raise ValueError(

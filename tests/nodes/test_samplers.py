@@ -163,13 +163,16 @@ def test_unsupported_models_get_clear_errors(comfyui, tiny_model):
     (sigmas,) = out(comfyui, "HyperSDScheduler", tiny_model, 2, "trailing", 1.0)
     flow = patched(comfyui, tiny_model, "ModelSamplingSD3", 3.0)
     for sampler in (tscd, dmd):
-        with pytest.raises(ValueError, match="flow-matching"):
+        with pytest.raises(ValueError, match="uses ModelSamplingDiscreteFlow with CONST prediction"):
             sample_custom(comfyui, flow, sampler, sigmas, torch.zeros(LATENT))
     with pytest.raises(ValueError, match="flow-matching"):
         out(comfyui, "HyperSDScheduler", flow, 2, "trailing", 1.0)
     edm = patched(comfyui, tiny_model, "ModelSamplingContinuousEDM", "eps", 120.0, 0.002)
-    with pytest.raises(ValueError, match="discrete-timestep"):
+    with pytest.raises(ValueError, match="discrete-timestep.*ModelSamplingContinuousEDM"):
         out(comfyui, "HyperSDOneStepScheduler", edm, 999)
+    img2img = patched(comfyui, tiny_model, "ModelSamplingDiscrete", "img_to_img", False)
+    with pytest.raises(ValueError, match="support eps, v and x0 prediction; this model uses IMG_TO_IMG"):
+        out(comfyui, "HyperSDScheduler", img2img, 2, "trailing", 1.0)
     lcm = patched(comfyui, tiny_model, "ModelSamplingDiscrete", "lcm", False)
     with pytest.raises(ValueError, match="distilled \\(LCM\\)"):
         out(comfyui, "HyperSDScheduler", lcm, 2, "trailing", 1.0)
