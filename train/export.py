@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -35,10 +35,13 @@ def export_lora(unet, folder: str | os.PathLike, name: str, metadata: HyperSDMet
     kohya = to_kohya(peft_sd, default_alpha=lora_alpha(unet))
     kohya_path = save_lora(folder / f"{name}.safetensors", kohya, metadata)
     ddir = folder / f"{name}_diffusers"
-    ddir.mkdir(exist_ok=True)
-    cfg = unet.peft_config[ADAPTER]
-    header = dict(metadata.to_header())
-    header["lora_adapter_metadata"] = json.dumps({"r": cfg.r, "lora_alpha": cfg.lora_alpha,
-                                                  "target_modules": sorted(cfg.target_modules)})
-    peft_path = save_lora(ddir / "pytorch_lora_weights.safetensors", peft_sd, header)
-    return {"kohya": str(kohya_path), "diffusers": str(peft_path)}
+    tmp = folder / f".tmp-{name}_diffusers"
+    shutil.rmtree(tmp, ignore_errors=True)
+    from diffusers import StableDiffusionPipeline
+
+    StableDiffusionPipeline.save_lora_weights(
+        tmp, unet_lora_layers={k[len("unet."):]: v for k, v in peft_sd.items()},
+        unet_lora_adapter_metadata=unet.peft_config[ADAPTER].to_dict(), safe_serialization=True)
+    shutil.rmtree(ddir, ignore_errors=True)
+    os.replace(tmp, ddir)  # the folder appears complete or not at all
+    return {"kohya": str(kohya_path), "diffusers": str(ddir / "pytorch_lora_weights.safetensors")}

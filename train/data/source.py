@@ -65,6 +65,7 @@ class RecordSource(BatchSource):
         self.resolution = cfg.resolution or model.resolution
         self.epoch, self.cursor = 0, 0
         self.bad: dict[str, int] = dict(records.skipped)
+        self.bad_keys: set[str] = set()
         self.seen = 0
         self.cache = Path(cfg.cache_dir) if cfg.cache_dir else None
         if len(self.records) < world:
@@ -137,15 +138,19 @@ class RecordSource(BatchSource):
         while len(items) < self.cfg.batch_size:
             rec = self.records[self._next_index()]
             self.seen += 1
+            if rec.key in self.bad_keys:
+                continue
             try:
                 items.append(self._sample(rec))
                 prompts.append(rec.caption)
-            except Exception as e:  # unreadable / corrupt / missing file: skip and count
+            except Exception as e:  # unreadable / corrupt / missing file: skip (for good) and count once
                 reason = type(e).__name__
                 self.bad[reason] = self.bad.get(reason, 0) + 1
+                self.bad_keys.add(rec.key)
                 warnings.warn(f"skipping unreadable sample {rec.key}: {e}", stacklevel=2)
-                n_bad = sum(self.bad.values())
-                if self.seen >= 10 and n_bad / self.seen > self.cfg.max_bad_fraction:
+                if len(self.bad_keys) == len(self.records) or (
+                        self.seen >= 10 and len(self.bad_keys) / min(self.seen, len(self.records)) > self.cfg.max_bad_fraction):
+                    n_bad = len(self.bad_keys)
                     raise DataError(f"{n_bad} of {self.seen} samples were unreadable ({self.bad}); fix the data or raise "
                                     "data.max_bad_fraction") from e
         x0 = torch.stack([it["x0"] for it in items]).to(self.device)
@@ -158,10 +163,12 @@ class RecordSource(BatchSource):
         return Batch(x0, cond, prompts, added)
 
     def state(self):
-        return {}, {"epoch": self.epoch, "cursor": self.cursor, "bad": self.bad, "seen": self.seen}
+        return {}, {"epoch": self.epoch, "cursor": self.cursor, "bad": self.bad, "seen": self.seen,
+                    "bad_keys": sorted(self.bad_keys)}
 
     def load_state(self, tensors, meta):
         self.epoch, self.cursor, self.bad, self.seen = meta["epoch"], meta["cursor"], dict(meta["bad"]), meta["seen"]
+        self.bad_keys = set(meta.get("bad_keys", []))
         self._order = self._permutation()
 
     def stats(self) -> dict:

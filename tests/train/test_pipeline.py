@@ -1,0 +1,77 @@
+"""The whole tiny pipeline in-process: stages -> LoRA (kohya + diffusers) -> grid -> metrics, and
+the exported files load in diffusers with the same effect as the trained adapter."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from hypersd_core.lora_formats import HyperSDMetadata, detect_format, load_lora
+
+
+def test_outputs_written(tiny_run):
+    trainer, results, out = tiny_run
+    for name in ("hypersd_lora.safetensors", "samples.png", "metrics.json", "summary.json", "config.json"):
+        assert (out / name).is_file(), name
+    assert sorted(p.name for p in (out / "lora").glob("*.safetensors")) == ["stage1_tscd_k2.safetensors", "stage2_tscd_k1.safetensors"]
+    sd, header = load_lora(out / "hypersd_lora.safetensors")
+    assert detect_format(sd) == "kohya"
+    downs = [k for k in sd if k.endswith(".lora_down.weight")]
+    assert downs and all(k.replace(".lora_down.weight", ".alpha") in sd for k in downs)
+    md = HyperSDMetadata.from_header(header)
+    assert md.base_model == "tiny-test" and md.segments == 1 and md.steps == [1, 2] and md.stage == "tscd"
+    assert md.extra["segments_schedule"] == [2, 1] and md.extra["solver_steps"] == 8
+    grid = Image.open(out / "samples.png")
+    assert grid.size[1] > 3 * 8  # teacher row + student rows
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["rows"]) == {"teacher DDIM 4", "teacher DDIM 2", "student 1", "student 2"}
+    for row in metrics["rows"].values():
+        assert {"frechet", "adherence", "trajectory_error", "nfe"} <= set(row)
+        assert 0.0 <= row["adherence"] <= 1.0 and row["frechet"] >= 0
+    assert metrics["rows"]["teacher DDIM 4"]["trajectory_error"] == 0.0  # it is the reference
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_training_changed_the_lora_and_loss_is_finite(tiny_run):
+    trainer, _, out = tiny_run
+    sd, _ = load_lora(out / "hypersd_lora.safetensors")
+    ups = [v for k, v in sd.items() if k.endswith("lora_up.weight")]
+    assert all(torch.isfinite(v).all() for v in sd.values())
+    assert sum(float(v.abs().sum()) for v in ups) > 0  # lora_B starts at zero; training moved it
+
+
+def _tiny_pipeline(tokenizer_path):
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
+
+    from train.config import ModelConfig
+    from train.models.loading import load_model
+
+    m = load_model(ModelConfig(kind="tiny", tokenizer_path=str(tokenizer_path)))
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=1, out_channels=1, latent_channels=1, block_out_channels=(8,), norm_num_groups=4,
+                        layers_per_block=1, down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",))
+    return StableDiffusionPipeline(vae=vae, text_encoder=m.text_encoders[0], tokenizer=m.tokenizers[0], unet=m.unet,
+                                   scheduler=DDIMScheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+@pytest.mark.parametrize("which", ["kohya", "diffusers"])
+def test_export_loads_in_diffusers(tiny_run, tokenizer_path, which):
+    trainer, results, out = tiny_run
+    pipe = _tiny_pipeline(tokenizer_path)
+    gen = torch.Generator().manual_seed(0)
+    x, t = torch.randn(3, 1, 8, 8, generator=gen), torch.tensor([999, 500, 20])
+    c = torch.randn(3, 77, 16, generator=gen)
+    with torch.no_grad():
+        base = pipe.unet(x, t, encoder_hidden_states=c).sample
+        trained = trainer.base_unet(x, t, encoder_hidden_states=c).sample
+    assert (trained - base).abs().max() > 1e-4  # the LoRA does something
+    path = results["lora"][which]
+    pipe.load_lora_weights(path, adapter_name="hyper")
+    n_loaded = sum(1 for n, _ in pipe.unet.named_parameters() if "lora_A.hyper" in n)
+    n_trained = sum(1 for n, _ in trainer.base_unet.named_parameters() if "lora_A.default" in n)
+    assert n_loaded == n_trained
+    with torch.no_grad():
+        loaded = pipe.unet(x, t, encoder_hidden_states=c).sample
+    torch.testing.assert_close(loaded, trained, rtol=1e-4, atol=1e-5)
