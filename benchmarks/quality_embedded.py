@@ -1,0 +1,401 @@
+"""The paper's quality table in miniature, on the embedded digits default (CPU, seeded).
+
+    python -m benchmarks.quality_embedded            # full run (~20 min on 2 CPU cores)
+    python -m benchmarks.quality_embedded --quick    # seconds: tiny budget, checks the script end to end
+
+Methods, each distilled with the project's trainer (``train.trainer.Trainer``, the same code as
+``python -m train``) from the embedded preset, and evaluated from the exported LoRA file merged
+into the teacher with hypersd_core's LoraMerge (what a ComfyUI user loads):
+- teacher: DDIM 25 and 50 steps, cfg 3 (the preset's teacher guidance);
+- single-stage CD (LCM-style): the same trainer with ONE segment (k = 1) for the same total
+  number of optimizer steps and batch size as the TSCD stages together, pure consistency loss;
+- TSCD: the embedded preset's progressive stages 8 -> 4 -> 2 -> 1 (MSE, adversarial term in the
+  last two stages), and TSCD without the adversarial term (a pure-consistency ablation with the
+  same losses as the single-stage baseline);
+- TSCD + feedback: a feedback stage (TSCD k=1 + the digit-classifier ReFL reward) from the TSCD LoRA;
+- unified LoRA: the unified stage (DMD at one step + TSCD loss) from the TSCD + feedback LoRA.
+Students sample with cfg 1 at 1/2/4/8 steps (trailing timesteps, eta from the LoRA's metadata).
+Metrics (train/metrics.py): Fréchet distance in the digit classifier's feature space vs held-out
+real digits, prompt adherence (classifier accuracy on the captioned digit), trajectory error
+(RMS distance to the teacher's 50-step DDIM result from the same noise and prompt).
+Spread: every metric is the mean over ``--eval-seeds`` evaluation seeds (different noise and
+captions) and over ``--seeds`` training seeds; "±" is the standard deviation over all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .machine import describe, machine_info
+from .report import RESULTS_DIR, markdown_table, write_json, write_text
+
+STEPS = (1, 2, 4, 8)
+BASELINE = "single-stage CD (k=1)"
+TSCD = "TSCD 8-4-2-1"
+TSCD_MSE = "TSCD 8-4-2-1 (no adv.)"
+FEEDBACK = "TSCD + feedback"
+UNIFIED = "unified LoRA"
+
+
+# -- training configs ------------------------------------------------------------------------------
+def base_config(model: str, quick: bool) -> dict:
+    """The embedded preset (or the tiny test model), as a dict to build the runs from."""
+    from train.config import CONFIG_DIR, read_config_file
+
+    data = read_config_file(CONFIG_DIR / "embedded.yaml")
+    data = copy.deepcopy(data)
+    data["eval"] = {"enabled": False}
+    data["sample"] = dict(data.get("sample", {}), every=0, num=4)
+    data["progress"] = False
+    data["checkpoint_every"] = 0
+    if model == "tiny":
+        data["model"] = {"kind": "tiny"}
+    if quick:
+        data["data"] = dict(data.get("data", {}), batch_size=4)
+        data["lora"] = dict(data.get("lora", {}), rank=4)
+        data["sample"] = dict(data["sample"], num=2, teacher_steps=2, steps=[1, 2])
+    return data
+
+
+def tscd_stages(data: dict, quick: bool, adversarial: bool = True) -> list[dict]:
+    stages = [dict(s) for s in data["stages"]]
+    for s in stages:
+        if quick:
+            s["steps"] = 2
+        if not adversarial:
+            s["adv_weight"] = 0.0
+            s["consistency_weight"] = 1.0
+    return stages
+
+
+def baseline_stage(tscd: list[dict]) -> dict:
+    """One segment, the TSCD stages' total steps, pure consistency (the LCM-style baseline)."""
+    first = dict(tscd[0])
+    first.update(segments=1, steps=sum(int(s["steps"]) for s in tscd), adv_weight=0.0, consistency_weight=1.0)
+    return first
+
+
+def feedback_stage(tscd: list[dict], quick: bool) -> dict:
+    last = dict(tscd[-1])
+    last.update(name="feedback", steps=2 if quick else 120,
+                options={"feedback": {"rewards": [{"name": "digits"}], "weight": 0.05, "threshold": -0.05,
+                                      "steps": [1, 2, 4, 8], "eta": 0.0, "every": 1, "batch_size": 8}})
+    return last
+
+
+def unified_stage(tscd: list[dict], quick: bool) -> dict:
+    last = dict(tscd[-1])
+    last.update(name="unified", steps=2 if quick else 120, adv_weight=0.0, consistency_weight=1.0,
+                options={"dmd": {"real_cfg": 3.0, "fake_updates": 2, "reg_weight": 0.25, "reg_steps": 2 if quick else 25,
+                                 "reg_pairs": 4 if quick else 64}})
+    return last
+
+
+def train_run(data: dict, stages: list[dict], out: Path, seed: int, init_from: str | None = None,
+              export_eta: float = 0.0) -> dict:
+    """One trainer run; returns its summary (exported LoRA paths, stage seconds)."""
+    from train.config import load_config
+    from train.trainer import Trainer
+
+    d = copy.deepcopy(data)
+    d.update(stages=stages, seed=seed, output=str(out))
+    d["export"] = dict(d.get("export", {}), eta=export_eta)
+    if init_from:
+        d["lora"] = dict(d.get("lora", {}), init_from=init_from)
+    cfg = load_config(extra=d)
+    t0 = time.time()
+    results = Trainer(cfg).run()
+    results["train_seconds"] = round(time.time() - t0, 1)
+    results["optimizer_steps"] = sum(int(s["steps"]) for s in stages)
+    results["batch_size"] = cfg.data.batch_size
+    return results
+
+
+# -- evaluation ------------------------------------------------------------------------------------
+class Evaluator:
+    """The teacher, its conditioner and classifier, held-out features, and per-seed eval sets."""
+
+    def __init__(self, model: str, per_digit: int, eval_seeds: list[int], ref_steps: int, teacher_cfg: float):
+        from train.conditioning import TextConditioner
+        from train.config import ModelConfig
+        from train.digits import load_digit_splits
+        from train.metrics import classifier_features, digit_eval_set
+        from train.models.loading import load_model
+
+        self.m = load_model(ModelConfig(kind=model))
+        self.unet = self.m.unet.eval()
+        self.clf = self.m.extras["classifier"]
+        self.cond = TextConditioner(self.m.text_encoders, self.m.tokenizers, "cpu", torch.float32,
+                                    resolution=self.m.resolution, memo=True)
+        res, ch = self.unet.config.sample_size, self.unet.config.in_channels
+        _, test = load_digit_splits(res)
+        self.real = classifier_features(self.clf, test.images)
+        self.n_real = len(test.labels)
+        self.ref_steps, self.teacher_cfg = ref_steps, teacher_cfg
+        self.sets = {s: digit_eval_set(per_digit, res, s, ch) for s in eval_seeds}
+        self.refs = {s: self.generate(s, ref_steps, teacher_cfg) for s in eval_seeds}
+
+    def generate(self, seed: int, steps: int, cfg: float, eta: float = 0.0) -> torch.Tensor:
+        from train.grids import generate
+
+        labels, prompts, noise = self.sets[seed]
+        return generate(self.unet, self.cond, prompts, noise, steps=steps, cfg=cfg, eta=eta, schedule=self.m.schedule,
+                        prediction_type=self.m.prediction_type, seed=seed)
+
+    def score(self, seed: int, images: torch.Tensor) -> dict:
+        from train.metrics import score_images
+
+        return score_images(self.clf, images, self.sets[seed][0], self.real, self.refs[seed])
+
+    def rows(self, lora_path: str | None, steps_list, cfg: float, eta: float) -> dict[int, list[dict]]:
+        """{steps: [scores per eval seed]} with the LoRA merged (None: the teacher alone)."""
+        from hypersd_core.lora_formats import load_lora
+        from hypersd_core.lora_merge import LoraMerge
+
+        merge = None
+        if lora_path:
+            sd, meta = load_lora(lora_path)
+            merge = LoraMerge(self.unet, sd, 1.0, metadata=meta)
+        try:
+            out = {}
+            for k in steps_list:
+                out[k] = []
+                for s in self.sets:
+                    t0 = time.perf_counter()
+                    imgs = self.generate(s, k, cfg, eta)
+                    sec = time.perf_counter() - t0
+                    out[k].append(dict(self.score(s, imgs), seconds=sec))
+            return out
+        finally:
+            if merge is not None:
+                merge.remove()
+
+
+def lora_eta(path: str) -> float:
+    from hypersd_core.lora_formats import HyperSDMetadata, load_lora
+
+    md = HyperSDMetadata.from_header(load_lora(path)[1])
+    return float(md.eta) if md is not None and md.eta is not None else 0.0
+
+
+def summarise(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+            "n": len(values), "values": values}
+
+
+# -- main ------------------------------------------------------------------------------------------
+def run(args) -> dict:
+    torch.set_num_threads(args.threads)
+    quick = args.quick
+    seeds = [int(s) for s in args.seeds.split(",")]
+    eval_seeds = [1000 + i for i in range(args.eval_seeds)]
+    work = Path(args.work)
+    data = base_config(args.model, quick)
+    tscd = tscd_stages(data, quick)
+    methods_cfg = {
+        TSCD: dict(stages=tscd),
+        TSCD_MSE: dict(stages=tscd_stages(data, quick, adversarial=False)),
+        BASELINE: dict(stages=[baseline_stage(tscd)]),
+        FEEDBACK: dict(stages=[feedback_stage(tscd, quick)], init=TSCD),
+        UNIFIED: dict(stages=[unified_stage(tscd, quick)], init=FEEDBACK, eta=args.unified_eta),
+    }
+    methods = [m for m in methods_cfg if m in args.methods.split(";")] if args.methods else list(methods_cfg)
+    t_start = time.time()
+    teacher_cfg = float(data.get("sample", {}).get("teacher_cfg", 3.0))
+    ev = Evaluator(args.model, 2 if quick else args.per_digit, eval_seeds, 4 if quick else 50, teacher_cfg)
+    teacher_steps = (2, 4) if quick else (25, 50)
+    result: dict = {
+        "machine": machine_info(), "quick": quick, "model": args.model, "train_seeds": seeds,
+        "eval_seeds": eval_seeds, "samples_per_eval_seed": len(ev.sets[eval_seeds[0]][0]), "real_samples": ev.n_real,
+        "reference": f"teacher DDIM {ev.ref_steps} steps, cfg {teacher_cfg:g}",
+        "student_sampler": "TSCD sampler, trailing timesteps, cfg 1, eta from the LoRA metadata (1 step = one call at t=999)",
+        "stages": {m: methods_cfg[m]["stages"] for m in methods}, "runs": {}, "rows": {},
+    }
+    t_rows = {}
+    for k in teacher_steps:
+        t_rows[k] = ev.rows(None, [k], teacher_cfg, 0.0)[k]
+    result["rows"]["teacher DDIM"] = {str(k): _agg(v, nfe=2 * k) for k, v in t_rows.items()}
+    per_method: dict[str, dict[int, list[dict]]] = {m: {k: [] for k in STEPS[: 2 if quick else 4]} for m in methods}
+    for seed in seeds:
+        loras: dict[str, str] = {}
+        for m in methods:
+            spec = methods_cfg[m]
+            init = spec.get("init")
+            if init and init not in loras:
+                raise ValueError(f"{m!r} starts from {init!r}: run that method too (--methods)")
+            out = work / f"seed{seed}" / _slug(m)
+            print(f"[{time.time() - t_start:6.0f}s] training {m} (seed {seed}) -> {out}", flush=True)
+            summary = train_run(data, spec["stages"], out, seed, init_from=loras.get(init),
+                                export_eta=spec.get("eta", 0.0))
+            loras[m] = summary["lora"]["kohya"]
+            result["runs"].setdefault(m, []).append(
+                {"seed": seed, "lora": Path(loras[m]).name, "train_seconds": summary["train_seconds"],
+                 "optimizer_steps": summary["optimizer_steps"], "batch_size": summary["batch_size"],
+                 "stage_seconds": summary.get("stage_seconds")})
+            eta = lora_eta(loras[m])
+            print(f"[{time.time() - t_start:6.0f}s] evaluating {m} (eta {eta:g})", flush=True)
+            for k, v in ev.rows(loras[m], list(per_method[m]), 1.0, eta).items():
+                per_method[m][k] += v
+    for m in methods:
+        result["rows"][m] = {str(k): _agg(v, nfe=k) for k, v in per_method[m].items()}
+    result["verdict"] = verdict(result)
+    result["total_seconds"] = round(time.time() - t_start, 1)
+    return result
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()
+
+
+def _agg(scores: list[dict], nfe: int) -> dict:
+    keys = ("frechet", "adherence", "trajectory_error", "seconds")
+    return {"nfe": nfe, **{k: summarise([float(s[k]) for s in scores]) for k in keys}}
+
+
+def verdict(result: dict) -> dict:
+    """TSCD vs the single-stage baseline, per step count and metric (relative change, + = TSCD better)."""
+    rows = result["rows"]
+    out = {}
+    for name in (TSCD, TSCD_MSE):
+        if name not in rows or BASELINE not in rows:
+            continue
+        per = {}
+        for k, r in rows[name].items():
+            b = rows[BASELINE][k]
+            per[k] = {
+                "frechet_rel_improvement": (b["frechet"]["mean"] - r["frechet"]["mean"]) / b["frechet"]["mean"],
+                "adherence_diff": r["adherence"]["mean"] - b["adherence"]["mean"],
+                "trajectory_error_rel_improvement":
+                    (b["trajectory_error"]["mean"] - r["trajectory_error"]["mean"]) / b["trajectory_error"]["mean"],
+            }
+        out[name] = per
+    return out
+
+
+def _pm(s: dict, scale: float = 1.0, digits: int = 3) -> str:
+    return f"{s['mean'] * scale:.{digits}g} ± {s['std'] * scale:.2g}"
+
+
+def markdown(result: dict) -> str:
+    lines = [f"Machine: {describe(result['machine'])}\n\n",
+             f"{result['samples_per_eval_seed']} samples per eval seed x {len(result['eval_seeds'])} eval seeds x "
+             f"{len(result['train_seeds'])} training seed(s); Fréchet distance against {result['real_samples']} held-out "
+             f"digits; trajectory error vs {result['reference']}. Mean ± std over seeds.\n\n"]
+    if result.get("quick"):
+        lines.append("**QUICK MODE: a few training steps; the numbers check the script and mean nothing.**\n\n")
+    rows = []
+    for method, by_steps in result["rows"].items():
+        for k, r in by_steps.items():
+            label = f"{method} {k}" if method == "teacher DDIM" else method
+            rows.append([label, int(k) if method != "teacher DDIM" else "-", r["nfe"], _pm(r["frechet"]),
+                         _pm(r["adherence"]), _pm(r["trajectory_error"])])
+    lines.append(markdown_table(["method", "steps", "NFE", "Fréchet (↓)", "adherence (↑)", "traj. error (↓)"], rows))
+    runs = result.get("runs", {})
+    if runs:
+        lines.append("\nTraining runs (optimizer steps x batch, CPU seconds):\n\n")
+        lines.append(markdown_table(["method", "seed", "steps", "batch", "train s"],
+                                    [[m, r["seed"], r["optimizer_steps"], r["batch_size"], r["train_seconds"]]
+                                     for m, rs in runs.items() for r in rs]))
+    lines.append("\n" + verdict_text(result) + "\n")
+    return "".join(lines)
+
+
+def verdict_text(result: dict) -> str:
+    v = result.get("verdict", {})
+    if not v:
+        return ""
+    out = []
+    for name, per in v.items():
+        parts = []
+        for k, d in per.items():
+            parts.append(f"{k} step{'s' if k != '1' else ''}: Fréchet {100 * d['frechet_rel_improvement']:+.0f}%, "
+                         f"adherence {100 * d['adherence_diff']:+.1f} pts, trajectory error "
+                         f"{100 * d['trajectory_error_rel_improvement']:+.0f}%")
+        wins = sum((d["frechet_rel_improvement"] > 0) + (d["adherence_diff"] > 0) + (d["trajectory_error_rel_improvement"] > 0)
+                   for d in per.values())
+        total = 3 * len(per)
+        out.append(f"**{name} vs {BASELINE}** (same trainer, same optimizer steps and batch; + = {name} better): "
+                   f"{name} is better on {wins} of {total} metric x step-count cells. " + "; ".join(parts) + ".")
+    return "\n\n".join(out)
+
+
+def plot(result: dict, path: Path) -> Path | None:
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed (pip install matplotlib): no plot written", file=sys.stderr)
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = (("frechet", "Fréchet distance (↓)"), ("adherence", "prompt adherence (↑)"),
+               ("trajectory_error", "trajectory error (↓)"))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax, (key, title) in zip(axes, metrics):
+        for method, by_steps in result["rows"].items():
+            if method == "teacher DDIM":
+                for k, r in by_steps.items():
+                    ax.axhline(r[key]["mean"], ls="--", lw=1, color="gray" if k == list(by_steps)[0] else "black",
+                               label=f"teacher DDIM {k} (NFE {r['nfe']})")
+                continue
+            ks = [int(k) for k in by_steps]
+            m = [by_steps[str(k)][key]["mean"] for k in ks]
+            s = [by_steps[str(k)][key]["std"] for k in ks]
+            ax.errorbar(ks, m, yerr=s, marker="o", capsize=3, label=method)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([int(k) for k in next(v for n, v in result["rows"].items() if n != "teacher DDIM")])
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xlabel("student steps")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Embedded digits, {describe(result['machine'])[:110]}", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".tmp-" + path.name)
+    fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="2 steps per stage, few samples: checks the script end to end")
+    ap.add_argument("--model", default="embedded", choices=("embedded", "tiny"))
+    ap.add_argument("--seeds", default="0", help="training seeds, comma separated")
+    ap.add_argument("--eval-seeds", type=int, default=3, help="evaluation seeds (noise + captions) per trained LoRA")
+    ap.add_argument("--per-digit", type=int, default=20, help="samples per digit per eval seed")
+    ap.add_argument("--methods", default=None, help=f"';'-separated subset, e.g. '{TSCD};{BASELINE}'")
+    ap.add_argument("--unified-eta", type=float, default=0.3, help="eta recorded in the unified LoRA's metadata")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--work", default=None, help="folder for training outputs (default: a temp folder)")
+    ap.add_argument("--out", default=None, help="results JSON (a .md table and .png plot are written beside it)")
+    args = ap.parse_args(argv)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="hypersd-quality-") as tmp:
+        args.work = args.work or tmp
+        result = run(args)
+    name = "quality_embedded_quick" if args.quick else "quality_embedded"
+    out = Path(args.out) if args.out else RESULTS_DIR / f"{name}.json"
+    result["command"] = "python -m benchmarks.quality_embedded " + " ".join(argv if argv is not None else sys.argv[1:])
+    write_json(out, result)
+    md = markdown(result)
+    write_text(out.with_suffix(".md"), md)
+    plot(result, out.with_suffix(".png"))
+    print(md)
+    print(f"wrote {out} ({result['total_seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Writing results: JSON (atomic, via hypersd_core's atomic_write) and markdown tables."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+from hypersd_core.lora_formats import atomic_write
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def write_json(path: str | Path, data: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+    atomic_write(str(path), lambda tmp: Path(tmp).write_text(text))
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(str(path), lambda tmp: Path(tmp).write_text(text))
+    return path
+
+
+def fmt(v, digits: int = 3) -> str:
+    """Numbers for tables: ``-`` for missing, fixed significant digits otherwise."""
+    if v is None:
+        return "-"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, int):
+        return str(v)
+    return f"{v:.{digits}g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(fmt(c) for c in r) + " |" for r in rows]
+    return "\n".join(out) + "\n"
