@@ -122,7 +122,8 @@ def main(argv=None) -> None:
 
     tok_dir = find_tokenizer()
     if tok_dir.resolve() != (out / "tokenizer").resolve():
-        shutil.copytree(tok_dir, out / "tokenizer", dirs_exist_ok=True)
+        shutil.copytree(tok_dir, out / "tokenizer", dirs_exist_ok=True, copy_function=shutil.copyfile)
+        (out / "tokenizer").chmod(0o755)
     tokenizer = load_tokenizer(out / "tokenizer")
     # Stored in fp16 (a few MB); the teacher is trained on the fp16-rounded weights it will load.
     text_encoder = build_text_encoder(seed=args.seed).half().float()
