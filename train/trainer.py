@@ -144,6 +144,8 @@ class Trainer:
                 print(f"--resume: no checkpoint in {self.out}; starting from the beginning")
             return {"stage": 0, "step": 0, "global_step": 0}, None
         state = json.loads((folder / "state.json").read_text())
+        if self.acc.is_main_process:
+            print(f"resuming from {folder.name}: stage {state['stage'] + 1}, step {state['step']}", flush=True)
         if state.get("num_processes", 1) != self.acc.num_processes:
             raise RuntimeError(f"checkpoint {folder} was written by {state['num_processes']} processes; resume it with "
                                f"the same number (got {self.acc.num_processes})")
