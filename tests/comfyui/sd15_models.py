@@ -39,7 +39,7 @@ TEXT_CONFIG = dict(
 )
 
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"  # the official SD1.5 file name the workflows expect
-CONTROLNET = "control_v11p_sd15_canny_random.safetensors"
+CONTROLNET = "control_v11p_sd15_canny_fp16.safetensors"  # the official name the ControlNet workflow loads
 COMPONENT_FILES = {"unet": "unet.safetensors", "text_encoder": "text_encoder.safetensors", "vae": "vae.safetensors"}
 
 

@@ -1,7 +1,7 @@
 """ComfyUI through our nodes == the hypersd_core reference == diffusers, for one real run.
 
 The server run: CheckpointLoaderSimple -> HyperSDLoraLoader (unified 1-step LoRA) -> SamplerCustom
-(cfg 1, HyperSDTSCDSampler eta 0.3, HyperSDScheduler 'tcd', 3 steps) -> SaveLatent. The
+(cfg 1, HyperSDTSCDSampler eta 0.3, HyperSDScheduler 'tcd', 2 steps) -> SaveLatent. The
 references (reference_tscd.py, in a subprocess with the same ComfyUI tree) start from the same
 seeded noise and draw the same seeded per-step noise:
 - core: hypersd_core.sample_tscd on D(x, sigma) = ComfyUI's own model.apply_model, so the
@@ -23,7 +23,7 @@ from sd15_models import CHECKPOINT
 pytestmark = pytest.mark.comfyui
 
 LORA = "Hyper-SD15-1step-lora.safetensors"
-RUN = dict(strength=1.0, steps=3, spacing="tcd", eta=0.3, seed=2024)
+RUN = dict(strength=1.0, steps=2, spacing="tcd", eta=0.3, seed=2024)
 
 
 @pytest.fixture(scope="module")
