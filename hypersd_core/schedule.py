@@ -147,7 +147,7 @@ class VPSchedule:
         out_dtype = sigma.dtype if sigma.is_floating_point() else torch.float64
         sigmas, log_sigmas = self._tables(sigma.device)
         s = sigma.to(torch.float64)
-        log_s = s.clamp(min=self.sigma_min).log()
+        log_s = torch.maximum(s, sigmas[0]).log()  # a tensor bound: float(self.sigma_min) would break graphs
         idx = torch.searchsorted(log_sigmas, log_s.reshape(-1)).reshape(log_s.shape)
         hi = idx.clamp(1, len(log_sigmas) - 1)
         lo = hi - 1
