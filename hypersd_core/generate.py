@@ -143,6 +143,10 @@ class Generator:
         else:
             sigmas = get_sigmas_tscd(self.steps, self.schedule, spacing=spacing)
         self.sigmas = sigmas.to(self.device)
+        # build the schedule's device tables now: created inside a CUDA graph they would live in
+        # its memory pool and be overwritten by later replays
+        self.schedule.timestep(self.sigmas)
+        self.schedule.sigma(torch.zeros((), device=self.device))
         # diffusers starts from unit-variance VP noise: VE x = sqrt(1 + sigma0^2) * z
         self.start_scale = math.sqrt(1.0 + float(sigmas[0]) ** 2)
         self.cache_size = cache_size
