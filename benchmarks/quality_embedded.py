@@ -61,15 +61,18 @@ def base_config(model: str, quick: bool) -> dict:
     if quick:
         data["data"] = dict(data.get("data", {}), batch_size=4)
         data["lora"] = dict(data.get("lora", {}), rank=4)
-        data["sample"] = dict(data["sample"], num=2, teacher_steps=2, steps=[1, 2])
+        data["sample"] = dict(data["sample"], num=1, teacher_steps=1, steps=[1])
     return data
 
 
-def tscd_stages(data: dict, quick: bool, adversarial: bool = True) -> list[dict]:
+def tscd_stages(data: dict, quick: bool, adversarial: bool = True, steps: int | None = None) -> list[dict]:
+    """The preset's TSCD stages; ``steps`` (per stage) overrides the preset's count."""
     stages = [dict(s) for s in data["stages"]]
     for s in stages:
         if quick:
             s["steps"] = 2
+        elif steps:
+            s["steps"] = steps
         if not adversarial:
             s["adv_weight"] = 0.0
             s["consistency_weight"] = 1.0
@@ -85,7 +88,7 @@ def baseline_stage(tscd: list[dict]) -> dict:
 
 def feedback_stage(tscd: list[dict], quick: bool) -> dict:
     last = dict(tscd[-1])
-    last.update(name="feedback", steps=2 if quick else 120,
+    last.update(name="feedback", steps=int(last["steps"]),
                 options={"feedback": {"rewards": [{"name": "digits"}], "weight": 0.05, "threshold": -0.05,
                                       "steps": [1, 2, 4, 8], "eta": 0.0, "every": 1, "batch_size": 8}})
     return last
@@ -93,7 +96,7 @@ def feedback_stage(tscd: list[dict], quick: bool) -> dict:
 
 def unified_stage(tscd: list[dict], quick: bool) -> dict:
     last = dict(tscd[-1])
-    last.update(name="unified", steps=2 if quick else 120, adv_weight=0.0, consistency_weight=1.0,
+    last.update(name="unified", steps=int(last["steps"]), adv_weight=0.0, consistency_weight=1.0,
                 options={"dmd": {"real_cfg": 3.0, "fake_updates": 2, "reg_weight": 0.25, "reg_steps": 2 if quick else 25,
                                  "reg_pairs": 4 if quick else 64}})
     return last
@@ -199,15 +202,16 @@ def run(args) -> dict:
     eval_seeds = [1000 + i for i in range(args.eval_seeds)]
     work = Path(args.work)
     data = base_config(args.model, quick)
-    tscd = tscd_stages(data, quick)
+    tscd = tscd_stages(data, quick, steps=args.steps_per_stage)
     methods_cfg = {
         TSCD: dict(stages=tscd),
-        TSCD_MSE: dict(stages=tscd_stages(data, quick, adversarial=False)),
+        TSCD_MSE: dict(stages=tscd_stages(data, quick, adversarial=False, steps=args.steps_per_stage)),
         BASELINE: dict(stages=[baseline_stage(tscd)]),
         FEEDBACK: dict(stages=[feedback_stage(tscd, quick)], init=TSCD),
         UNIFIED: dict(stages=[unified_stage(tscd, quick)], init=FEEDBACK, eta=args.unified_eta),
     }
-    methods = [m for m in methods_cfg if m in args.methods.split(";")] if args.methods else list(methods_cfg)
+    default = [m for m in methods_cfg if m != TSCD_MSE or args.ablation]
+    methods = [m for m in methods_cfg if m in args.methods.split(";")] if args.methods else default
     t_start = time.time()
     teacher_cfg = float(data.get("sample", {}).get("teacher_cfg", 3.0))
     ev = Evaluator(args.model, 2 if quick else args.per_digit, eval_seeds, 4 if quick else 50, teacher_cfg)
@@ -218,6 +222,7 @@ def run(args) -> dict:
         "reference": f"teacher DDIM {ev.ref_steps} steps, cfg {teacher_cfg:g}",
         "student_sampler": "TSCD sampler, trailing timesteps, cfg 1, eta from the LoRA metadata (1 step = one call at t=999)",
         "stages": {m: methods_cfg[m]["stages"] for m in methods}, "runs": {}, "rows": {},
+        "init_from": {m: methods_cfg[m].get("init") for m in methods},
     }
     t_rows = {}
     for k in teacher_steps:
@@ -375,6 +380,9 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-seeds", type=int, default=3, help="evaluation seeds (noise + captions) per trained LoRA")
     ap.add_argument("--per-digit", type=int, default=20, help="samples per digit per eval seed")
     ap.add_argument("--methods", default=None, help=f"';'-separated subset, e.g. '{TSCD};{BASELINE}'")
+    ap.add_argument("--steps-per-stage", type=int, default=60,
+                    help="optimizer steps of every stage (the embedded preset has 120; 60 fits the CPU time box)")
+    ap.add_argument("--ablation", action="store_true", help=f"also train {TSCD_MSE!r}")
     ap.add_argument("--unified-eta", type=float, default=0.3, help="eta recorded in the unified LoRA's metadata")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default=None, help="folder for training outputs (default: a temp folder)")

@@ -172,7 +172,8 @@ def inference_section(spec: ModelSpec, *, device, dtype, resolution: int, steps_
     schedule = VPSchedule.scaled_linear()
     unet = build_unet(spec, device=device, dtype=dtype)
     cond, added = conditioning(spec, 1, device, dtype, resolution)
-    z = torch.randn(1, 4, resolution // 8, resolution // 8, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    lat, ch = spec.latent_size(resolution), spec.config["in_channels"]
+    z = torch.randn(1, ch, lat, lat, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     ours, _, _ = hypersd_sampler(unet, spec, cond, added, eta, schedule)
     pipe = diffusers_pipeline(unet, spec)
     timer = UNetTimer(unet)
@@ -210,7 +211,8 @@ def inference_section(spec: ModelSpec, *, device, dtype, resolution: int, steps_
 
 def sampler_math_row(spec, resolution, steps, eta, schedule, device, warmup, iters, unet_s) -> dict:
     """The sampler's own math per step, timed with a zero-cost model (CUDA events on a GPU)."""
-    x = torch.randn(1, 4, resolution // 8, resolution // 8, device=device)
+    lat = spec.latent_size(resolution)
+    x = torch.randn(1, spec.config["in_channels"], lat, lat, device=device)
     x0 = torch.zeros_like(x)
     sigmas = get_sigmas_tscd(steps, schedule, spacing="tcd").to(device)
     ns = device_noise_sampler(x, 0)
@@ -230,37 +232,49 @@ def sampler_math_row(spec, resolution, steps, eta, schedule, device, warmup, ite
 
 # -- compile ------------------------------------------------------------------------------------
 def compile_section(spec: ModelSpec, *, device, dtype, resolution: int, steps: int, eta: float, full: bool) -> dict:
-    """Graph breaks of the sampler loop (torch._dynamo.explain), with a tiny stand-in denoiser and
-    with the real UNet; on a GPU also fullgraph torch.compile with CUDA graphs and sync checks."""
+    """Is the sampler loop one graph? torch.compile(fullgraph=True) (raises on any graph break) and
+    torch._dynamo.explain (counts breaks) on a stand-in conv denoiser, and with the real UNet when
+    ``full``; on a GPU also inductor + CUDA graphs, timing, and a run under CUDA sync-debug mode."""
     import torch._dynamo as dynamo
 
     schedule = VPSchedule.scaled_linear()
     out: dict = {"model": spec.name, "steps": steps, "eta": eta}
-    x = torch.randn(1, 4, resolution // 8, resolution // 8, device=device)
+    ch, lat = spec.config["in_channels"], spec.latent_size(resolution)
+    x = torch.randn(1, ch, lat, lat, device=device)
     sigmas = get_sigmas_tscd(steps, schedule, spacing="tcd").to(device)
+    step_noise = torch.randn((steps,) + tuple(x.shape), device=device)
 
-    def explain(fn, *args):
+    def loop_fn(model, extra):
+        def loop(xx, sig):
+            it = iter(range(steps))
+            return sample_tscd(model, xx, sig, extra_args=extra, eta=eta,
+                               noise_sampler=lambda s, sn: step_noise[next(it)], schedule=schedule, disable=True)
+        return loop
+
+    def check(loop) -> dict:
         dynamo.reset()
-        e = dynamo.explain(fn)(*args)
-        return {"graph_count": e.graph_count, "graph_break_count": e.graph_break_count,
-                "break_reasons": sorted({str(b.reason).splitlines()[0][:200] for b in e.break_reasons})}
+        e = dynamo.explain(loop)(x, sigmas)
+        res = {"explain_graph_count": e.graph_count, "explain_graph_break_count": e.graph_break_count,
+               "explain_break_reasons": sorted({str(b.reason).splitlines()[0][:160] for b in e.break_reasons})}
+        dynamo.reset()
+        try:
+            got = torch.compile(loop, fullgraph=True, backend="eager")(x, sigmas)
+            ref = loop(x, sigmas)
+            res["fullgraph_compile"] = "ok"
+            res["fullgraph_max_abs_diff_vs_eager"] = float((got.float() - ref.float()).abs().max())
+        except Exception as exc:  # the failure is the result
+            res["fullgraph_compile"] = f"FAILED {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        return res
 
-    conv = torch.nn.Conv2d(4, 4, 3, padding=1).to(device)
+    conv = torch.nn.Conv2d(ch, ch, 3, padding=1).to(device)
     standin = DiscreteVPDenoiser(lambda xv, t: conv(xv), schedule, "epsilon")
     with torch.no_grad():
-        out["sampler_standin_device_noise"] = explain(
-            lambda xx: sample_tscd(standin, xx, sigmas, eta=eta, noise_sampler=device_noise_sampler(xx, 0),
-                                   schedule=schedule, disable=True), x)
-        out["sampler_standin_seeded_cpu_noise"] = explain(
-            lambda xx: sample_tscd(standin, xx, sigmas, eta=eta, noise_sampler=seeded_noise_sampler(xx, 0),
-                                   schedule=schedule, disable=True), x)
+        out["sampler_standin_denoiser"] = check(loop_fn(standin, {}))
         if full:
             unet = build_unet(spec, device=device, dtype=dtype)
             cond, added = conditioning(spec, 1, device, dtype, resolution)
-            run, model, extra = hypersd_sampler(unet, spec, cond, added, eta, schedule)
-            out["sampler_with_unet_device_noise"] = explain(
-                lambda xx: sample_tscd(model, xx, sigmas, extra_args=extra, eta=eta,
-                                       noise_sampler=device_noise_sampler(xx, 0), schedule=schedule, disable=True), x)
+            _, model, extra = hypersd_sampler(unet, spec, cond, added, eta, schedule)
+            out["sampler_with_unet"] = check(loop_fn(model, extra))
             if device.type == "cuda":
                 out.update(_compiled_run(model, extra, x, sigmas, eta, schedule, device))
             del unet
@@ -404,8 +418,10 @@ def tables(results: dict) -> str:
         for c in results["compile"]:
             for k, v in c.items():
                 if isinstance(v, dict):
-                    md.append(f"- {c['model']} {k}: {v['graph_count']} graph(s), {v['graph_break_count']} break(s)"
-                              + (f" — {'; '.join(v['break_reasons'])}" if v["break_reasons"] else "") + "\n")
+                    md.append(f"- {c['model']} {k}: torch.compile(fullgraph=True): {v['fullgraph_compile']}; "
+                              f"dynamo.explain: {v['explain_graph_count']} graph(s), {v['explain_graph_break_count']} "
+                              "break(s)" + (f" ({'; '.join(v['explain_break_reasons'])})" if v["explain_break_reasons"]
+                                            else "") + "\n")
                 elif k not in ("model", "steps", "eta"):
                     md.append(f"- {c['model']} {k}: {v}\n")
     for sec, title in (("training", "Training step (LoRA)"), ("scaling", "Scaling (TSCD step)")):
@@ -433,6 +449,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", default="1,2,4,8")
     ap.add_argument("--eta", type=float, default=0.3)
     ap.add_argument("--iters", type=int, default=None)
+    ap.add_argument("--compile-unet", action="store_true", help="--tiny: also trace the sampler with the tiny UNet")
     ap.add_argument("--out", default=None, help="results JSON path (a .md table is written beside it)")
     args = ap.parse_args(argv)
     sections = set(args.sections.split(","))
@@ -462,7 +479,8 @@ def main(argv=None) -> int:
         if "compile" in sections:
             print(f"compile {name}", flush=True)
             results["compile"].append(compile_section(spec, device=device, dtype=dtype, resolution=res,
-                                                      steps=min(4, max(steps_list)), eta=args.eta, full=not tiny))
+                                                      steps=min(4, max(steps_list)), eta=args.eta,
+                                                      full=not tiny or args.compile_unet))
         if "training" in sections:
             print(f"training {name}", flush=True)
             batch = 1 if (tiny or "sdxl" in name) else 4

@@ -82,7 +82,7 @@ def tscd_stage(ctx: StageContext, segments: int = 8, adv_weight: float = 0.0, cf
 def random_batch(spec: ModelSpec, batch: int, resolution: int, device, dtype, seed: int = 0) -> Batch:
     """Precomputed-latent batch (as with the trainer's latent cache): latents + text conditioning."""
     g = torch.Generator().manual_seed(seed)
-    lat = resolution // 8
+    lat = spec.latent_size(resolution)
     x0 = torch.randn(batch, spec.config["in_channels"], lat, lat, generator=g).to(device)
     cond, added = conditioning(spec, batch, device, dtype, resolution, seed)
     return Batch(x0=x0, cond=cond, prompts=[""] * batch, added_cond=added)

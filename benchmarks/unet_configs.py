@@ -40,14 +40,25 @@ class ModelSpec:
     resolution: int  # pixels; latents are resolution // 8
     text_len: int = 77
     pooled_dim: int = 0  # SDXL text_embeds width (0: SD1.5, no added conditioning)
+    scale: int = 8  # pixels per latent pixel (1: pixel space, the embedded digits model)
 
     @property
     def latent(self) -> int:
-        return self.resolution // 8
+        return self.resolution // self.scale
+
+    def latent_size(self, resolution: int) -> int:
+        return resolution // self.scale
 
     @property
     def cross_dim(self) -> int:
         return int(self.config["cross_attention_dim"])
+
+
+def embedded_spec() -> ModelSpec:
+    """The embedded digits teacher's architecture (pixel space, 1x16x16, random weights)."""
+    from train.models.embedded import RESOLUTION, UNET_CONFIG
+
+    return ModelSpec("embedded", dict(UNET_CONFIG), RESOLUTION, scale=1)
 
 
 SPECS = {
