@@ -25,3 +25,24 @@ def test_tiny_benchmark_runs_and_writes_json(tmp_path, model, tokenizer_path):
         assert e["text_encoder_calls_per_image"] == 1.0, "a fresh prompt costs exactly one encode"
     assert "error" not in r["diffusers_tcd"], r["diffusers_tcd"]
     assert r["diffusers_tcd"]["fresh_prompt"]["ms"] > 0
+
+
+def test_tiny_comfyui_benchmark_runs(tmp_path):
+    """benchmarks/realtime_comfyui.py --tiny in its own process (it imports ComfyUI's `nodes`)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not os.environ.get("COMFYUI_PATH"):
+        pytest.skip("COMFYUI_PATH is unset: point it to a ComfyUI copy with this repo in custom_nodes/")
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "comfy.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.realtime_comfyui", "--tiny", "--iters", "1",
+                           "--out", str(out)], cwd=repo, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=str(repo)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    v = json.loads(out.read_text())["variants"]
+    assert v["no_compile"]["ms"] > 0 and v["HyperSDRealtimeCompile"]["ms"] > 0
+    assert "skipped" in v["TorchCompileModel_inductor"]
+    assert "CUDA graphs need a CUDA GPU" in proc.stderr + proc.stdout
