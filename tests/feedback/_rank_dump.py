@@ -1,0 +1,31 @@
+"""Launched by test_stages.py under torchrun: a 2-process DMD+feedback run on the tiny model that
+writes each rank's LoRA tensors (student and fake adapters) so the test can compare the ranks."""
+
+import sys
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from train.config import load_config  # noqa: E402
+from train.trainer import Trainer  # noqa: E402
+
+
+def main(config: str, output: str) -> None:
+    cfg = load_config("tiny-test", [config], ["eval.enabled=false"], {"output": output})
+    trainer = Trainer(cfg)
+    export = trainer._export
+
+    def dump_then_export(stage, name, last):
+        if last:
+            sd = {n: p.detach().contiguous().cpu() for n, p in trainer.base_unet.named_parameters() if "lora_" in n}
+            save_file(sd, str(Path(output) / f"rank{trainer.acc.process_index}of{trainer.acc.num_processes}.safetensors"))
+        return export(stage, name, last)
+
+    trainer._export = dump_then_export
+    trainer.run()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
