@@ -11,8 +11,10 @@ class _Stop(Exception):
     """Ends the UNet forward after the mid block: the up path is not needed for features."""
 
 
-def teacher_features(unet, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, added_cond: dict | None = None) -> list[torch.Tensor]:
-    """Outputs of every down block and the mid block of ``unet`` at (x, t, cond)."""
+def teacher_features(net, unet, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+                     added_cond: dict | None = None) -> list[torch.Tensor]:
+    """Outputs of every down block and the mid block of ``unet`` when ``net`` (``unet`` itself or
+    a wrapper around it, e.g. DDP/FSDP) runs at (x, t, cond)."""
     feats: list[torch.Tensor] = []
 
     def grab(_m, _inp, out):
@@ -31,7 +33,7 @@ def teacher_features(unet, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
         hooks[-1] = last.register_forward_hook(grab_and_stop)
     try:
         kw = {"added_cond_kwargs": added_cond} if added_cond else {}
-        unet(x, t, encoder_hidden_states=cond, **kw)
+        net(x, t, encoder_hidden_states=cond, **kw)
     except _Stop:
         pass
     finally:

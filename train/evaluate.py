@@ -27,7 +27,7 @@ def evaluate_digits(trainer, stage) -> dict:
     kw = dict(schedule=m.schedule, prediction_type=m.prediction_type, decode=trainer.decode)
     out = {"n_samples": len(labels), "real_samples": len(test.labels), "eta": e.eta,
            "reference": f"teacher DDIM {e.reference_steps} steps, cfg {e.teacher_cfg:g}", "rows": {}}
-    with trainer.teacher() as teacher:
+    with trainer.teacher(local=True) as teacher:
         t0 = time.time()
         ref = generate(teacher, trainer.conditioner, prompts, noise, steps=e.reference_steps, cfg=e.teacher_cfg, eta=0.0, **kw)
         out["rows"][f"teacher DDIM {e.reference_steps}"] = dict(score_images(clf, ref, labels, real, ref), steps=e.reference_steps,

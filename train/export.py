@@ -14,12 +14,17 @@ from hypersd_core.lora_formats import HyperSDMetadata, save_lora, to_kohya
 from .lora import ADAPTER
 
 
-def peft_state_dict(unet) -> dict[str, torch.Tensor]:
+def peft_state_dict(unet, to_cpu: bool = True) -> dict[str, torch.Tensor]:
     """The LoRA in diffusers' layout: ``unet.<module>.lora_A.weight`` / ``lora_B``."""
     from peft.utils import get_peft_model_state_dict
 
     sd = get_peft_model_state_dict(unet, adapter_name=ADAPTER)
-    return {"unet." + k: v.detach().float().cpu().contiguous() for k, v in sd.items()}
+    return {"unet." + k: (v.detach().float().cpu().contiguous() if to_cpu else v) for k, v in sd.items()}
+
+
+def kohya_state_dict(unet, to_cpu: bool = True) -> dict[str, torch.Tensor]:
+    """The LoRA as kohya keys (``lora_unet_<module_path>.lora_down.weight`` / ``.lora_up`` / ``.alpha``)."""
+    return to_kohya(peft_state_dict(unet, to_cpu), default_alpha=lora_alpha(unet))
 
 
 def lora_alpha(unet) -> float:
@@ -32,7 +37,7 @@ def export_lora(unet, folder: str | os.PathLike, name: str, metadata: HyperSDMet
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     peft_sd = peft_state_dict(unet)
-    kohya = to_kohya(peft_sd, default_alpha=lora_alpha(unet))
+    kohya = to_kohya(peft_sd, default_alpha=lora_alpha(unet))  # = kohya_state_dict(unet)
     kohya_path = save_lora(folder / f"{name}.safetensors", kohya, metadata)
     ddir = folder / f"{name}_diffusers"
     tmp = folder / f".tmp-{name}_diffusers"

@@ -96,13 +96,17 @@ class Trainer:
         set_peft_model_state_dict(self.model.unet, sd, adapter_name="default")
 
     @contextlib.contextmanager
-    def teacher(self):
-        """The frozen teacher: a separate UNet, or the student's base with the LoRA disabled."""
+    def teacher(self, local: bool = False):
+        """The frozen teacher: a separate UNet, or the student's base with the LoRA disabled.
+
+        Training forwards go through the wrapper (FSDP needs its forward); ``local`` gives the
+        unwrapped module for work one process does alone (grids, metrics), where a wrapper's
+        collectives would wait for the other processes forever."""
         if self.model.teacher_unet is not None:
             yield self.model.teacher_unet
         else:
-            with adapters_disabled(self.base_unet) as unet:
-                yield unet
+            with adapters_disabled(self.base_unet):
+                yield self.base_unet if local else self.unet
 
     def decode(self, x: torch.Tensor, grad: bool = False) -> torch.Tensor:
         """Model space -> images in [-1, 1]; ``grad=True`` keeps the graph (feedback rewards)."""
@@ -261,7 +265,7 @@ class Trainer:
         prompts = self._grid_prompts()
         shape = (len(prompts), m.unet.config.in_channels, m.unet.config.sample_size, m.unet.config.sample_size)
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.acc.device)
-        return sample_grid_rows(self.base_unet, self.teacher, stage.sampling_context, self.conditioner, prompts, noise,
+        return sample_grid_rows(self.base_unet, lambda: self.teacher(local=True), stage.sampling_context, self.conditioner, prompts, noise,
                                 student_steps=s.steps, teacher_steps=s.teacher_steps, teacher_cfg=s.teacher_cfg,
                                 student_cfg=s.cfg, eta=s.eta, schedule=m.schedule, prediction_type=m.prediction_type,
                                 decode=self.decode)

@@ -78,7 +78,7 @@ class TSCDStage(Stage):
             return consistency_target(x_prev, None, ts, ctx.schedule, ctx.prediction_type)
         swap = self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
         with swap:
-            part = ctx.base_unet(x_prev[inner].to(ctx.weight_dtype), ts.t_prev[inner], encoder_hidden_states=cond[inner],
+            part = ctx.unet(x_prev[inner].to(ctx.weight_dtype), ts.t_prev[inner], encoder_hidden_states=cond[inner],
                                  **_unet_kw(_rows(added, inner))).sample
         out = torch.zeros_like(x_prev)
         out[inner] = part.float()
@@ -86,7 +86,10 @@ class TSCDStage(Stage):
 
     def _disc_logits(self, x, t, cond, added, train_heads: bool):
         with self.ctx.teacher() as teacher:
-            feats = teacher_features(teacher, x.to(self.ctx.weight_dtype), t, cond, added)
+            # The unwrapped module: this forward stops early and, in the generator pass, carries
+            # gradients in the same iteration as the student's DDP forward.
+            net = self.ctx.base_unet if teacher is self.ctx.unet else teacher
+            feats = teacher_features(net, net, x.to(self.ctx.weight_dtype), t, cond, added)
         if train_heads:
             return self.disc_wrapped(feats)
         # Generator pass: gradients flow to x through detached head weights, never into the heads.
