@@ -150,9 +150,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tokenizer", help="CLIP tokenizer folder (embedded/tiny models)")
     p.add_argument("--lora", help="a Hyper-SD LoRA .safetensors to merge into the UNet")
     p.add_argument("--lora-strength", type=float, default=1.0)
-    p.add_argument("--steps", type=int, default=1)
+    p.add_argument("--steps", type=int, default=None,
+                   help="default 1; 4 for the embedded teacher without --lora (it is not distilled)")
     p.add_argument("--timestep", type=int, default=999, help="one-step start timestep (800: SDXL 1-step UNet)")
-    p.add_argument("--eta", type=float, default=1.0, help="TSCD gamma for steps > 1")
+    p.add_argument("--eta", type=float, default=None, help="TSCD gamma for steps > 1 (default 0.3; 0 for the teacher)")
     p.add_argument("--size", type=int, help="image side in pixels (default: the model's native size)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="default: bf16 on CUDA, fp32 on CPU")
@@ -171,8 +172,17 @@ def main(argv=None) -> None:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     comp = load_components(args.model, args.path, dtype, args.config, args.tiny_vae, args.tokenizer)
+    steps, eta = args.steps, args.eta
+    if steps is None:
+        teacher = args.model == "embedded" and not args.lora
+        steps = 4 if teacher else 1
+        eta = 0.0 if teacher and eta is None else eta
+        if teacher:
+            log.info("the embedded teacher is not distilled: 4 DDIM steps (train a TSCD LoRA and pass "
+                     "--lora FILE --steps 1 for one step)")
     gen, _ = build_generator(comp, device=device, dtype=dtype, lora=args.lora, lora_strength=args.lora_strength,
-                             steps=args.steps, timestep=args.timestep, eta=args.eta, compile=args.compile)
+                             steps=steps, timestep=args.timestep, eta=0.3 if eta is None else eta,
+                             compile=args.compile)
     size = args.size or comp.size or DEFAULT_SIZE[args.model]
     if args.compile:
         log.info("compiling and capturing for %dx%d ...", size, size)
