@@ -107,9 +107,10 @@ def embedded_components(folder=None, tokenizer_path=None) -> Components:
                       teacher.resolution, description="embedded digits model")
 
 
-def load_tiny_vae(path: str | os.PathLike, dtype=torch.float32) -> torch.nn.Module:
+def load_tiny_vae(path: str | os.PathLike, dtype=torch.float32, config: Optional[dict] = None) -> torch.nn.Module:
     """AutoencoderTiny from a TAESD/TAESDXL diffusers folder, or a decoder-only .safetensors file
-    in the original layout ComfyUI keeps in models/vae_approx (``taesd_decoder.safetensors``)."""
+    in the original layout ComfyUI keeps in models/vae_approx (``taesd_decoder.safetensors``,
+    ``taesdxl_decoder.safetensors``: same architecture, so the default config fits both)."""
     from diffusers import AutoencoderTiny
     from safetensors.torch import load_file
 
@@ -121,7 +122,7 @@ def load_tiny_vae(path: str | os.PathLike, dtype=torch.float32) -> torch.nn.Modu
     sd = load_file(str(path))
     if not any(k.startswith("decoder.") for k in sd):
         sd = {f"decoder.layers.{k}": v for k, v in sd.items()}  # original taesd_decoder layout
-    vae = AutoencoderTiny()
+    vae = AutoencoderTiny.from_config(config) if config else AutoencoderTiny()
     missing, unexpected = vae.load_state_dict(sd, strict=False)
     missing_dec = [k for k in missing if k.startswith("decoder.")]
     if missing_dec or unexpected:
