@@ -39,7 +39,10 @@ class Trainer:
         cfg = self.cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        # cpu=True without CUDA: processes started by torchrun (`accelerate launch --multi_gpu`) then
+        # form a gloo CPU group; `accelerate launch --cpu` with several processes needs MPI instead.
         self.acc = acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+                                     cpu=not torch.cuda.is_available(),
                                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
         if not self.resume and acc.is_main_process and ckpt.latest_checkpoint(self.out) is not None:
             raise FileExistsError(f"{self.out} already holds checkpoints: pass --resume to continue that run, "

@@ -1,5 +1,9 @@
-"""Two processes through ``accelerate launch --cpu`` (gloo): DDP training, per-rank checkpoint
-parts, one exported LoRA, and both ranks ending with the same weights."""
+"""Two processes through ``accelerate launch`` on the CPU (gloo): DDP training, per-rank checkpoint
+parts, one exported LoRA.
+
+``accelerate launch --cpu --num_processes 2`` starts one process unless MPI is installed (it
+hands several CPU processes to mpirun); ``--multi_gpu`` starts them with torchrun, and the
+trainer's Accelerator(cpu=True) on a machine without CUDA joins them in a gloo group."""
 
 import os
 import socket
@@ -20,7 +24,7 @@ def _free_port() -> int:
 
 def test_two_process_cpu_run(tmp_path, tokenizer_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1", "--cpu",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
            "-m", "train", "--preset", "tiny-test", "--output", str(out),
            "--set", f"model.tokenizer_path={tokenizer_path}", "--set", "eval.enabled=false", "--set", "sample.steps=[1]",
