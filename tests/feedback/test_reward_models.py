@@ -53,6 +53,8 @@ def test_aesthetic_reward_loads_and_backprops(clip_folder):
 
 
 def test_aesthetic_reward_names_missing_files(tmp_path, clip_folder):
+    with pytest.raises(RewardFilesError, match="no folder given.*clip_path"):
+        build_reward({"name": "aesthetic", "clip_path": None, "head_path": None})
     with pytest.raises(RewardFilesError, match="does not exist"):
         build_reward({"name": "aesthetic", "clip_path": str(tmp_path / "nope"), "head_path": "h.safetensors"})
     (tmp_path / "config.json").write_text("{}")

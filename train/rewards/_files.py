@@ -16,6 +16,8 @@ class RewardFilesError(FileNotFoundError):
 
 def require_model_folder(path: str | os.PathLike, what: str, hint: str) -> Path:
     """A transformers model folder: config.json plus safetensors weights."""
+    if path is None:
+        raise RewardFilesError(f"{what}: no folder given (set it in the reward's config entry). {hint}")
     p = Path(path).expanduser()
     if not p.is_dir():
         raise RewardFilesError(f"{what}: folder {p} does not exist. {hint}")
@@ -33,6 +35,8 @@ def load_safetensors(path: str | os.PathLike, what: str, hint: str) -> dict[str,
     """A .safetensors state dict (never pickle)."""
     from safetensors.torch import load_file
 
+    if path is None:
+        raise RewardFilesError(f"{what}: no weights file given (set it in the reward's config entry). {hint}")
     p = Path(path).expanduser()
     if p.suffix != ".safetensors":
         raise RewardFilesError(

@@ -6,33 +6,39 @@ noise z to x. Per generator update, with t ~ U[t_min, t_max] and x_t = α_t x + 
 - fake score: a second LoRA adapter (``fake``) on the same base UNet gives μ_fake;
 - generator loss: ``hypersd_core.losses.dmd_loss(x, μ_real, μ_fake)`` (DMD2's normalised
   gradient), plus Hyper-SD's MSE regulariser ``reg_weight·‖x − x_ref‖²`` to paired references
-  x_ref = the teacher's multi-step (CFG, DDIM) sample from the same noise, precomputed once
-  per stage into a small bank (DMD's regression loss);
+  x_ref = the teacher's multi-step (CFG, DDIM) sample from the same noise, kept in a small bank
+  filled from the first training batches and checkpointed (DMD's regression loss);
 - fake updates (``fake_updates`` per generator update, two time-scale): the fake adapter learns
   the ordinary denoising loss on detached generator samples.
 
-Memory plan for SDXL on one GPU (an analytic ESTIMATE, not measured: no GPU was available).
-Teacher, fake score and generator share ONE base UNet; only LoRA adapters differ
-(``student`` trainable in the generator step, ``fake`` trainable in fake steps, none for the
-teacher: ``use_adapter`` switches in place, no copies):
-- base SDXL UNet weights, bf16: 2.57e9 params x 2 B                               ~ 5.1 GB
-- two LoRA adapters, rank 64 on attention projections + FF (about 93M params each
-  by the count in ``lora_parameter_count``), fp32 weights + grads + AdamW m, v = 16 B/param
-                                                                                   ~ 3.0 GB
-- activations, 1024² (128² latents), batch 1, gradient checkpointing: the generator forward
-  with grad plus the real (CFG: batch 2) and fake forwards under no_grad, peak about
-                                                                                   ~ 8-12 GB
-- VAE decoder with grad for feedback terms at 1024² (slicing/tiling off)           ~ 6-10 GB
-- CUDA context / allocator slack                                                   ~ 2 GB
-Total: about 16-22 GB without feedback, 24-32 GB with the VAE-decoded feedback term: one
-40-80 GB GPU. The text encoders are not needed when prompt embeddings are cached. The
-regression bank holds latents only (4x128x128 fp16 = 128 KB per pair).
+Memory plan for SDXL on one GPU. Teacher, fake score and generator share ONE base UNet; only
+LoRA adapters differ (``default`` = the student/generator, trainable in the generator step;
+``fake``, trainable in the fake-score steps; none for the teacher, which is the base with every
+adapter disabled unless model.teacher_path gives a separate UNet). ``use_adapter`` switches in
+place: no UNet copies. The numbers below are an analytic ESTIMATE (no GPU was available to
+measure them); parameter counts are exact (SDXL UNet config instantiated on the meta device):
+- base SDXL UNet, 2.567e9 params, bf16                                            5.1 GB
+- LoRA params per adapter: rank 64 on the default target list (attention, FF, resnet convs,
+  time embeddings) 194.9M; rank 64 attention-only 92.9M; rank 8 default list 24.4M.
+  Trainable state is fp32 weights + grads + AdamW m, v = 16 B/param; two adapters:
+  rank 64 default list 6.2 GB, rank 64 attention-only 3.0 GB, rank 8 0.8 GB
+- activations at 1024² (128² latents), batch 1, gradient checkpointing: the generator forward
+  with grad (~3-5 GB) while the real (CFG: batch 2) and fake forwards run under no_grad
+  (~1-2 GB transient), and the TSCD forwards of the unified stage (~3-5 GB more)   5-12 GB
+- the VAE decoder with grad for a feedback term at 1024²                           6-10 GB
+- regression bank: latents only, 4x128x128 fp32 = 256 KB per pair (+ cached text embeddings)
+- CUDA context and allocator slack                                                 ~2 GB
+Total, estimated: about 15-25 GB for DMD alone, 25-40 GB with the VAE-decoded feedback term and
+the interleaved TSCD loss: one 40-80 GB GPU; use feedback.batch_size 1-2 and
+model.gradient_checkpointing on 24 GB cards. The text encoders are not needed once prompt
+embeddings are cached.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 
@@ -40,7 +46,12 @@ from hypersd_core.losses import dmd_loss
 from hypersd_core.parameterization import add_noise, to_x0_eps
 from hypersd_core.schedule import VPSchedule
 
-from .adapters import use_adapter
+from ..checkpoint import load_optimizer_tensors, optimizer_tensors
+from ..lora import ADAPTER
+from . import register_stage
+from .adapters import adapter_parameters, add_zero_adapter, use_adapter
+from .base import Stage
+from .feedback import FeedbackOptions, FeedbackTerm, extra_loss, options_from
 
 
 @dataclass
@@ -176,20 +187,11 @@ def lora_parameter_count(unet, name: str) -> int:
 
 
 def _params_of(unet, name: str):
-    from .adapters import adapter_parameters
-
     return adapter_parameters(unet, name)
 
 
 
 # -- the stages -----------------------------------------------------------------------------------
-from train.checkpoint import load_optimizer_tensors, optimizer_tensors  # noqa: E402
-from train.lora import ADAPTER  # noqa: E402
-
-from . import register_stage  # noqa: E402
-from .adapters import add_zero_adapter  # noqa: E402
-from .base import Stage  # noqa: E402
-from .feedback import FeedbackOptions, FeedbackTerm, extra_loss, options_from  # noqa: E402
 
 
 @register_stage("dmd")

@@ -118,25 +118,27 @@ def options_from(cfg, key: str, cls):
         raise ConfigError(str(e)) from None
 
 
-def build_stage_rewards(ctx, specs):
-    """The configured rewards; ``digits`` without a path uses the model's shipped classifier."""
-    from hypersd_core.rewards import WeightedRewards
+def build_stage_rewards(ctx, specs, default_threshold: float) -> list[tuple[str, float, float, Callable]]:
+    """[(name, weight, threshold, reward)] from the config's reward list. Each entry may set its
+    own ``weight`` (multiplies the term's lambda) and ``threshold`` (alpha): reward scales differ
+    (aesthetic ~1-10, ImageReward ~N(0,1)). ``digits`` without a path uses the model's classifier."""
     from train.rewards import build_reward
     from train.rewards.digits import DigitReward
 
-    pairs = []
+    out = []
     for spec in specs:
         spec = {"name": spec} if isinstance(spec, str) else dict(spec)
         weight = float(spec.pop("weight", 1.0))
+        threshold = float(spec.pop("threshold", default_threshold))
         if spec.get("name") == "digits" and not spec.get("path") and "classifier" in ctx.extras:
             opts = {k: v for k, v in spec.items() if k != "name"}
             reward = DigitReward(ctx.extras["classifier"], **opts).to(ctx.device)
         else:
             reward = build_reward(spec, ctx.device)
-        pairs.append((weight, reward))
-    if not pairs:
+        out.append((spec["name"], weight, threshold, reward))
+    if not out:
         raise ValueError("the feedback term needs at least one reward in options.feedback.rewards")
-    return WeightedRewards(pairs)
+    return out
 
 
 @contextlib.contextmanager
@@ -166,11 +168,12 @@ def extra_loss(ctx, compute: Callable[[], torch.Tensor]):
 
 
 class FeedbackTerm:
-    """The ReFL term for a stage: rewards built once, one loss per call."""
+    """The ReFL term for a stage: rewards built once; per call, one x̂0 batch scored by every
+    reward, loss = sum_k lambda*w_k*mean(ReLU(alpha_k - r_k))."""
 
     def __init__(self, ctx, opts: FeedbackOptions):
         self.ctx, self.opts = ctx, opts
-        self.reward = build_stage_rewards(ctx, opts.rewards)
+        self.rewards = build_stage_rewards(ctx, opts.rewards, opts.threshold)
 
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         try:
@@ -181,28 +184,35 @@ class FeedbackTerm:
                 raise RuntimeError("the trainer's decode() runs without gradients; feedback needs decode(x, grad=True)")
             return out
 
-    def __call__(self, batch, unet=None) -> tuple[torch.Tensor, dict]:
+    def x0(self, batch, n: int, unet) -> tuple[torch.Tensor, dict]:
+        """x̂0 with gradients through the last model call (source: noise or data)."""
         ctx, o = self.ctx, self.opts
-        n = min(o.batch_size or batch.x0.shape[0], batch.x0.shape[0])
-        unet = unet if unet is not None else ctx.base_unet
         added = None if batch.added_cond is None else {k: v[:n] for k, v in batch.added_cond.items()}
         den = student_denoiser(unet, batch.cond[:n], ctx.schedule, ctx.prediction_type, added)
         g = ctx.generator
         if o.source == "data":
             lo, hi = o.data_t_range
             t = torch.randint(int(lo), int(hi) + 1, (n,), generator=g).to(ctx.device)
-            x0 = data_x0(den, batch.x0[:n].float(), t, ctx.schedule, g)
-            logs = {}
-        else:
-            steps = int(o.steps[int(torch.randint(len(o.steps), (1,), generator=g))])
-            stop = pick_stop(steps, o.late_start, g)
-            noise = torch.randn(batch.x0[:n].shape, generator=g).to(ctx.device)
-            seed = int(torch.randint(2**31 - 1, (1,), generator=g))
-            x0 = refl_x0(den, noise, steps, stop, eta=o.eta, spacing=o.spacing, schedule=ctx.schedule, seed=seed)
-            logs = {"feedback/steps": steps, "feedback/stop": stop}
-        loss, r_logs = feedback_loss(self.reward, self.decode, x0, batch.prompts[:n], o)
-        logs.update({"loss/feedback": float(loss.detach())} | {f"feedback/{k}": v for k, v in r_logs.items()})
-        return loss, logs
+            return data_x0(den, batch.x0[:n].float(), t, ctx.schedule, g), {}
+        steps = int(o.steps[int(torch.randint(len(o.steps), (1,), generator=g))])
+        stop = pick_stop(steps, o.late_start, g)
+        noise = torch.randn(batch.x0[:n].shape, generator=g).to(ctx.device)
+        seed = int(torch.randint(2**31 - 1, (1,), generator=g))
+        x0 = refl_x0(den, noise, steps, stop, eta=o.eta, spacing=o.spacing, schedule=ctx.schedule, seed=seed)
+        return x0, {"feedback/steps": steps, "feedback/stop": stop}
+
+    def __call__(self, batch, unet=None) -> tuple[torch.Tensor, dict]:
+        n = min(self.opts.batch_size or batch.x0.shape[0], batch.x0.shape[0])
+        x0, logs = self.x0(batch, n, unet if unet is not None else self.ctx.base_unet)
+        images = self.decode(x0)
+        total = 0.0
+        for name, weight, threshold, reward in self.rewards:
+            r = score(reward, images, batch.prompts[:n])
+            total = total + reward_hinge_loss(r, threshold, self.opts.weight * weight)
+            logs[f"feedback/reward_{name}"] = float(r.detach().mean())
+            logs[f"feedback/above_threshold_{name}"] = float((r.detach() >= threshold).float().mean())
+        logs["loss/feedback"] = float(total.detach())
+        return total, logs
 
 
 @register_stage("feedback")
