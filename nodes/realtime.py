@@ -113,7 +113,8 @@ class HyperSDRealtimeCompile(io.ComfyNode):
             "generation. Remembers the shapes it captured; a new resolution, batch or LoRA strength is captured "
             "again (up to max_captures, then eager); a compile error falls back to eager. No-op on a CPU.",
             inputs=[
-                io.Model.Input("model"),
+                io.Model.Input("model", tooltip="The model to compile (after any LoRA loaders: a later LoRA "
+                               "strength change is captured again automatically)."),
                 io.Vae.Input("vae", optional=True, tooltip="Also compile this VAE's decoder (full VAE or TAESD)."),
                 io.Combo.Input("mode", options=MODES, default="reduce-overhead",
                                tooltip="reduce-overhead: CUDA graphs; max-autotune: CUDA graphs + autotuned kernels "
