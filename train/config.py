@@ -190,6 +190,8 @@ def _coerce(tp, value, where: str):
         tp = args[0]
         if get_origin(tp) in (list, tuple) or dataclasses.is_dataclass(tp):
             return _coerce(tp, value, where)
+    if tp is str and isinstance(value, bool):  # YAML 1.1 reads a bare `no` as false
+        return "yes" if value else "no"
     if tp is bool and not isinstance(value, bool):
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")

@@ -37,6 +37,7 @@ def test_files_and_overrides(tmp_path):
     ("data.nope=1", "unknown key"),
     ("solver_steps=50", "not divisible"),
     ("mixed_precision=fp8", "mixed_precision"),
+    ("mixed_precision=yes", "mixed_precision"),
     ("optim.name=sgd", "optim.name"),
     ("data.batch_size=many", "expected an integer"),
     ("stage_all.loss=l1", "huber"),

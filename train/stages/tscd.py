@@ -89,7 +89,15 @@ class TSCDStage(Stage):
             # The unwrapped module: this forward stops early and, in the generator pass, carries
             # gradients in the same iteration as the student's DDP forward.
             net = self.ctx.base_unet if teacher is self.ctx.unet else teacher
-            feats = teacher_features(net, net, x.to(self.ctx.weight_dtype), t, cond, added)
+            # No activation checkpointing here: backward would recompute with the LoRA enabled again.
+            ckpt_on = getattr(net, "is_gradient_checkpointing", False)
+            if ckpt_on:
+                net.disable_gradient_checkpointing()
+            try:
+                feats = teacher_features(net, net, x.to(self.ctx.weight_dtype), t, cond, added)
+            finally:
+                if ckpt_on:
+                    net.enable_gradient_checkpointing()
         if train_heads:
             return self.disc_wrapped(feats)
         # Generator pass: gradients flow to x through detached head weights, never into the heads.
