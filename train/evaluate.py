@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import torch
 
 from .grids import generate
 from .metrics import classifier_features, digit_eval_set, score_images

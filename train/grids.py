@@ -3,7 +3,6 @@ noise and prompts, as one PNG (rows = samplers) and as TensorBoard images."""
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import torch
@@ -77,7 +76,3 @@ def tensorboard_grid(writer, tag: str, rows: dict, step: int) -> None:
     img = np.asarray(grid_image(rows))
     writer.add_image(tag, img, step, dataformats="HWC")
 
-
-@contextlib.contextmanager
-def nullctx():
-    yield

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import time
 from pathlib import Path
 
@@ -64,6 +63,8 @@ class Trainer:
             self._init_lora(cfg.lora.init_from)
         if cfg.model.gradient_checkpointing:
             m.unet.enable_gradient_checkpointing()
+        for scfg in cfg.stages:
+            get_stage(scfg.name).configure_unet(m.unet, scfg)
         opt = build_optimizer(self.lora_params, cfg.optim, acc.device)
         self.unet, self.optimizer = acc.prepare(m.unet, opt)
         self.base_unet = m.unet
@@ -85,7 +86,8 @@ class Trainer:
             config=cfg, accelerator=acc, unet=self.unet, base_unet=self.base_unet, schedule=m.schedule,
             prediction_type=m.prediction_type, lora_params=self.lora_params, optimizer=self.optimizer,
             uncond=self.conditioner.uncond, decode=self.decode, teacher=self.teacher, generator=self.generator,
-            log=self.log, output_dir=str(self.out), weight_dtype=self.weight_dtype, extras=dict(m.extras))
+            log=self.log, output_dir=str(self.out), weight_dtype=self.weight_dtype, extras=dict(m.extras),
+            encode=self.conditioner.encode)
 
     def _init_lora(self, path: str) -> None:
         from hypersd_core.lora_formats import detect_format, kohya_to_peft, load_lora
@@ -174,7 +176,7 @@ class Trainer:
         if folder is not None:
             self._restore_process_state(folder)
         stage = None
-        stage_times = {}
+        stage_times = dict(state.get("stage_seconds", {}))
         for idx in range(state["stage"], len(cfg.stages)):
             scfg = cfg.stages[idx]
             stage = get_stage(scfg.name)(self.ctx, scfg, idx)
@@ -204,13 +206,14 @@ class Trainer:
                 if cfg.sample.every and state["global_step"] % cfg.sample.every == 0:
                     self._tb_grid(stage, state["global_step"])
                 if cfg.checkpoint_every and step + 1 < scfg.steps and state["global_step"] % cfg.checkpoint_every == 0:
-                    self._save(stage, {"stage": idx, "step": step + 1, "global_step": state["global_step"]})
+                    self._save(stage, {"stage": idx, "step": step + 1, "global_step": state["global_step"],
+                                       "stage_seconds": stage_times})
             if bar is not None:
                 bar.close()
             stage_times[f"{idx}:{scfg.name}:k{scfg.segments}"] = round(time.time() - t0, 1)
             self._export(stage, f"stage{idx + 1}_{scfg.name}_k{scfg.segments}", last=False)
             self._tb_grid(stage, state["global_step"])
-            state = {"stage": idx + 1, "step": 0, "global_step": state["global_step"]}
+            state = {"stage": idx + 1, "step": 0, "global_step": state["global_step"], "stage_seconds": stage_times}
             self._save(stage, state)
             folder = None
         if stage is None:  # resumed a finished run

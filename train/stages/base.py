@@ -46,6 +46,7 @@ class StageContext:
     output_dir: str
     weight_dtype: torch.dtype = torch.float32
     extras: dict = field(default_factory=dict)  # e.g. "classifier" for the embedded model
+    encode: Callable[[list[str]], tuple[torch.Tensor, dict | None]] | None = None  # prompts -> (cond, added cond)
 
     @property
     def device(self) -> torch.device:
@@ -67,6 +68,11 @@ class Stage:
 
     def __init__(self, ctx: StageContext, cfg, index: int):
         self.ctx, self.cfg, self.index = ctx, cfg, index
+
+    @classmethod
+    def configure_unet(cls, unet: torch.nn.Module, cfg) -> None:
+        """Called once per configured stage before the UNet is wrapped for DDP/FSDP: add any
+        extra trainable adapters here (parameters added later are not synchronised)."""
 
     def setup(self) -> None:
         """Build extra modules/optimizers (after the LoRA exists, before a resume loads state)."""
