@@ -30,7 +30,6 @@ from sd15_models import CHECKPOINT, CONTROLNET  # noqa: E402
 from comfy_server import ComfyServer, run_in_comfy  # noqa: E402
 
 
-
 @pytest.fixture(scope="session")
 def comfy_path() -> Path:
     raw = os.environ.get("COMFYUI_PATH")
@@ -64,12 +63,14 @@ def _locked(folder: Path):
 @pytest.fixture(scope="session")
 def sd15_files(comfy_path, cache_dir) -> dict[str, Path]:
     """The random SD1.5 components (diffusers layout), the LDM checkpoint and the LoRAs."""
+    for module in ("diffusers", "transformers"):
+        pytest.importorskip(module, reason=f"building the random SD1.5 test models needs {module} (pip install -e '.[train]')")
     with _locked(cache_dir):
         components = {k: cache_dir / "components" / v for k, v in sd15_models.COMPONENT_FILES.items()}
         if not all(p.exists() for p in components.values()):
             components = sd15_models.build_components(cache_dir / "components")
         ckpt = cache_dir / CHECKPOINT
-        if not ckpt.exists():
+        if not ckpt.exists() or ckpt.stat().st_mtime < components["unet"].stat().st_mtime:
             run_in_comfy(comfy_path, HERE / "make_checkpoint.py", cache_dir / "components", ckpt)
         loras = {name: cache_dir / "loras" / name for name in sd15_models.LORA_FILES}
         if not all(p.exists() for p in loras.values()):

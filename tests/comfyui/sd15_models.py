@@ -143,14 +143,25 @@ def peft_layout(mods: dict[str, dict]) -> tuple[dict[str, torch.Tensor], dict[st
     return sd, meta
 
 
-# Official names the workflows reference, each with its own weights, and a peft-layout copy of
-# the 1-step file's weights (same seed): both layouts must give the same image.
+def diffusers_old_layout(mods: dict[str, dict]) -> dict[str, torch.Tensor]:
+    """unet.<path>.lora.down.weight / .lora.up.weight with .alpha (diffusers' pre-peft LoRA layers)."""
+    sd = {}
+    for mod, p in mods.items():
+        sd[f"unet.{mod}.lora.down.weight"] = p["down"]
+        sd[f"unet.{mod}.lora.up.weight"] = p["up"]
+        sd[f"unet.{mod}.alpha"] = p["alpha"].half()
+    return sd
+
+
+# Official names the workflows reference, each with its own weights, and peft- and old-diffusers-
+# layout copies of the 1-step file's weights (same seed): every layout must give the same image.
 LORA_FILES = {
     "Hyper-SD15-1step-lora.safetensors": ("kohya", 11),
     "Hyper-SD15-2steps-lora.safetensors": ("kohya", 12),
     "Hyper-SD15-4steps-lora.safetensors": ("kohya", 13),
     "Hyper-SD15-8steps-lora.safetensors": ("kohya", 14),
     "hypersd15-peft-layout-test-lora.safetensors": ("peft", 11),
+    "hypersd15-diffusers-layout-test-lora.safetensors": ("diffusers_old", 11),
 }
 
 
@@ -167,8 +178,10 @@ def build_loras(out_dir: Path, unet_path: Path) -> dict[str, Path]:
         mods = random_lora(targets, seed)
         if layout == "kohya":
             sd, meta = kohya_layout(mods), {}
-        else:
+        elif layout == "peft":
             sd, meta = peft_layout(mods)
+        else:
+            sd, meta = diffusers_old_layout(mods), {}
         paths[name] = out_dir / name
         _atomic_save(lambda tmp: save_file(sd, tmp, metadata=meta), paths[name])
     return paths

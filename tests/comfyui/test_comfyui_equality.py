@@ -50,7 +50,7 @@ def _rel(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-def test_comfyui_equals_hypersd_core(server_latent, references):
+def test_comfyui_equals_hypersd_core(references, server_latent):  # references first: less memory at once
     ref, _ = references
     core = ref["core"]
     assert server_latent.shape == core.shape == (1, 4, IMAGE_SIZE // 8, IMAGE_SIZE // 8)
@@ -59,7 +59,7 @@ def test_comfyui_equals_hypersd_core(server_latent, references):
     assert _rel(server_latent, core) < 1e-5, f"ComfyUI vs hypersd_core: max abs diff {diff:.3g} (rel {_rel(server_latent, core):.3g})"
 
 
-def test_comfyui_equals_diffusers_tcd(server_latent, references):
+def test_comfyui_equals_diffusers_tcd(references, server_latent):
     ref, info = references
     dif = ref["diffusers"]
     diff = (server_latent - dif).abs().max().item()
