@@ -75,3 +75,20 @@ def test_export_loads_in_diffusers(tiny_run, tokenizer_path, which):
     with torch.no_grad():
         loaded = pipe.unet(x, t, encoder_hidden_states=c).sample
     torch.testing.assert_close(loaded, trained, rtol=1e-4, atol=1e-5)
+
+
+def test_init_from_exported_lora_round_trips(tiny_run, tmp_path, tokenizer_path):
+    """A run started from an exported kohya LoRA (no training steps) exports the same weights."""
+    from train.config import load_config
+    from train.trainer import Trainer
+
+    _, results, _ = tiny_run
+    cfg = load_config("tiny-test", overrides=[
+        f"output={tmp_path}", f"model.tokenizer_path={tokenizer_path}", f"lora.init_from={results['lora']['kohya']}",
+        "stage_all.steps=0", "eval.enabled=false", "sample.steps=[1]"])
+    again = Trainer(cfg).run()
+    a, _ = load_lora(results["lora"]["kohya"])
+    b, _ = load_lora(again["lora"]["kohya"])
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k])
