@@ -88,3 +88,24 @@ def test_options_are_checked():
         FeedbackOptions(source="coco")
     with pytest.raises(ValueError, match="late_start"):
         FeedbackOptions(late_start=1.0)
+
+
+@pytest.mark.parametrize("threshold, pulls", [(1e6, True), (-1e6, False)])
+def test_feedback_term_uses_per_reward_threshold(tiny_unet, embeddings, threshold, pulls):
+    from types import SimpleNamespace
+
+    from train.models.classifier import DigitClassifier
+    from train.stages.feedback import FeedbackTerm
+
+    cond, _ = embeddings
+    ctx = SimpleNamespace(extras={"classifier": DigitClassifier(resolution=8)}, device="cpu", schedule=SCHED,
+                          prediction_type="epsilon", generator=torch.Generator().manual_seed(0), base_unet=tiny_unet,
+                          decode=lambda x, grad=False: x)
+    opts = FeedbackOptions(rewards=[{"name": "digits", "threshold": threshold, "weight": 2.0}], weight=0.5, steps=[2])
+    batch = SimpleNamespace(x0=torch.zeros(2, 1, 8, 8), cond=cond, prompts=["a handwritten digit 3", "handwritten seven"],
+                            added_cond=None)
+    loss, logs = FeedbackTerm(ctx, opts)(batch)
+    assert (loss.item() > 0) == pulls
+    assert logs["feedback/above_threshold_digits"] == (0.0 if pulls else 1.0)
+    if pulls:  # lambda * w * mean(alpha - r)
+        assert loss.item() == pytest.approx(0.5 * 2.0 * (threshold - logs["feedback/reward_digits"]), rel=1e-4)

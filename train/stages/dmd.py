@@ -198,7 +198,12 @@ def _params_of(unet, name: str):
 class DMDStage(Stage):
     """Score distillation of the student LoRA at one step (``options.dmd``), with the fake score
     as a second adapter on the shared UNet; optional ReFL term (``options.feedback``) and the
-    TSCD loss of this stage's segments in the same backward (``options.dmd.tscd: true``)."""
+    TSCD loss of this stage's segments in the same backward (``options.dmd.tscd: true``).
+
+    The fake adapter is outside DDP (added after ``accelerator.prepare``): its gradients are
+    averaged across processes by hand; its updates are not loss-scaled, so train it in bf16 or
+    fp32 rather than fp16; it steps on every micro-batch under gradient accumulation.
+    """
 
     unified = False
 
