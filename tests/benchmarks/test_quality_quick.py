@@ -1,0 +1,42 @@
+"""quality_embedded --quick on the tiny model: the trainer runs, LoRAs export, the table, JSON
+and plot are written with finite metrics for every method and step count."""
+
+import json
+import math
+
+from benchmarks.quality_embedded import BASELINE, TSCD, main
+
+
+def finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def test_quality_quick_end_to_end(tmp_path):
+    out = tmp_path / "q.json"
+    assert main(["--quick", "--model", "tiny", "--eval-seeds", "1", "--methods", f"{TSCD};{BASELINE}",
+                 "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    for key in ("cpu_model", "cpu_cores", "torch", "date_utc", "git_commit"):
+        assert res["machine"][key] not in (None, "")
+    assert set(res["rows"]) == {"teacher DDIM", TSCD, BASELINE}
+    for method in (TSCD, BASELINE):
+        rows = res["rows"][method]
+        assert set(rows) == {"1", "2"}
+        for k, r in rows.items():
+            assert r["nfe"] == int(k)
+            for metric in ("frechet", "adherence", "trajectory_error"):
+                assert finite(r[metric]["mean"]) and finite(r[metric]["std"])
+                assert len(r[metric]["values"]) == 1
+            assert 0.0 <= r["adherence"]["mean"] <= 1.0
+            assert r["trajectory_error"]["mean"] > 0  # a 1-2 step student is not the 4-step reference
+    assert res["rows"]["teacher DDIM"]["4"]["trajectory_error"]["mean"] == 0.0  # the reference itself
+    # same budget: the baseline's one stage has as many optimizer steps as the TSCD stages together
+    runs = {m: r[0] for m, r in res["runs"].items()}
+    assert runs[BASELINE]["optimizer_steps"] == runs[TSCD]["optimizer_steps"]
+    assert runs[BASELINE]["batch_size"] == runs[TSCD]["batch_size"]
+    assert [s["segments"] for s in res["stages"][TSCD]] == [8, 4, 2, 1]
+    assert [s["segments"] for s in res["stages"][BASELINE]] == [1]
+    assert set(res["verdict"][TSCD]) == {"1", "2"}
+    md = out.with_suffix(".md").read_text()
+    assert TSCD in md and BASELINE in md and "QUICK MODE" in md
+    assert out.with_suffix(".png").stat().st_size > 1000
