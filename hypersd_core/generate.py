@@ -185,8 +185,8 @@ class Generator:
             return fn(*args)
         try:
             return fn(*args)
-        except Exception as exc:  # torch.compile errors surface on the first call
-            log.warning("torch.compile failed for %s (%s: %s); falling back to eager", which,
+        except Exception as exc:  # compile errors surface on the first call; eager re-raises real ones
+            log.warning("compiled %s failed (%s: %s); falling back to eager", which,
                         type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
             self._render, self._encode = self.render_core, self.prompt_encoder.encode_ids
             self._compiled = self._cudagraphs = False
