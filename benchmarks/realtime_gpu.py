@@ -4,6 +4,8 @@ encode per image, for random-weight full-size SD1.5 (512²) and SDXL (1024²) in
     python -m benchmarks.realtime_gpu                  # GPU: results/realtime_gpu.json + .md
     python -m benchmarks.realtime_gpu --models sd15    # one model
     python -m benchmarks.realtime_gpu --tiny           # CPU, tiny models, seconds: checks the code path
+    # under a 10-minute limit per command, one model and section at a time, merged into one file:
+    python -m benchmarks.realtime_gpu --models sd15 --sections components --merge   (then end_to_end, diffusers)
 
 Measured in one run per model:
 - per component (text encoder(s), UNet, full VAE decode, TAESD decode): eager vs torch.compile
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import statistics
 import sys
@@ -328,6 +331,7 @@ def diffusers_row(name, parts, device, dtype, args) -> dict:
     return row
 
 
+SECTIONS = ("components", "end_to_end", "diffusers")
 TARGETS = {  # issue 8: images/s (sd15) and ms (sdxl) on an H100
     "sd15": {"tiny_vae_images_per_s": 150, "full_vae_images_per_s": 80},
     "sdxl": {"tiny_vae_ms": 25, "full_vae_ms": 40},
@@ -366,7 +370,7 @@ def tables(results: dict) -> str:
     for name, r in results["models"].items():
         md.append(f"\n### {name} ({r['resolution']}², {results['dtype']}, batch 1, one step)\n")
         rows = []
-        for comp, c in r["components"].items():
+        for comp, c in r.get("components", {}).items():
             if "error" in c:
                 rows.append([comp, "ERROR " + c["error"][:80], "", "", "", "", ""])
                 continue
@@ -375,19 +379,19 @@ def tables(results: dict) -> str:
         md.append(markdown_table(["component", "eager ms", "compiled ms", "speedup", "compile s", "TFLOP",
                                   "FLOP floor ms"], rows))
         rows = []
-        for key, e in r["end_to_end"].items():
+        for key, e in r.get("end_to_end", {}).items():
             if "error" in e:
                 rows.append([key, "ERROR " + e["error"][:80], "", "", "", "", ""])
                 continue
             fp, cp = e["fresh_prompt"], e["cached_prompt"]
             rows.append([key, _f(fp["ms"]), _f(fp["images_per_s"]), _f(cp["images_per_s"]),
                          _f(e.get("first_3_calls_s")), _f(e.get("recapture_s")), _f(e.get("peak_gib"))])
-        d = r["diffusers_tcd"]
+        d = r.get("diffusers_tcd", {})
         rows.append(["diffusers TCD pipeline (eager)", _f(d.get("fresh_prompt", {}).get("ms")),
                      _f(d.get("fresh_prompt", {}).get("images_per_s")), "-", "-", "-", _f(d.get("peak_gib"))])
         md.append("\n" + markdown_table(["prompt -> image", "ms (fresh prompt)", "images/s", "images/s (cached)",
                                          "first 3 calls s", "re-capture s", "peak GiB"], rows))
-        md.append(f"\nTargets: {r['targets']}\n")
+        md.append(f"\nTargets: {r.get('targets', '-')}\n")
     return "\n".join(md) + "\n"
 
 
@@ -400,6 +404,9 @@ def parse_args(argv=None):
     p.add_argument("--backend", default=None, help="default: inductor (GPU) / eager (--tiny)")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--iters", type=int, default=None)
+    p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS,
+                   help="run some sections only (end_to_end needs the components' FLOPs: runs them if absent)")
+    p.add_argument("--merge", action="store_true", help="add to the existing --out file instead of replacing it")
     p.add_argument("--no-compile", action="store_true", help="eager variants only (fast CI check of --tiny)")
     p.add_argument("--peak-tflops", type=float, default=None, help="override the device's bf16 peak")
     p.add_argument("--out", default=None, help="JSON path (default results/realtime_gpu[_tiny].json)")
@@ -424,17 +431,26 @@ def main(argv=None) -> int:
     results = {"machine": machine_info(), "tiny": args.tiny, "dtype": str(dtype).replace("torch.", ""),
                "mode": args.mode, "backend": args.backend, "peaks": peaks, "command": " ".join(sys.argv),
                "models": {}}
+    out = Path(args.out or RESULTS_DIR / ("realtime_gpu_tiny.json" if args.tiny else "realtime_gpu.json"))
+    if args.merge and out.is_file():  # sections run as separate commands add up in one file
+        previous = json.loads(out.read_text())
+        results["models"] = previous.get("models", {})
+        results["commands"] = previous.get("commands", []) + [results["command"]]
     for name in args.models:
         parts = build_components(name, args.tiny, device, dtype)
-        comps = component_rows(name, parts, device, dtype, args, peaks)
-        flops = {k: v.get("tflop", 0) * 1e12 for k, v in comps.items()}
-        e2e = e2e_rows(name, parts, device, dtype, args, peaks, flops)
-        results["models"][name] = {"resolution": parts[0].resolution, "components": comps, "end_to_end": e2e,
-                                   "diffusers_tcd": diffusers_row(name, parts, device, dtype, args),
-                                   "targets": verdicts(name, e2e) if not args.tiny else "n/a (tiny)"}
+        r = results["models"].setdefault(name, {})
+        r["resolution"] = parts[0].resolution
+        if "components" in args.sections or "end_to_end" in args.sections:
+            if "components" in args.sections or "components" not in r:
+                r["components"] = component_rows(name, parts, device, dtype, args, peaks)
+            flops = {k: v.get("tflop", 0) * 1e12 for k, v in r["components"].items()}
+        if "end_to_end" in args.sections:
+            r["end_to_end"] = e2e_rows(name, parts, device, dtype, args, peaks, flops)
+            r["targets"] = verdicts(name, r["end_to_end"]) if not args.tiny else "n/a (tiny)"
+        if "diffusers" in args.sections:
+            r["diffusers_tcd"] = diffusers_row(name, parts, device, dtype, args)
         del parts
         reset_peak(device)
-    out = Path(args.out or RESULTS_DIR / ("realtime_gpu_tiny.json" if args.tiny else "realtime_gpu.json"))
     write_json(out, results)
     write_text(out.with_suffix(".md"), tables(results))
     print(tables(results))
