@@ -407,6 +407,8 @@ def parse_args(argv=None):
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS,
                    help="run some sections only (end_to_end needs the components' FLOPs: runs them if absent)")
     p.add_argument("--merge", action="store_true", help="add to the existing --out file instead of replacing it")
+    p.add_argument("--tuned", action="store_true",
+                   help="fused QKV + channels-last UNet/VAE and diffusers' inductor settings (all variants)")
     p.add_argument("--no-compile", action="store_true", help="eager variants only (fast CI check of --tiny)")
     p.add_argument("--peak-tflops", type=float, default=None, help="override the device's bf16 peak")
     p.add_argument("--out", default=None, help="JSON path (default results/realtime_gpu[_tiny].json)")
@@ -436,8 +438,17 @@ def main(argv=None) -> int:
         previous = json.loads(out.read_text())
         results["models"] = previous.get("models", {})
         results["commands"] = previous.get("commands", []) + [results["command"]]
+    if args.tuned:
+        from train.realtime_models import inductor_tuning
+
+        inductor_tuning()
+    results["tuned"] = args.tuned
     for name in args.models:
         parts = build_components(name, args.tiny, device, dtype)
+        if args.tuned:
+            from train.realtime_models import tune_modules
+
+            tune_modules(parts[2], parts[3])
         r = results["models"].setdefault(name, {})
         r["resolution"] = parts[0].resolution
         if "components" in args.sections or "end_to_end" in args.sections:

@@ -158,6 +158,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="default: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--compile", default=None, help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
+    p.add_argument("--tuned", action="store_true", help="GPU: fused QKV, channels-last, inductor tuning")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     p.add_argument("--debounce-ms", type=int, default=40)
@@ -182,7 +183,11 @@ def main(argv=None) -> None:
                      "--lora FILE --steps 1 for one step)")
     gen, _ = build_generator(comp, device=device, dtype=dtype, lora=args.lora, lora_strength=args.lora_strength,
                              steps=steps, timestep=args.timestep, eta=0.3 if eta is None else eta,
-                             compile=args.compile)
+                             compile=args.compile, tune=args.tuned)
+    if args.tuned and args.compile:
+        from train.realtime_models import inductor_tuning
+
+        inductor_tuning()
     size = args.size or comp.size or DEFAULT_SIZE[args.model]
     if args.compile:
         log.info("compiling and capturing for %dx%d ...", size, size)

@@ -112,3 +112,16 @@ def test_lora_file_is_merged(tiny, tmp_path):
     assert not torch.equal(gen.generate("a cat", seed=1, height=32, width=32), base)
     merged.remove()
     assert torch.equal(gen.generate("a cat", seed=1, height=32, width=32), base)
+
+
+def test_tune_for_speed_keeps_the_images(sd15_folder):
+    """Fused QKV + channels-last (the GPU speed tweaks) give the same images up to rounding."""
+    from train.realtime_models import build_generator, load_components
+
+    ref = build_generator(load_components("sd15", sd15_folder, dtype=torch.float32))[0]
+    fused_comp = load_components("sd15", sd15_folder, dtype=torch.float32)
+    fused = build_generator(fused_comp, tune=True)[0]
+    assert any("to_qkv" in n for n, _ in fused_comp.unet.named_modules())
+    a = ref.generate("a red cube", seed=4, height=16, width=16).int()
+    b = fused.generate("a red cube", seed=4, height=16, width=16).int()
+    assert (a - b).abs().max() <= 2
