@@ -92,3 +92,24 @@ def test_init_from_exported_lora_round_trips(tiny_run, tmp_path, tokenizer_path)
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k])
+
+
+@pytest.mark.parametrize("extra", [["grad_accum=2"], ["mixed_precision=bf16"]])
+def test_accumulation_and_mixed_precision_run(tmp_path, tokenizer_path, extra):
+    """Gradient accumulation (optimizer steps count, not micro-batches) and bf16 autocast on the CPU."""
+    from accelerate.state import AcceleratorState
+
+    from train.config import load_config
+    from train.trainer import Trainer
+
+    cfg = load_config("tiny-test", overrides=[f"output={tmp_path}", f"model.tokenizer_path={tokenizer_path}",
+                                              "stage_all.steps=2", "eval.enabled=false", "sample.steps=[1]", *extra])
+    AcceleratorState._reset_state(reset_partial_state=True)  # accelerate keeps one state per process
+    try:
+        results = Trainer(cfg).run()
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    last = sorted((tmp_path / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
+    assert last.name == "step-4"  # 2 stages x 2 optimizer steps
+    sd, _ = load_lora(results["lora"]["kohya"])
+    assert all(torch.isfinite(v).all() for v in sd.values())
