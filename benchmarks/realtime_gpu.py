@@ -5,7 +5,9 @@ encode per image, for random-weight full-size SD1.5 (512²) and SDXL (1024²) in
     python -m benchmarks.realtime_gpu --models sd15    # one model
     python -m benchmarks.realtime_gpu --tiny           # CPU, tiny models, seconds: checks the code path
     # under a 10-minute limit per command, one model and section at a time, merged into one file:
-    python -m benchmarks.realtime_gpu --models sd15 --sections components --merge   (then end_to_end, diffusers)
+    python -m benchmarks.realtime_gpu --models sd15 --sections components --merge
+    python -m benchmarks.realtime_gpu --models sd15 --sections end_to_end --vae tiny --merge   (then --vae full)
+    python -m benchmarks.realtime_gpu --models sd15 --sections diffusers --merge                (then sdxl)
 
 Measured in one run per model:
 - per component (text encoder(s), UNet, full VAE decode, TAESD decode): eager vs torch.compile
@@ -245,6 +247,8 @@ def e2e_rows(name, parts, device, dtype, args, peaks, component_flops) -> dict:
     res = spec.resolution
     rows = {}
     for vae_name, dec_module in (("full_vae", vae), ("tiny_vae", taesd)):
+        if vae_name.split("_")[0] not in args.vae:
+            continue
         for variant in ("eager",) if args.no_compile else ("eager", "compiled"):
             key = f"{variant}_{vae_name}"
             row = {}
@@ -406,6 +410,8 @@ def parse_args(argv=None):
     p.add_argument("--iters", type=int, default=None)
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS,
                    help="run some sections only (end_to_end needs the components' FLOPs: runs them if absent)")
+    p.add_argument("--vae", nargs="+", default=["full", "tiny"], choices=["full", "tiny"],
+                   help="end_to_end: which decoders (split a long run in two calls)")
     p.add_argument("--merge", action="store_true", help="add to the existing --out file instead of replacing it")
     p.add_argument("--tuned", action="store_true",
                    help="fused QKV + channels-last UNet/VAE and diffusers' inductor settings (all variants)")
@@ -456,7 +462,7 @@ def main(argv=None) -> int:
                 r["components"] = component_rows(name, parts, device, dtype, args, peaks)
             flops = {k: v.get("tflop", 0) * 1e12 for k, v in r["components"].items()}
         if "end_to_end" in args.sections:
-            r["end_to_end"] = e2e_rows(name, parts, device, dtype, args, peaks, flops)
+            r["end_to_end"] = {**r.get("end_to_end", {}), **e2e_rows(name, parts, device, dtype, args, peaks, flops)}
             r["targets"] = verdicts(name, r["end_to_end"]) if not args.tiny else "n/a (tiny)"
         if "diffusers" in args.sections:
             r["diffusers_tcd"] = diffusers_row(name, parts, device, dtype, args)

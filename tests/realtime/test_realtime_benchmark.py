@@ -14,7 +14,8 @@ def test_tiny_benchmark_runs_and_writes_json(tmp_path, model, tokenizer_path):
     common = ["--tiny", "--no-compile", "--models", model, "--warmup", "0", "--iters", "1", "--out", str(out)]
     if model == "sd15":  # sections as separate commands, merged into one file (the GPU's 10-minute calls)
         assert main(common + ["--sections", "components"]) == 0
-        assert main(common + ["--sections", "end_to_end", "diffusers", "--merge"]) == 0
+        assert main(common + ["--sections", "end_to_end", "--vae", "tiny", "--merge"]) == 0
+        assert main(common + ["--sections", "end_to_end", "diffusers", "--vae", "full", "--merge"]) == 0
     else:
         assert main(common) == 0
     res = json.loads(out.read_text())
