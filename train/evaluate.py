@@ -6,6 +6,7 @@ import time
 
 
 from .grids import generate
+from .lora import load_lora_tensors, lora_tensors
 from .metrics import classifier_features, digit_eval_set, score_images
 
 
@@ -41,13 +42,27 @@ def evaluate_digits(trainer, stage) -> dict:
             imgs = generate(trainer.base_unet, trainer.conditioner, prompts, noise, steps=k, cfg=1.0, eta=e.eta, **kw)
             out["rows"][f"student {k}"] = dict(score_images(clf, imgs, labels, real, ref), steps=k, nfe=k,
                                                seconds=round(time.time() - t0, 2))
+    # Each stage's own LoRA at its own step count (k segments -> k steps), as Hyper-SD ships N-step LoRAs.
+    final = lora_tensors(trainer.base_unet)
+    try:
+        for i, s in enumerate(trainer.cfg.stages):
+            path = trainer.out / "lora" / f"stage{i + 1}_{s.name}_k{s.segments}.safetensors"
+            if s.name != "tscd" or not path.is_file() or i == len(trainer.cfg.stages) - 1:
+                continue
+            trainer._init_lora(str(path))
+            imgs = generate(trainer.base_unet, trainer.conditioner, prompts, noise, steps=s.segments, cfg=1.0,
+                            eta=e.eta, **kw)
+            out["rows"][f"stage k={s.segments} LoRA {s.segments}"] = dict(
+                score_images(clf, imgs, labels, real, ref), steps=s.segments, nfe=s.segments)
+    finally:
+        load_lora_tensors(trainer.base_unet, final)
     return out
 
 
 def format_table(metrics: dict) -> str:
-    lines = [f"{'sampler':<20} {'NFE':>4} {'Frechet':>9} {'adherence':>9} {'traj.err':>9}"]
+    lines = [f"{'sampler':<22} {'NFE':>4} {'Frechet':>9} {'adherence':>9} {'traj.err':>9}"]
     for name, r in metrics["rows"].items():
-        lines.append(f"{name:<20} {r['nfe']:>4} {r['frechet']:>9.3f} {r['adherence']:>9.3f} {r.get('trajectory_error', 0):>9.4f}")
+        lines.append(f"{name:<22} {r['nfe']:>4} {r['frechet']:>9.3f} {r['adherence']:>9.3f} {r.get('trajectory_error', 0):>9.4f}")
     lines.append(f"(n={metrics['n_samples']} samples vs {metrics['real_samples']} held-out digits; "
                  f"trajectory error vs {metrics['reference']})")
     return "\n".join(lines)

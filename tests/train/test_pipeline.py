@@ -25,7 +25,7 @@ def test_outputs_written(tiny_run):
     grid = Image.open(out / "samples.png")
     assert grid.size[1] > 3 * 8  # teacher row + student rows
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["rows"]) == {"teacher DDIM 4", "teacher DDIM 2", "student 1", "student 2"}
+    assert set(metrics["rows"]) == {"teacher DDIM 4", "teacher DDIM 2", "student 1", "student 2", "stage k=2 LoRA 2"}
     for row in metrics["rows"].values():
         assert {"frechet", "adherence", "trajectory_error", "nfe"} <= set(row)
         assert 0.0 <= row["adherence"] <= 1.0 and row["frechet"] >= 0
