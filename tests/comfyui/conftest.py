@@ -64,7 +64,8 @@ def _locked(folder: Path):
 def sd15_files(comfy_path, cache_dir) -> dict[str, Path]:
     """The random SD1.5 components (diffusers layout), the LDM checkpoint and the LoRAs."""
     for module in ("diffusers", "transformers"):
-        pytest.importorskip(module, reason=f"building the random SD1.5 test models needs {module} (pip install -e '.[train]')")
+        pytest.importorskip(module, reason=f"the random SD1.5 test models are built with {module}: "
+                                           "pip install -e '.[train]'")
     with _locked(cache_dir):
         components = {k: cache_dir / "components" / v for k, v in sd15_models.COMPONENT_FILES.items()}
         if not all(p.exists() for p in components.values()):

@@ -20,7 +20,8 @@ SEED = 1234
 
 UNET_CONFIG = dict(
     sample_size=64, in_channels=4, out_channels=4, center_input_sample=False, flip_sin_to_cos=True,
-    freq_shift=0, down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    freq_shift=0,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
     block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, downsample_padding=1,
     mid_block_scale_factor=1, act_fn="silu", norm_num_groups=32, norm_eps=1e-5,
@@ -98,7 +99,8 @@ def lora_targets(unet_sd_shapes: dict[str, tuple]) -> dict[str, tuple]:
         if not key.endswith(".weight"):
             continue
         mod = key[: -len(".weight")]
-        outer_conv = mod.startswith(("down_blocks.0.resnets.", "up_blocks.3.resnets.")) and mod.endswith((".conv1", ".conv2"))
+        outer_conv = (mod.startswith(("down_blocks.0.resnets.", "up_blocks.3.resnets."))
+                      and mod.endswith((".conv1", ".conv2")))
         if (mod.endswith(linear) and ".attentions." in mod) or outer_conv:
             out[mod] = tuple(shape)
     return out
@@ -211,7 +213,8 @@ def build_controlnet(path: Path, seed: int = SEED + 10) -> Path:
     net = ControlNetModel(**CONTROLNET_CONFIG)
     with torch.no_grad():
         for name, p in net.named_parameters():
-            if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")):
+            zero_init = ("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")
+            if name.startswith(zero_init):
                 p.normal_(0.0, 0.01)
     sd = _fp16_state_dict(net)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,8 @@ def references(comfy_path, sd15_files, tmp_path_factory):
                prompt=POSITIVE, size=IMAGE_SIZE, unet=str(sd15_files["unet"]),
                text_encoder=str(sd15_files["text_encoder"]), out=str(folder / "reference.safetensors"))
     (folder / "job.json").write_text(json.dumps(job))
-    info = json.loads(run_in_comfy(comfy_path, HERE / "reference_tscd.py", folder / "job.json").strip().splitlines()[-1])
+    stdout = run_in_comfy(comfy_path, HERE / "reference_tscd.py", folder / "job.json")
+    info = json.loads(stdout.strip().splitlines()[-1])
     return load_file(job["out"]), info
 
 
@@ -55,8 +56,8 @@ def test_comfyui_equals_hypersd_core(references, server_latent):  # references f
     core = ref["core"]
     assert server_latent.shape == core.shape == (1, 4, IMAGE_SIZE // 8, IMAGE_SIZE // 8)
     assert torch.isfinite(server_latent).all()
-    diff = (server_latent - core).abs().max().item()
-    assert _rel(server_latent, core) < 1e-5, f"ComfyUI vs hypersd_core: max abs diff {diff:.3g} (rel {_rel(server_latent, core):.3g})"
+    diff, rel = (server_latent - core).abs().max().item(), _rel(server_latent, core)
+    assert rel < 1e-5, f"ComfyUI vs hypersd_core: max abs diff {diff:.3g} (rel {rel:.3g})"
 
 
 def test_comfyui_equals_diffusers_tcd(references, server_latent):
@@ -64,5 +65,5 @@ def test_comfyui_equals_diffusers_tcd(references, server_latent):
     dif = ref["diffusers"]
     diff = (server_latent - dif).abs().max().item()
     rel = _rel(server_latent, dif)
-    # Same weights, two UNet implementations (fp32, CPU): agreement to float rounding.
-    assert rel < 1e-4, f"ComfyUI vs diffusers TCDScheduler: max abs diff {diff:.3g} (rel {rel:.3g}); {info}"
+    # Same weights, two UNet implementations and two LoRA paths (fp32, CPU): float rounding only.
+    assert rel < 1e-5, f"ComfyUI vs diffusers TCDScheduler: max abs diff {diff:.3g} (rel {rel:.3g}); {info}"

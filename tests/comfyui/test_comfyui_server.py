@@ -6,7 +6,8 @@ import pytest
 
 pytestmark = pytest.mark.comfyui
 
-NODE_IDS = ("HyperSDLoraLoader", "HyperSDTSCDSampler", "HyperSDScheduler", "HyperSDDMDSampler", "HyperSDOneStepScheduler")
+NODE_IDS = ("HyperSDLoraLoader", "HyperSDTSCDSampler", "HyperSDScheduler", "HyperSDDMDSampler",
+            "HyperSDOneStepScheduler")
 
 
 def test_pack_imports_and_registers_nodes(comfy):
