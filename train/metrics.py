@@ -6,6 +6,7 @@ from the same noise)."""
 from __future__ import annotations
 
 import random
+import warnings
 
 import numpy as np
 import torch
@@ -18,7 +19,9 @@ def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
     a, b = feats_a.double().cpu().numpy(), feats_b.double().cpu().numpy()
     mu_a, mu_b = a.mean(0), b.mean(0)
     s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(s_a @ s_b, disp=False)
+    with warnings.catch_warnings():  # dead ReLU features make the covariances singular; handled below
+        warnings.simplefilter("ignore")
+        covmean = linalg.sqrtm(s_a @ s_b)
     if not np.isfinite(covmean).all():
         off = np.eye(len(s_a)) * 1e-6
         covmean = linalg.sqrtm((s_a + off) @ (s_b + off))

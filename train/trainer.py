@@ -49,7 +49,9 @@ class Trainer:
         torch.manual_seed(cfg.seed + acc.process_index)
         self.model = m = load_model(cfg.model)
         self.weight_dtype = DTYPES[cfg.model.dtype] if acc.device.type == "cuda" else torch.float32
-        m.unet.to(acc.device, self.weight_dtype)
+        m.unet.to(acc.device)
+        if self.weight_dtype != torch.float32:
+            m.unet.to(dtype=self.weight_dtype)
         for e in m.text_encoders:
             e.to(acc.device)
         if m.vae is not None:
