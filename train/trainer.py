@@ -242,10 +242,11 @@ class Trainer:
         return tqdm(total=scfg.steps, initial=start, desc=f"stage {idx + 1}/{len(self.cfg.stages)} {scfg.name} k={scfg.segments}")
 
     # -- outputs --------------------------------------------------------------------------------
-    def _metadata(self, stage) -> HyperSDMetadata:
+    def _metadata(self, stage, last: bool = True) -> HyperSDMetadata:
+        """export.steps describes the final LoRA; a stage's own LoRA serves its own step counts."""
         e = self.cfg.export
         md = stage.metadata()
-        steps = e.steps if e.steps else md.get("steps")
+        steps = e.steps if (e.steps and last) else md.get("steps")
         extra = {"solver_steps": self.cfg.solver_steps, "segments_schedule": [s.segments for s in self.cfg.stages],
                  "stages": [s.name for s in self.cfg.stages], "lora_rank": self.cfg.lora.rank}
         return HyperSDMetadata(base_model=e.base_model or self.model.base_model, steps=list(steps or []),
@@ -257,7 +258,7 @@ class Trainer:
         self.acc.wait_for_everyone()
         paths = {}
         if self.acc.is_main_process:
-            paths = export_lora(self.base_unet, self.out / ("lora" if not last else ""), name, self._metadata(stage))
+            paths = export_lora(self.base_unet, self.out / ("lora" if not last else ""), name, self._metadata(stage, last))
         self.acc.wait_for_everyone()
         return paths
 

@@ -22,6 +22,9 @@ def test_outputs_written(tiny_run):
     md = HyperSDMetadata.from_header(header)
     assert md.base_model == "tiny-test" and md.segments == 1 and md.steps == [1, 2] and md.stage == "tscd"
     assert md.extra["segments_schedule"] == [2, 1] and md.extra["solver_steps"] == 8
+    _, stage1 = load_lora(out / "lora" / "stage1_tscd_k2.safetensors")
+    md1 = HyperSDMetadata.from_header(stage1)
+    assert md1.segments == 2 and md1.steps == [2]
     grid = Image.open(out / "samples.png")
     assert grid.size[1] > 3 * 8  # teacher row + student rows
     metrics = json.loads((out / "metrics.json").read_text())
