@@ -16,7 +16,7 @@ def test_cpu_micro_quick(tmp_path):
     res = json.loads(out.read_text())
     assert res["machine"]["cpu_model"]
     models = {r["model"] for r in res["inference"]}
-    assert models == {"embedded", "sd15-quarter-width"}
+    assert models == {"embedded", "sd15-fifth-width"}
     for r in res["inference"]:
         vals = [v for k, v in r.items() if k.endswith(("seconds_per_image", "seconds_per_step", "share_of_step"))]
         assert vals and all(finite(v) for v in vals)
