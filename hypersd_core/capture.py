@@ -85,7 +85,8 @@ class GuardedCompile:
         try:
             if self.cudagraphs:
                 torch.compiler.cudagraph_mark_step_begin()
-            out = self.compiled(*args, **kwargs)
+            with strict_compile_errors():
+                out = self.compiled(*args, **kwargs)
         except Exception as exc:  # compile errors surface on the first call of a signature
             self.failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             log.warning("%s: torch.compile failed (%s); running eager from now on", self.name, self.failed)
@@ -98,6 +99,14 @@ class GuardedCompile:
             log.info("%s: captured %s in %.2f s (%d/%d)", self.name, sig, self.captures[sig],
                      len(self.captures), self.max_captures)
         return out
+
+
+def strict_compile_errors():
+    """Let compile errors reach our fallback even where another import (k-diffusion does) set
+    dynamo's ``suppress_errors``, which would otherwise hide them behind a silent eager run."""
+    import torch._dynamo
+
+    return torch._dynamo.config.patch(suppress_errors=False)
 
 
 def _clone(out):

@@ -23,6 +23,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from .capture import strict_compile_errors
 from .parameterization import DiscreteVPDenoiser
 from .samplers import get_sigmas_onestep, get_sigmas_tscd, sample_dmd_onestep, sample_tscd
 from .schedule import VPSchedule
@@ -184,7 +185,8 @@ class Generator:
         if not self._compiled:
             return fn(*args)
         try:
-            return fn(*args)
+            with strict_compile_errors():
+                return fn(*args)
         except Exception as exc:  # compile errors surface on the first call; eager re-raises real ones
             log.warning("compiled %s failed (%s: %s); falling back to eager", which,
                         type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")

@@ -48,7 +48,16 @@ def test_captures_recaptures_and_limit(caplog):
     assert g.eager_calls == 1 and "limit 3" in caplog.text and out.shape == (1, 4, 32, 32)
 
 
-def test_compile_failure_runs_eager(caplog):
+@pytest.mark.parametrize("suppressed", [False, True], ids=["default", "suppress_errors"])
+def test_compile_failure_runs_eager(caplog, suppressed):
+    # k-diffusion sets dynamo's suppress_errors at import; the failure must still be seen.
+    import torch._dynamo
+
+    with torch._dynamo.config.patch(suppress_errors=suppressed):
+        _check_compile_failure_runs_eager(caplog)
+
+
+def _check_compile_failure_runs_eager(caplog):
     def broken(gm, example_inputs):
         raise RuntimeError("no compiler here")
 
