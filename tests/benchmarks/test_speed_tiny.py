@@ -50,9 +50,7 @@ def test_training_paths_tiny(tmp_path):
     rows = json.loads(out.read_text())["training"]
     got = {(r["method"], r["gradient_checkpointing"]) for r in rows}
     assert got == {(m, gc) for m in ("tscd", "lcm_shared", "lcm_copy", "tscd_adv") for gc in (False, True)}
-    for r in rows:
-        if r["method"] == "tscd_adv" and r["gradient_checkpointing"]:
-            continue  # reported either way: a number, or the error the trainer raised
+    for r in rows:  # tscd_adv with gradient checkpointing included (it once failed in backward)
         assert "error" not in r, r
         assert finite(r["samples_per_s"]) and r["samples_per_s"] > 0
         assert r["lora_params"] > 0 and r["lora_rank"] == 4
