@@ -52,6 +52,11 @@ def tcd_timesteps(
     return [int(t) for t in origin[idx]]
 
 
+def precise_dtype(device) -> torch.dtype:
+    """float64 for schedule math where the device has it; Apple's MPS has none, so float32 there."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
 def _check_steps(steps: int, num_train_timesteps: int) -> None:
     if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= num_train_timesteps:
         raise ValueError(f"steps must be an integer in [1, {num_train_timesteps}], got {steps!r}")
@@ -72,10 +77,11 @@ class VPSchedule:
         self._device_tables: dict = {}
 
     def _tables(self, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sigmas, log_sigmas) in float64 on ``device``, copied there once."""
+        """(sigmas, log_sigmas) on ``device`` in its most precise dtype, copied there once."""
         key = torch.device(device)
         if key not in self._device_tables:
-            self._device_tables[key] = (self.sigmas.to(key), self.log_sigmas.to(key))
+            dt = precise_dtype(key)
+            self._device_tables[key] = (self.sigmas.to(key, dt), self.log_sigmas.to(key, dt))
         return self._device_tables[key]
 
     @classmethod
@@ -126,9 +132,10 @@ class VPSchedule:
         Runs on t's device without host syncs, so it is safe inside compiled graphs.
         """
         t = torch.as_tensor(t)
-        out_dtype = t.dtype if t.is_floating_point() else torch.float64
+        work = precise_dtype(t.device)
+        out_dtype = t.dtype if t.is_floating_point() else work
         sigmas, log_sigmas = self._tables(t.device)
-        td = t.to(torch.float64).clamp(max=self.num_train_timesteps - 1)
+        td = t.to(work).clamp(max=self.num_train_timesteps - 1)
         lo = td.clamp(min=0).floor().long()
         hi = (lo + 1).clamp(max=self.num_train_timesteps - 1)
         w = td.clamp(min=0) - lo
@@ -144,15 +151,16 @@ class VPSchedule:
         :meth:`sigmas_for_timesteps`) maps to that exact integer timestep, as diffusers passes it.
         """
         sigma = torch.as_tensor(sigma)
-        out_dtype = sigma.dtype if sigma.is_floating_point() else torch.float64
+        work = precise_dtype(sigma.device)
+        out_dtype = sigma.dtype if sigma.is_floating_point() else work
         sigmas, log_sigmas = self._tables(sigma.device)
-        s = sigma.to(torch.float64)
+        s = sigma.to(work)
         log_s = torch.maximum(s, sigmas[0]).log()  # a tensor bound: float(self.sigma_min) would break graphs
         idx = torch.searchsorted(log_sigmas, log_s.reshape(-1)).reshape(log_s.shape)
         hi = idx.clamp(1, len(log_sigmas) - 1)
         lo = hi - 1
         w = ((log_s - log_sigmas[lo]) / (log_sigmas[hi] - log_sigmas[lo])).clamp(0, 1)
-        t = lo.to(torch.float64) + w
+        t = lo.to(work) + w
         if sigma.is_floating_point():
             grid = sigmas.to(sigma.dtype)
             t = torch.where(sigma == grid[hi], hi.to(t.dtype), torch.where(sigma == grid[lo], lo.to(t.dtype), t))

@@ -142,3 +142,20 @@ def test_noise_scales(sched):
     # sigma*z times the start scale is sqrt(1+sigma^2)*z, whose VP model input is z itself.
     sig = float(sched.sigma(800))
     assert sig * start_noise_scale(sig) * float(ve_input_scale(torch.tensor(sig))) == pytest.approx(1.0)
+
+
+def test_float32_schedule_math_for_devices_without_float64(monkeypatch):
+    """Apple's MPS has no float64: there the schedule works in float32 and must agree closely."""
+    from hypersd_core import schedule as sched
+    from hypersd_core.samplers import get_sigmas_tscd, tscd_jump_sigmas
+
+    assert sched.precise_dtype("mps") == torch.float32 and sched.precise_dtype("cpu") == torch.float64
+    ref = VPSchedule.scaled_linear()
+    sigmas = get_sigmas_tscd(8, ref, spacing="tcd")
+    want_t, want_s = ref.timestep(sigmas[:-1]), tscd_jump_sigmas(sigmas, 0.3, ref)
+    monkeypatch.setattr(sched, "precise_dtype", lambda device: torch.float32)
+    f32 = VPSchedule.scaled_linear()
+    assert torch.equal(f32.timestep(sigmas[:-1]), want_t)  # on-grid sigmas still map to exact integers
+    got_s = tscd_jump_sigmas(sigmas, 0.3, f32)
+    assert got_s.dtype == torch.float32
+    assert torch.allclose(got_s, want_s, rtol=1e-6, atol=0)
