@@ -4,15 +4,6 @@ import torch
 from .models import CROSS_DIM, tiny_unet
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models run many times faster on one thread than on a shared, busy CPU pool."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def unet():
     return tiny_unet()

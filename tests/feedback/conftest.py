@@ -35,10 +35,3 @@ def embeddings():
     return torch.randn(2, 5, 8, generator=g), torch.randn(2, 5, 8, generator=g)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (CI has 2 shared cores); restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

@@ -139,14 +139,3 @@ def loras_dir(comfyui, tmp_path_factory):
     path = tmp_path_factory.mktemp("loras")
     comfyui.folder_paths.add_model_folder_path("loras", str(path), is_default=True)
     return path
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The toy models here are tiny: one thread avoids oversubscribing a busy 2-core CI box (20x faster)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
