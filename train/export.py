@@ -11,6 +11,7 @@ import torch
 
 from hypersd_core.lora_formats import HyperSDMetadata, save_lora, to_kohya
 
+from .config import TrainConfig
 from .lora import ADAPTER
 
 
@@ -30,6 +31,22 @@ def kohya_state_dict(unet, to_cpu: bool = True) -> dict[str, torch.Tensor]:
 def lora_alpha(unet) -> float:
     cfg = unet.peft_config[ADAPTER]
     return float(cfg.lora_alpha)
+
+
+def lora_metadata(cfg: TrainConfig, stage_metadata: dict, base_model: str, prediction_type: str,
+                  last: bool = True) -> HyperSDMetadata:
+    """The header of a LoRA exported after a stage (``stage_metadata``: that stage's ``metadata()``).
+    export.steps describes the final LoRA; a stage's own LoRA serves its own step counts.
+    ``base_model``: the model kind's name, unless export.base_model overrides it."""
+    e = cfg.export
+    steps = e.steps if (e.steps and last) else stage_metadata.get("steps")
+    extra = {"solver_steps": cfg.solver_steps, "segments_schedule": [s.segments for s in cfg.stages],
+             "stages": [s.name for s in cfg.stages], "lora_rank": cfg.lora.rank}
+    return HyperSDMetadata(base_model=e.base_model or base_model, steps=list(steps or []),
+                           segments=stage_metadata.get("segments"), prediction_type=prediction_type,
+                           strength=e.strength, eta=e.eta, cfg=e.cfg, spacing=e.spacing,
+                           onestep_timestep=stage_metadata.get("onestep_timestep"), stage=stage_metadata.get("stage"),
+                           extra=extra)
 
 
 def export_lora(unet, folder: str | os.PathLike, name: str, metadata: HyperSDMetadata) -> dict[str, str]:

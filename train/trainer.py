@@ -10,13 +10,11 @@ from pathlib import Path
 
 import torch
 
-from hypersd_core.lora_formats import HyperSDMetadata
-
 from . import checkpoint as ckpt
 from .conditioning import TextConditioner
 from .config import TrainConfig
 from .data import build_source
-from .export import export_lora
+from .export import export_lora, lora_metadata
 from .grids import sample_grid_rows, save_grid, tensorboard_grid
 from .lora import add_lora, adapters_disabled, load_lora_tensors, lora_tensors
 from .models.loading import DTYPES, load_model
@@ -242,23 +240,12 @@ class Trainer:
         return tqdm(total=scfg.steps, initial=start, desc=f"stage {idx + 1}/{len(self.cfg.stages)} {scfg.name} k={scfg.segments}")
 
     # -- outputs --------------------------------------------------------------------------------
-    def _metadata(self, stage, last: bool = True) -> HyperSDMetadata:
-        """export.steps describes the final LoRA; a stage's own LoRA serves its own step counts."""
-        e = self.cfg.export
-        md = stage.metadata()
-        steps = e.steps if (e.steps and last) else md.get("steps")
-        extra = {"solver_steps": self.cfg.solver_steps, "segments_schedule": [s.segments for s in self.cfg.stages],
-                 "stages": [s.name for s in self.cfg.stages], "lora_rank": self.cfg.lora.rank}
-        return HyperSDMetadata(base_model=e.base_model or self.model.base_model, steps=list(steps or []),
-                               segments=md.get("segments"), prediction_type=self.model.prediction_type,
-                               strength=e.strength, eta=e.eta, cfg=e.cfg, spacing=e.spacing,
-                               onestep_timestep=md.get("onestep_timestep"), stage=md.get("stage"), extra=extra)
-
     def _export(self, stage, name: str, last: bool) -> dict:
         self.acc.wait_for_everyone()
         paths = {}
         if self.acc.is_main_process:
-            paths = export_lora(self.base_unet, self.out / ("lora" if not last else ""), name, self._metadata(stage, last))
+            metadata = lora_metadata(self.cfg, stage.metadata(), self.model.base_model, self.model.prediction_type, last)
+            paths = export_lora(self.base_unet, self.out / ("lora" if not last else ""), name, metadata)
         self.acc.wait_for_everyone()
         return paths
 

@@ -3,9 +3,10 @@ and samples with HyperSDTSCDSampler + HyperSDScheduler to what the trainer's sam
 
 The LoRA: the trainer's peft adapter (train.lora.add_lora, default target modules, rank 4) on the
 full-size random SD1.5 diffusers UNet whose weights the session checkpoint holds, lora_B set to
-small seeded values (it starts at zero), exported by Trainer._export(stage, "hypersd_lora",
-last=True), the call that ends ``python -m train``, with the sd15 preset's metadata and a
-non-default strength and eta so that "-1 = recommended" must read them from our header.
+small seeded values (it starts at zero), written by train.export.export_lora with the header
+lora_metadata gives for the sd15 preset's last stage (what Trainer._export writes at the end of
+``python -m train``; tests/train/test_pipeline.py checks that the two agree), with a non-default
+strength and eta so that "-1 = recommended" must read them from our header.
 The reference: the same diffusers UNet with that adapter active at the metadata's strength,
 sampled by train.sampling.sample_images (hypersd_core's sample_tscd on DiscreteVPDenoiser: what
 the trainer's grids use) from the same seeded noise and per-step noise, conditioned on the prompt
@@ -30,21 +31,17 @@ RUN = dict(steps=2, seed=31)  # 2 steps: eta > 0 draws seeded noise between the 
 
 
 def _export_like_train(unet, out_dir):
-    """Trainer._export exactly as Trainer.run calls it after the last stage (one process)."""
+    """The export that ends ``python -m train`` (the last stage's LoRA), called without a trainer."""
     from train.config import load_config
+    from train.export import export_lora, lora_metadata
     from train.stages import get_stage
-    from train.trainer import Trainer
 
-    cfg = load_config("sd15", overrides=[f"output={out_dir}", f"lora.rank={RANK}",
-                                         f"export.strength={EXPORT['strength']}", f"export.eta={EXPORT['eta']}"])
-    trainer = Trainer(cfg)
-    # What _export reads of a set-up trainer: the process group (one process here), model facts, the UNet.
-    trainer.acc = types.SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)
-    trainer.model = types.SimpleNamespace(base_model="sd15", prediction_type="epsilon")
-    trainer.base_unet = unet
+    cfg = load_config("sd15", overrides=[f"lora.rank={RANK}", f"export.strength={EXPORT['strength']}",
+                                         f"export.eta={EXPORT['eta']}"])
     last = len(cfg.stages) - 1
     stage = get_stage(cfg.stages[last].name)(None, cfg.stages[last], last)  # metadata() reads only its config
-    return trainer._export(stage, "hypersd_lora", last=True)
+    metadata = lora_metadata(cfg, stage.metadata(), base_model="sd15", prediction_type="epsilon")
+    return export_lora(unet, out_dir, "hypersd_lora", metadata)
 
 
 def _encode(comfy_path, text_encoder_path):

@@ -2,6 +2,7 @@
 the exported files load in diffusers with the same effect as the trained adapter."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -78,6 +79,29 @@ def test_export_loads_in_diffusers(tiny_run, tokenizer_path, which):
     with torch.no_grad():
         loaded = pipe.unet(x, t, encoder_hidden_states=c).sample
     torch.testing.assert_close(loaded, trained, rtol=1e-4, atol=1e-5)
+
+
+def _content(path):
+    """A .safetensors file as (header, tensor bytes). safetensors writes the header's keys in a random
+    order on every save, so two writes of the same LoRA differ as bytes only there."""
+    raw = Path(path).read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+def test_export_lora_writes_what_the_trainer_wrote(tiny_run, tmp_path):
+    """export_lora + lora_metadata, without a trainer, write the run's final LoRA files again."""
+    from train.export import export_lora, lora_metadata
+    from train.stages import get_stage
+
+    trainer, results, _ = tiny_run
+    cfg, last = trainer.cfg, len(trainer.cfg.stages) - 1
+    stage = get_stage(cfg.stages[last].name)(None, cfg.stages[last], last)  # metadata() reads only its config
+    metadata = lora_metadata(cfg, stage.metadata(), trainer.model.base_model, trainer.model.prediction_type)
+    paths = export_lora(trainer.base_unet, tmp_path, "hypersd_lora", metadata)
+    for kind in ("kohya", "diffusers"):
+        assert Path(paths[kind]).name == Path(results["lora"][kind]).name
+        assert _content(paths[kind]) == _content(results["lora"][kind]), kind
 
 
 def test_init_from_exported_lora_round_trips(tiny_run, tmp_path, tokenizer_path):
