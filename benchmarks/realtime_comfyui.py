@@ -25,19 +25,9 @@ import torch
 
 from .machine import describe, machine_info
 from .report import RESULTS_DIR, markdown_table, write_json, write_text
+from .unet_configs import COMFY_SD15, COMFY_SD15_TINY
 
 TINY_NOTE = "TINY MODE: a tiny UNet on the CPU; our node is a no-op there. The numbers mean nothing."
-# SD1.5 as ComfyUI's model detection describes it (comfy/model_detection.py).
-SD15_UNET = {
-    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
-    "adm_in_channels": None, "in_channels": 4, "model_channels": 320, "num_res_blocks": [2, 2, 2, 2],
-    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1,
-    "use_linear_in_transformer": False, "context_dim": 768, "num_heads": 8,
-    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-    "use_temporal_attention": False, "use_temporal_resblock": False,
-}
-TINY_UNET = dict(SD15_UNET, model_channels=32, channel_mult=[1, 2], num_res_blocks=[1, 1], transformer_depth=[1, 1],
-                 transformer_depth_output=[1, 1, 1, 1], context_dim=32, num_heads=2)
 
 
 def load_comfyui(cpu: bool):
@@ -70,7 +60,7 @@ def build_model(tiny: bool, device, dtype):
     import comfy.supported_models as sm
     from diffusers import AutoencoderKL
 
-    config = sm.SD15(dict(TINY_UNET if tiny else SD15_UNET))
+    config = sm.SD15(dict(COMFY_SD15_TINY if tiny else COMFY_SD15))
     config.set_inference_dtype(dtype, None)
     model = config.get_model({}, device=device)
     gen = torch.Generator(device).manual_seed(0)

@@ -1,6 +1,7 @@
-"""UNet2DConditionModel configs of SD1.5 and SDXL (as in their published unet/config.json), and
-tiny versions of the same architecture for CPU code-path checks. Weights are random: speed and
-memory depend on shapes only."""
+"""UNet configs of SD1.5 and SDXL with random weights (speed and memory depend on shapes only):
+diffusers' UNet2DConditionModel configs (as in their published unet/config.json) and ComfyUI's
+(as its model detection describes the checkpoints), each with tiny versions of the same
+architecture for CPU code-path checks. The benchmarks and the tests share them."""
 
 from __future__ import annotations
 
@@ -30,6 +31,27 @@ SDXL_TINY = dict(SDXL, block_out_channels=(32, 64, 64), transformer_layers_per_b
                  projection_class_embeddings_input_dim=32 + 6 * 8, layers_per_block=1, norm_num_groups=8,
                  sample_size=8)
 
+
+# ComfyUI's UNet configs (comfy/model_detection.py), for comfy.supported_models.SD15 / SDXL.
+COMFY_SD15 = {
+    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
+    "adm_in_channels": None, "in_channels": 4, "model_channels": 320, "num_res_blocks": [2, 2, 2, 2],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1,
+    "use_linear_in_transformer": False, "context_dim": 768, "num_heads": 8,
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+COMFY_SDXL = {
+    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
+    "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4, "model_channels": 320,
+    "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 2, 2, 10, 10], "channel_mult": [1, 2, 4],
+    "transformer_depth_middle": 10, "use_linear_in_transformer": True, "context_dim": 2048, "num_head_channels": 64,
+    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+    "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+# A ~1M-parameter SD1.5-shaped UNet that really runs on the CPU.
+COMFY_SD15_TINY = dict(COMFY_SD15, model_channels=32, channel_mult=[1, 2], num_res_blocks=[1, 1],
+                       transformer_depth=[1, 1], transformer_depth_output=[1, 1, 1, 1], context_dim=32, num_heads=2)
 
 @dataclass(frozen=True)
 class ModelSpec:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.unet_configs import COMFY_SD15, COMFY_SD15_TINY, COMFY_SDXL
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -60,28 +62,6 @@ def comfyui():
     )
 
 
-# Full-size UNet configs as ComfyUI's model detection produces them (comfy/model_detection.py).
-SD15_UNET = {
-    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
-    "adm_in_channels": None, "in_channels": 4, "model_channels": 320, "num_res_blocks": [2, 2, 2, 2],
-    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1,
-    "use_linear_in_transformer": False, "context_dim": 768, "num_heads": 8,
-    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-    "use_temporal_attention": False, "use_temporal_resblock": False,
-}
-SDXL_UNET = {
-    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
-    "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4, "model_channels": 320,
-    "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 2, 2, 10, 10], "channel_mult": [1, 2, 4],
-    "transformer_depth_middle": 10, "use_linear_in_transformer": True, "context_dim": 2048, "num_head_channels": 64,
-    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
-    "use_temporal_attention": False, "use_temporal_resblock": False,
-}
-# A ~1M-parameter SD1.5-shaped UNet that really runs on the CPU.
-TINY_UNET = dict(SD15_UNET, model_channels=32, channel_mult=[1, 2], num_res_blocks=[1, 1], transformer_depth=[1, 1],
-                 transformer_depth_output=[1, 1, 1, 1], context_dim=32, num_heads=2)
-
-
 def _patcher(model_config, device):
     import comfy.model_patcher
     import torch
@@ -107,7 +87,7 @@ def sd15_meta(comfyui):
     """(MODEL, CLIP) of full-size SD1.5 architecture on the meta device: real key maps, no memory."""
     import comfy.supported_models as sm
 
-    config = sm.SD15(dict(SD15_UNET))
+    config = sm.SD15(dict(COMFY_SD15))
     return _patcher(config, "meta"), _meta_clip(config)
 
 
@@ -115,7 +95,7 @@ def sd15_meta(comfyui):
 def sdxl_meta(comfyui):
     import comfy.supported_models as sm
 
-    config = sm.SDXL(dict(SDXL_UNET))
+    config = sm.SDXL(dict(COMFY_SDXL))
     return _patcher(config, "meta"), _meta_clip(config)
 
 
@@ -125,7 +105,7 @@ def tiny_model(comfyui):
     import comfy.supported_models as sm
     import torch
 
-    patcher = _patcher(sm.SD15(dict(TINY_UNET)), "cpu")
+    patcher = _patcher(sm.SD15(dict(COMFY_SD15_TINY)), "cpu")
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in patcher.model.diffusion_model.parameters():

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.unet_configs import COMFY_SD15_TINY
+
 NODES_CONFTEST = Path(__file__).resolve().parents[1] / "nodes" / "conftest.py"
 
 
@@ -54,7 +56,7 @@ def comfy(tokenizer_path):
 def tiny_unet(comfy):
     import comfy.supported_models as sm
 
-    patcher = comfy._patcher(sm.SD15(dict(comfy.TINY_UNET)), "cpu")
+    patcher = comfy._patcher(sm.SD15(dict(COMFY_SD15_TINY)), "cpu")
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in patcher.model.diffusion_model.parameters():

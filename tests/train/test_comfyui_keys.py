@@ -8,17 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.unet_configs import COMFY_SD15, COMFY_SDXL, SD15, SDXL
 from train.config import LoraConfig
 from train.export import kohya_state_dict
 from train.lora import add_lora
-
-SDXL_DIFFUSERS = dict(
-    sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2, cross_attention_dim=2048,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2, 10),
-    attention_head_dim=(5, 10, 20), use_linear_projection=True, addition_embed_type="text_time",
-    addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
-
 
 @pytest.fixture(scope="module")
 def comfy():
@@ -41,14 +34,7 @@ def comfy():
 
 
 def _comfy_key_map(comfy, kind):
-    # Configs as ComfyUI's model detection produces them for SD1.5 / SDXL checkpoints.
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_nodes_conftest", Path(__file__).resolve().parents[1] / "nodes" / "conftest.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    SD15_UNET, SDXL_UNET = mod.SD15_UNET, mod.SDXL_UNET
-    cls, unet_cfg = (comfy.supported_models.SD15, SD15_UNET) if kind == "sd15" else (comfy.supported_models.SDXL, SDXL_UNET)
+    cls, unet_cfg = (comfy.supported_models.SD15, COMFY_SD15) if kind == "sd15" else (comfy.supported_models.SDXL, COMFY_SDXL)
     config = cls(dict(unet_cfg))
     with torch.device("meta"):
         model = config.get_model({}, device=torch.device("meta"))
@@ -61,7 +47,7 @@ def test_every_exported_key_maps_in_comfyui(comfy, kind):
     from diffusers import UNet2DConditionModel
 
     with torch.device("meta"):
-        unet = UNet2DConditionModel(**(dict(cross_attention_dim=768) if kind == "sd15" else SDXL_DIFFUSERS))
+        unet = UNet2DConditionModel(**(SD15 if kind == "sd15" else SDXL))
     add_lora(unet, 4, None, LoraConfig().target_modules)
     modules = {k.rsplit(".", 2)[0] if not k.endswith(".alpha") else k[: -len(".alpha")] for k in kohya_state_dict(unet, to_cpu=False)}
     key_map = _comfy_key_map(comfy, kind)
