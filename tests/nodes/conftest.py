@@ -5,6 +5,7 @@ holds a link to this repository; .ci/run prepares one. Without it every test her
 """
 
 import asyncio
+import functools
 import os
 import sys
 import types
@@ -35,9 +36,18 @@ def _pack_dir(root: Path) -> Path:
     pytest.fail(f"{root}/custom_nodes holds no link to {REPO}: ln -s {REPO} {root}/custom_nodes/hypersd")
 
 
+def _run_node(nodes, node_id, *args):
+    """Run a node's function with positional inputs (V3 execute, or a V1 node's FUNCTION); its outputs."""
+    cls = nodes.NODE_CLASS_MAPPINGS[node_id]
+    if hasattr(cls, "define_schema"):
+        return cls.execute(*args).args
+    return getattr(cls(), cls.FUNCTION)(*args)
+
+
 @pytest.fixture(scope="session")
 def comfyui():
-    """ComfyUI's modules after init: built-in nodes, the extras, and our pack, CPU only."""
+    """ComfyUI's modules after init: built-in nodes, the extras, and our pack, CPU only.
+    ``comfyui.run(node_id, *inputs)`` runs one node and returns its outputs."""
     root = _comfy_root()
     pack = _pack_dir(root)
     loaded = sys.modules.get("nodes")
@@ -59,6 +69,7 @@ def comfyui():
     return types.SimpleNamespace(
         root=root, pack=pack, nodes=nodes, folder_paths=folder_paths, loaded=ok,
         pack_ids=sorted(k for k, c in nodes.NODE_CLASS_MAPPINGS.items() if getattr(c, "RELATIVE_PYTHON_MODULE", None) == module),
+        run=functools.partial(_run_node, nodes),
     )
 
 

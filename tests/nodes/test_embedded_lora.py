@@ -17,17 +17,6 @@ STEPS = (1, 2, 4)
 TRAIN_STEPS = 2  # per stage: enough for Adam to move lora_B (it starts at zero) without slowing CI
 
 
-def node(comfyui, node_id):
-    return comfyui.nodes.NODE_CLASS_MAPPINGS[node_id]
-
-
-def out(comfyui, node_id, *args):
-    cls = node(comfyui, node_id)
-    if hasattr(cls, "define_schema"):
-        return cls.execute(*args).args
-    return getattr(cls(), cls.FUNCTION)(*args)
-
-
 @pytest.fixture(scope="module")
 def trained(comfyui, tmp_path_factory, tokenizer_path):
     """The embedded preset, shortened: 4 TSCD stages x TRAIN_STEPS steps, grid at 1/2/4 steps, no eval."""
@@ -84,16 +73,16 @@ def loaded(comfyui, trained, loras_dir):
     name = "hypersd_embedded_trained.safetensors"
     shutil.copy(results["lora"]["kohya"], loras_dir / name)
     model = comfy_embedded_model(comfyui)
-    patched, _, settings = out(comfyui, "HyperSDLoraLoader", model, None, name, -1.0, 1.0)
+    patched, _, settings = comfyui.run("HyperSDLoraLoader", model, None, name, -1.0, 1.0)
     return model, patched, settings
 
 
 def comfy_sample(comfyui, model, cond, steps, seed, eta):
-    (sampler,) = out(comfyui, "HyperSDTSCDSampler", eta)
-    (sigmas,) = out(comfyui, "HyperSDScheduler", model, steps, "trailing", 1.0)
+    (sampler,) = comfyui.run("HyperSDTSCDSampler", eta)
+    (sigmas,) = comfyui.run("HyperSDScheduler", model, steps, "trailing", 1.0)
     latent = torch.zeros(cond.shape[0], 1, 16, 16)
-    result, _ = out(comfyui, "SamplerCustom", model, True, seed, 1.0, [[cond, {}]], [[cond[:1] * 0, {}]], sampler,
-                    sigmas, {"samples": latent})
+    result, _ = comfyui.run("SamplerCustom", model, True, seed, 1.0, [[cond, {}]], [[cond[:1] * 0, {}]],
+                            sampler, sigmas, {"samples": latent})
     return result["samples"]
 
 
@@ -144,7 +133,7 @@ def test_the_lora_acts_in_comfyui(comfyui, trained, loaded):
     """Strength 0 through the same node gives the teacher, which differs from the trained LoRA."""
     trainer, _ = trained
     base, patched, _ = loaded
-    off, _, _ = out(comfyui, "HyperSDLoraLoader", base, None, "hypersd_embedded_trained.safetensors", 0.0, 1.0)
+    off, _, _ = comfyui.run("HyperSDLoraLoader", base, None, "hypersd_embedded_trained.safetensors", 0.0, 1.0)
     cond, _ = trainer.conditioner.encode(trainer._grid_prompts()[:4])
     on_img, off_img = comfy_sample(comfyui, patched, cond, 2, 0, 0.0), comfy_sample(comfyui, off, cond, 2, 0, 0.0)
     assert (on_img - off_img).abs().max().item() > 1e-3

@@ -11,18 +11,6 @@ import torch
 LATENT = (1, 4, 8, 8)
 
 
-def node(comfyui, node_id):
-    return comfyui.nodes.NODE_CLASS_MAPPINGS[node_id]
-
-
-def out(comfyui, node_id, *args):
-    """Run a node's function with positional inputs (V3 execute, or a V1 node's FUNCTION)."""
-    cls = node(comfyui, node_id)
-    if hasattr(cls, "define_schema"):
-        return cls.execute(*args).args
-    return getattr(cls(), cls.FUNCTION)(*args)
-
-
 class RecordingWrap:
     """Stands in for ComfyUI's CFGGuider: records what the sampler feeds the model, predicts x0 = 0."""
 
@@ -48,7 +36,7 @@ def model_sampling(tiny_model):
 
 @pytest.mark.parametrize("sampler_id, extra", [("HyperSDDMDSampler", ()), ("HyperSDTSCDSampler", (0.3,))])
 def test_start_noise_is_unit_variance_below_sigma_max_for_txt2img_only(comfyui, tiny_model, model_sampling, sampler_id, extra):
-    (sampler,) = out(comfyui, sampler_id, *extra)
+    (sampler,) = comfyui.run(sampler_id, *extra)
     sig = model_sampling.sigmas
     noise = torch.randn(LATENT, generator=torch.Generator().manual_seed(0))
     # txt2img below sigma_max (t=800): model input x/sqrt(1+s^2) must be the unit noise itself, as in diffusers
@@ -69,19 +57,19 @@ def sample_custom(comfyui, model, sampler, sigmas, latent, seed=7, add_noise=Tru
     gen = torch.Generator().manual_seed(11)
     positive = [[torch.randn(1, 77, 32, generator=gen), {}]]
     negative = [[torch.randn(1, 77, 32, generator=gen), {}]]
-    result, denoised = out(comfyui, "SamplerCustom", model, add_noise, seed, cfg, positive, negative, sampler, sigmas,
-                           {"samples": latent})
+    result, denoised = comfyui.run("SamplerCustom", model, add_noise, seed, cfg, positive, negative, sampler,
+                                   sigmas, {"samples": latent})
     return result["samples"]
 
 
 def test_tscd_eta0_equals_comfy_euler_on_trailing_steps_txt2img_and_img2img(comfyui, tiny_model):
     """eta = 0 is DDIM; ComfyUI's euler with the 'simple' scheduler is DDIM on the same trailing steps."""
-    (tscd,) = out(comfyui, "HyperSDTSCDSampler", 0.0)
-    (euler,) = out(comfyui, "KSamplerSelect", "euler")
+    (tscd,) = comfyui.run("HyperSDTSCDSampler", 0.0)
+    (euler,) = comfyui.run("KSamplerSelect", "euler")
     latent = torch.randn(LATENT, generator=torch.Generator().manual_seed(2))
     for denoise, start in ((1.0, torch.zeros(LATENT)), (0.5, latent)):
-        (ours,) = out(comfyui, "HyperSDScheduler", tiny_model, 4, "trailing", denoise)
-        (ref,) = out(comfyui, "BasicScheduler", tiny_model, "simple", 4, denoise)
+        (ours,) = comfyui.run("HyperSDScheduler", tiny_model, 4, "trailing", denoise)
+        (ref,) = comfyui.run("BasicScheduler", tiny_model, "simple", 4, denoise)
         torch.testing.assert_close(ours, ref)
         a = sample_custom(comfyui, tiny_model, tscd, ours, start)
         b = sample_custom(comfyui, tiny_model, euler, ref, start)
@@ -91,8 +79,8 @@ def test_tscd_eta0_equals_comfy_euler_on_trailing_steps_txt2img_and_img2img(comf
 
 
 def test_tscd_noise_follows_the_seed(comfyui, tiny_model):
-    (tscd,) = out(comfyui, "HyperSDTSCDSampler", 0.5)
-    (sigmas,) = out(comfyui, "HyperSDScheduler", tiny_model, 4, "tcd", 1.0)
+    (tscd,) = comfyui.run("HyperSDTSCDSampler", 0.5)
+    (sigmas,) = comfyui.run("HyperSDScheduler", tiny_model, 4, "tcd", 1.0)
     empty = torch.zeros(LATENT)
     a = sample_custom(comfyui, tiny_model, tscd, sigmas, empty, seed=1, add_noise=False)
     b = sample_custom(comfyui, tiny_model, tscd, sigmas, empty, seed=1, add_noise=False)
@@ -105,15 +93,15 @@ def test_onestep_at_800_matches_comfy_euler_fed_unit_variance_noise(comfyui, tin
     """Ours from an empty latent == ComfyUI's euler given diffusers' start x = sqrt(1+s^2)*z explicitly."""
     import comfy.sample
 
-    (dmd,) = out(comfyui, "HyperSDDMDSampler")
-    (sigmas,) = out(comfyui, "HyperSDOneStepScheduler", tiny_model, 800)
+    (dmd,) = comfyui.run("HyperSDDMDSampler")
+    (sigmas,) = comfyui.run("HyperSDOneStepScheduler", tiny_model, 800)
     sig = tiny_model.get_model_object("model_sampling").sigmas
     torch.testing.assert_close(sigmas, torch.stack([sig[800], sig.new_zeros(())]))
     ours = sample_custom(comfyui, tiny_model, dmd, sigmas, torch.zeros(LATENT), seed=5)
     z = comfy.sample.prepare_noise(torch.zeros(LATENT), 5)
     scale = tiny_model.model.latent_format.scale_factor
     start = math.sqrt(1 + float(sigmas[0]) ** 2) * z / scale  # process_latent_in multiplies by scale
-    (euler,) = out(comfyui, "KSamplerSelect", "euler")
+    (euler,) = comfyui.run("KSamplerSelect", "euler")
     ref = sample_custom(comfyui, tiny_model, euler, sigmas, start, add_noise=False)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
     plain = sample_custom(comfyui, tiny_model, euler, sigmas, torch.zeros(LATENT), seed=5)
@@ -126,8 +114,8 @@ def test_progress_bar_and_previews_get_every_step(comfyui, tiny_model):
     calls = []
     comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append((value, total)))
     try:
-        (tscd,) = out(comfyui, "HyperSDTSCDSampler", 0.3)
-        (sigmas,) = out(comfyui, "HyperSDScheduler", tiny_model, 3, "trailing", 1.0)
+        (tscd,) = comfyui.run("HyperSDTSCDSampler", 0.3)
+        (sigmas,) = comfyui.run("HyperSDScheduler", tiny_model, 3, "trailing", 1.0)
         sample_custom(comfyui, tiny_model, tscd, sigmas, torch.zeros(LATENT))
     finally:
         comfy.utils.set_progress_bar_global_hook(None)
@@ -136,53 +124,53 @@ def test_progress_bar_and_previews_get_every_step(comfyui, tiny_model):
 
 def test_scheduler_uses_the_model_table(comfyui, tiny_model):
     sig = tiny_model.get_model_object("model_sampling").sigmas
-    (tcd,) = out(comfyui, "HyperSDScheduler", tiny_model, 4, "tcd", 1.0)
+    (tcd,) = comfyui.run("HyperSDScheduler", tiny_model, 4, "tcd", 1.0)
     torch.testing.assert_close(tcd, torch.cat([sig[[999, 759, 499, 259]], sig.new_zeros(1)]))
-    (img2img,) = out(comfyui, "HyperSDScheduler", tiny_model, 2, "trailing", 0.5)
+    (img2img,) = comfyui.run("HyperSDScheduler", tiny_model, 2, "trailing", 0.5)
     torch.testing.assert_close(img2img, torch.cat([sig[[499, 249]], sig.new_zeros(1)]))
     with pytest.raises(ValueError, match="original_steps"):
-        out(comfyui, "HyperSDScheduler", tiny_model, 40, "tcd", 0.5)
+        comfyui.run("HyperSDScheduler", tiny_model, 40, "tcd", 0.5)
 
 
 def patched(comfyui, model, node_id, *args):
-    return out(comfyui, node_id, model, *args)[0]
+    return comfyui.run(node_id, model, *args)[0]
 
 
 def test_v_prediction_and_x0_models_are_supported(comfyui, tiny_model):
-    (tscd,) = out(comfyui, "HyperSDTSCDSampler", 0.3)
+    (tscd,) = comfyui.run("HyperSDTSCDSampler", 0.3)
     for kind in ("v_prediction", "x0"):
         model = patched(comfyui, tiny_model, "ModelSamplingDiscrete", kind, False)
-        (sigmas,) = out(comfyui, "HyperSDScheduler", model, 2, "trailing", 1.0)
+        (sigmas,) = comfyui.run("HyperSDScheduler", model, 2, "trailing", 1.0)
         result = sample_custom(comfyui, model, tscd, sigmas, torch.zeros(LATENT))
         assert torch.isfinite(result).all()
 
 
 def test_unsupported_models_get_clear_errors(comfyui, tiny_model):
-    (tscd,) = out(comfyui, "HyperSDTSCDSampler", 0.3)
-    (dmd,) = out(comfyui, "HyperSDDMDSampler")
-    (sigmas,) = out(comfyui, "HyperSDScheduler", tiny_model, 2, "trailing", 1.0)
+    (tscd,) = comfyui.run("HyperSDTSCDSampler", 0.3)
+    (dmd,) = comfyui.run("HyperSDDMDSampler")
+    (sigmas,) = comfyui.run("HyperSDScheduler", tiny_model, 2, "trailing", 1.0)
     flow = patched(comfyui, tiny_model, "ModelSamplingSD3", 3.0)
     for sampler in (tscd, dmd):
         with pytest.raises(ValueError, match="uses ModelSamplingDiscreteFlow with CONST prediction"):
             sample_custom(comfyui, flow, sampler, sigmas, torch.zeros(LATENT))
     with pytest.raises(ValueError, match="flow-matching"):
-        out(comfyui, "HyperSDScheduler", flow, 2, "trailing", 1.0)
+        comfyui.run("HyperSDScheduler", flow, 2, "trailing", 1.0)
     edm = patched(comfyui, tiny_model, "ModelSamplingContinuousEDM", "eps", 120.0, 0.002)
     with pytest.raises(ValueError, match="discrete-timestep.*ModelSamplingContinuousEDM"):
-        out(comfyui, "HyperSDOneStepScheduler", edm, 999)
+        comfyui.run("HyperSDOneStepScheduler", edm, 999)
     img2img = patched(comfyui, tiny_model, "ModelSamplingDiscrete", "img_to_img", False)
     with pytest.raises(ValueError, match="support eps, v and x0 prediction; this model uses IMG_TO_IMG"):
-        out(comfyui, "HyperSDScheduler", img2img, 2, "trailing", 1.0)
+        comfyui.run("HyperSDScheduler", img2img, 2, "trailing", 1.0)
     lcm = patched(comfyui, tiny_model, "ModelSamplingDiscrete", "lcm", False)
     with pytest.raises(ValueError, match="distilled \\(LCM\\)"):
-        out(comfyui, "HyperSDScheduler", lcm, 2, "trailing", 1.0)
+        comfyui.run("HyperSDScheduler", lcm, 2, "trailing", 1.0)
 
 
 def test_out_of_range_values_are_refused(comfyui):
     import execution
 
     with pytest.raises(ValueError, match="eta must be between 0 and 1"):
-        out(comfyui, "HyperSDTSCDSampler", 1.5)
+        comfyui.run("HyperSDTSCDSampler", 1.5)
     prompt = {"1": {"class_type": "HyperSDTSCDSampler", "inputs": {"eta": 1.5}}}
     ok, errors, _ = asyncio.run(execution.validate_inputs("p", prompt, "1", {}))
     assert not ok and errors[0]["type"] == "value_bigger_than_max"
