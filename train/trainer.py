@@ -264,7 +264,7 @@ class Trainer:
         return sample_grid_rows(self.base_unet, lambda: self.teacher(local=True), stage.sampling_context, self.conditioner, prompts, noise,
                                 student_steps=s.steps, teacher_steps=s.teacher_steps, teacher_cfg=s.teacher_cfg,
                                 student_cfg=s.cfg, eta=s.eta, schedule=m.schedule, prediction_type=m.prediction_type,
-                                decode=self.decode)
+                                decode=self.decode, onestep_timestep=stage.metadata().get("onestep_timestep"))
 
     def _tb_grid(self, stage, step: int) -> None:
         if self.writer is None:

@@ -1,5 +1,6 @@
 """DMD on one tiny base UNet with two LoRA adapters (student = generator, fake = fake score)."""
 
+import pytest
 import torch
 
 from hypersd_core.parameterization import DiscreteVPDenoiser
@@ -17,12 +18,13 @@ def _grads(unet):
     return {n for n, p in unet.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
 
 
-def test_generator_equals_onestep_sampler(tiny_unet, embeddings):
+@pytest.mark.parametrize("timestep", [999, 800])
+def test_generator_equals_onestep_sampler(tiny_unet, embeddings, timestep):
     cond, _ = embeddings
     z = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        x = generate_onestep(tiny_unet, z, cond, SCHED, 999)
-        sigmas = get_sigmas_onestep(999, SCHED)
+        x = generate_onestep(tiny_unet, z, cond, SCHED, timestep)
+        sigmas = get_sigmas_onestep(timestep, SCHED)
         ref = sample_dmd_onestep(DiscreteVPDenoiser(GuidedUNet(tiny_unet, cond), SCHED), z * (sigmas[0] ** 2 + 1).sqrt(), sigmas)
     torch.testing.assert_close(x, ref, rtol=1e-4, atol=1e-5)
 

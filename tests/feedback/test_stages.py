@@ -51,6 +51,25 @@ def test_feedback_then_unified_exports_one_lora_for_1_to_8_steps(tmp_path):
     assert any(not torch.equal(lora1[k], sd[k]) for k in sd)  # the unified stage trained the LoRA further
 
 
+def test_dmd_stage_at_timestep_800_is_scored_with_the_onestep_sampler(tmp_path):
+    """A DMD stage trained at onestep_timestep 800 writes it into the LoRA header, and the
+    trainer's metrics and grid score its one-step sampler at 800 next to the 1-step TSCD row."""
+    import json
+
+    stages = [{"name": "dmd", "segments": 1, "steps": 1, "options": {"dmd": dict(DMD_OPTS, onestep_timestep=800)}}]
+    cfg = _config(tmp_path, stages)
+    from train.config import load_config
+    from train.trainer import Trainer
+
+    c = load_config("tiny-test", [cfg], [], {"output": str(tmp_path / "out")})
+    results = Trainer(c).run()
+    md = HyperSDMetadata.from_header(load_lora(results["lora"]["kohya"])[1])
+    assert md.onestep_timestep == 800 and md.stage == "dmd"
+    rows = json.loads((tmp_path / "out" / "metrics.json").read_text())["rows"]
+    assert {"student 1", "student 1 t=800", "student 2"} <= set(rows)
+    assert rows["student 1 t=800"]["frechet"] != rows["student 1"]["frechet"]  # a different sampler ran
+
+
 def test_unknown_feedback_option_is_a_config_error(tmp_path):
     from train.config import ConfigError
 
