@@ -103,5 +103,7 @@ def describe(lora_name: str, meta: HyperSDMetadata | None, strength: float) -> s
         return f"{name}: no Hyper-SD metadata; strength {strength:g}, cfg 1.0, Hyper-SD Scheduler 'trailing' with its step count"
     steps = f"{meta.steps[0]}-{meta.steps[-1]}" if len(meta.steps) > 1 else ",".join(map(str, meta.steps)) or "?"
     eta = "" if meta.eta is None else f", eta {meta.eta:g}"
+    onestep = ("" if meta.onestep_timestep is None
+               else f"; 1 step: Hyper-SD One-Step Scheduler timestep {meta.onestep_timestep} + DMD sampler")
     return (f"{name}: {BASE_NAMES.get(meta.base_model, meta.base_model)}, steps {steps}, spacing {meta.spacing}{eta}, "
-            f"cfg {meta.cfg:g} (ComfyUI), strength {strength:g}")
+            f"cfg {meta.cfg:g} (ComfyUI), strength {strength:g}{onestep}")

@@ -132,11 +132,13 @@ def test_text_encoder_keys_patch_clip(loader, sd15_meta, loras_dir, prefix, capl
 def test_metadata_strength_is_the_default_and_explicit_strength_wins(loader, sd15_meta, loras_dir):
     model, clip = sd15_meta
     modules = dict(list(unet_modules(model).items())[:5])
-    meta = HyperSDMetadata(base_model="sd15", steps=list(range(1, 9)), strength=0.8, eta=0.5, spacing="tcd")
+    meta = HyperSDMetadata(base_model="sd15", steps=list(range(1, 9)), strength=0.8, eta=0.5, spacing="tcd",
+                           onestep_timestep=800)
     save_lora(loras_dir / "ours.safetensors", make_lora(modules, "kohya"), meta)
     patched, _, settings = run(loader, model, clip, "ours.safetensors")
     assert {p[0][0] for p in patched.patches.values()} == {0.8}
     assert "steps 1-8" in settings and "tcd" in settings and "eta 0.5" in settings and "strength 0.8" in settings
+    assert "One-Step Scheduler timestep 800" in settings  # a unified LoRA's one-step timestep
     patched, _, settings = run(loader, model, clip, "ours.safetensors", strength=0.5)
     assert {p[0][0] for p in patched.patches.values()} == {0.5}
 
