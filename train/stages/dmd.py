@@ -11,27 +11,47 @@ noise z to x. Per generator update, with t ~ U[t_min, t_max] and x_t = α_t x + 
 - fake updates (``fake_updates`` per generator update, two time-scale): the fake adapter learns
   the ordinary denoising loss on detached generator samples.
 
+One-step timestep (``dmd.onestep_timestep``, written to the LoRA header for the samplers): an
+eps-prediction model's x̂0 = (x_t - σ_t ε̂)/α_t amplifies its output errors by σ/α, 14.6x at
+t = 999 and 5.1x at t = 800 on the SD schedule; the official Hyper-SDXL 1-step UNet samples pure
+noise at 800. On the embedded digits 999 gave noisy 1-step images and 800 clean ones
+(benchmarks/RESULTS.md, "Feedback, DMD and the unified LoRA").
+
 Memory plan for SDXL on one GPU. Teacher, fake score and generator share ONE base UNet; only
 LoRA adapters differ (``default`` = the student/generator, trainable in the generator step;
 ``fake``, trainable in the fake-score steps; none for the teacher, which is the base with every
 adapter disabled unless model.teacher_path gives a separate UNet). ``use_adapter`` switches in
-place: no UNet copies. The numbers below are an analytic ESTIMATE (no GPU was available to
-measure them); parameter counts are exact (SDXL UNet config instantiated on the meta device):
-- base SDXL UNet, 2.567e9 params, bf16                                            5.1 GB
-- LoRA params per adapter: rank 64 on the default target list (attention, FF, resnet convs,
-  time embeddings) 194.9M; rank 64 attention-only 92.9M; rank 8 default list 24.4M.
-  Trainable state is fp32 weights + grads + AdamW m, v = 16 B/param; two adapters:
-  rank 64 default list 6.2 GB, rank 64 attention-only 3.0 GB, rank 8 0.8 GB
-- activations at 1024² (128² latents), batch 1, gradient checkpointing: the generator forward
-  with grad (~3-5 GB) while the real (CFG: batch 2) and fake forwards run under no_grad
-  (~1-2 GB transient), and the TSCD forwards of the unified stage (~3-5 GB more)   5-12 GB
-- the VAE decoder with grad for a feedback term at 1024²                           6-10 GB
-- regression bank: latents only, 4x128x128 fp32 = 256 KB per pair (+ cached text embeddings)
-- CUDA context and allocator slack                                                 ~2 GB
-Total, estimated: about 15-25 GB for DMD alone, 25-40 GB with the VAE-decoded feedback term and
-the interleaved TSCD loss: one 40-80 GB GPU; use feedback.batch_size 1-2 and
-model.gradient_checkpointing on 24 GB cards. The text encoders are not needed once prompt
-embeddings are cached.
+place: no UNet copies. Peak memory, COUNTED under fake tensors, not measured on a GPU (none was
+available): ``python -m benchmarks.memory_sdxl_dmd`` runs two train_steps of this stage on a
+full-size random-weight SDXL UNet under torch's FakeTensorMode and counts the bytes of every live
+tensor (benchmarks/results/memory_sdxl_dmd.md). 1024² (128² latents), bf16 base, fp32 LoRA and
+AdamW, mixed_precision bf16, the sdxl-unified preset's options (real_cfg 7.5, reg_weight 0.25: the
+generator runs on batch + as many regression-bank rows); peak of a steady-state step, GiB:
+
+                                              gradient checkpointing on     off
+  dmd,     batch 1, LoRA rank 64 (default target list)         11.2         27.8
+  dmd,     batch 1, LoRA rank 8                                  7.2         23.4
+  dmd,     batch 2, LoRA rank 64                                12.9         46.0
+  unified (+ TSCD k=1, EMA), batch 1, rank 64                   12.5         37.7
+  unified, batch 2, rank 64                                     14.9         64.9
+  unified, batch 2, rank 8                                      10.3         59.1
+
+- persistent between steps: base SDXL UNet (2.567e9 params, bf16) 4.78 GiB; two adapters
+  (rank 64 on the default target list: 194.9M params each; rank 8: 24.4M) at 12 B/param
+  (fp32 weights + AdamW m, v; fp32 gradients add 4 B/param during a step): 4.36 GiB at rank 64,
+  0.55 GiB at rank 8; the unified stage's EMA adds 4 B/param (0.73 / 0.09 GiB); the regression
+  bank holds latents only (a few MB);
+- the peak is always the generator step: the one-step generator's activations with grad (batch +
+  bank rows) stay alive while the teacher's CFG pass (2 x batch rows) and the fake adapter run
+  without grad; the fake-score updates peak 0.6-3 GiB lower with checkpointing;
+- flash attention (the CUDA choice for bf16, head dim 64) is assumed; the math kernel would raise
+  dmd rank 64 batch 1 to 14.1 / 53.7 GiB;
+- not counted: CUDA context and allocator slack (~1-2 GB), kernel workspaces, text encoders and
+  VAE (cached embeddings and latents), and the feedback term, whose VAE decoder with grad at 1024²
+  is estimated at 6-10 GB more.
+So with model.gradient_checkpointing the DMD and unified stages fit a 24 GB card at batch 1-2
+(without the feedback term); without checkpointing they need a 40 GB (batch 1) to 80 GB
+(unified, batch 2) card. The text encoders are not needed once prompt embeddings are cached.
 """
 
 from __future__ import annotations
@@ -225,7 +245,9 @@ class DMDStage(Stage):
             p.data = p.data.float()
         o = ctx.config.optim
         lr = self.opts.fake_lr or (cfg.lr if cfg.lr is not None else o.lr)
-        self.fake_opt = torch.optim.AdamW(self.fake_params, lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps)
+        fused = o.fused if o.fused is not None else torch.device(ctx.device).type == "cuda"  # as train.optim
+        self.fake_opt = torch.optim.AdamW(self.fake_params, lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay,
+                                          eps=o.eps, **({"fused": True} if fused else {}))
         use_adapter(unet, ADAPTER, ctx.lora_params)
         self.tscd = None
         if self.use_tscd:
