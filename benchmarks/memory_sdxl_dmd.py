@@ -156,11 +156,23 @@ CUDA_FP32_OPS = ("group_norm", "layer_norm", "interpolate", "mse_loss")
 
 
 @contextlib.contextmanager
+def _wrapped(module, names, wrap):
+    """Replace ``module.<name>`` by ``wrap(original)`` for each name; restore on exit."""
+    saved = {name: getattr(module, name) for name in names}
+    for name, func in saved.items():
+        setattr(module, name, wrap(func))
+    try:
+        yield
+    finally:
+        for name, func in saved.items():
+            setattr(module, name, func)
+
+
+@contextlib.contextmanager
 def cuda_autocast_fp32_policy():
     """Under CPU autocast, run ``torch.nn.functional``'s ops from CUDA autocast's float32 list in
     float32, as CUDA autocast would, so the activations they keep for backward have CUDA's dtype.
     Patched on the module (not a TorchFunctionMode) so that checkpoint recomputation sees it too."""
-    saved = {name: getattr(F, name) for name in CUDA_FP32_OPS}
 
     def fp32(func):
         def run(*args, **kwargs):
@@ -172,13 +184,8 @@ def cuda_autocast_fp32_policy():
             with torch.autocast("cpu", enabled=False):
                 return func(*[up(a) for a in args], **{k: up(v) for k, v in kwargs.items()})
         return run
-    for name, func in saved.items():
-        setattr(F, name, fp32(func))
-    try:
+    with _wrapped(F, CUDA_FP32_OPS, fp32):
         yield
-    finally:
-        for name, func in saved.items():
-            setattr(F, name, func)
 
 
 @contextlib.contextmanager
@@ -209,20 +216,13 @@ def _real_sigma_schedules():
     import train.sampling as sampling
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-    saved = {n: getattr(sampling, n) for n in ("get_sigmas_tscd", "get_sigmas_onestep")}
-
     def real(func):
         def run(*args, **kwargs):
             with unset_fake_temporarily():
                 return func(*args, **kwargs)
         return run
-    for n, f in saved.items():
-        setattr(sampling, n, real(f))
-    try:
+    with _wrapped(sampling, ("get_sigmas_tscd", "get_sigmas_onestep"), real):
         yield
-    finally:
-        for n, f in saved.items():
-            setattr(sampling, n, f)
 
 
 def _nbytes(tensors) -> int:

@@ -51,12 +51,26 @@ def test_tracker_phase_peaks_and_scalar_reads():
     assert tracker.peaks["small"] - base == 16 * 4 + 4  # s and the 0-d sum
 
 
+def _reset_accelerate():
+    """accelerate keeps one state per process: earlier tests may have made one in another precision."""
+    from accelerate.state import AcceleratorState
+
+    import benchmarks.train_harness as harness
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    harness._ACCELERATOR = None
+
+
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("mem") / "m.json"
-    assert main(["--tiny", "--stages", "dmd", "--ranks", "4", "--gc", "on", "--fake-updates", "1", "--out", str(out)]) == 0
-    one = json.loads(out.read_text())
-    two = measure("sdxl-tiny", stage="dmd", rank=4, gradient_checkpointing=True, batch=2, fake_updates=1)
+    _reset_accelerate()
+    try:
+        assert main(["--tiny", "--stages", "dmd", "--ranks", "4", "--gc", "on", "--fake-updates", "1", "--out", str(out)]) == 0
+        one = json.loads(out.read_text())
+        two = measure("sdxl-tiny", stage="dmd", rank=4, gradient_checkpointing=True, batch=2, fake_updates=1)
+    finally:
+        _reset_accelerate()
     return out, one, two
 
 
