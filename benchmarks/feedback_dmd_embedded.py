@@ -40,6 +40,20 @@ def load_student(folder: str, rank: int, target_modules):
     return m
 
 
+def onestep_timestep(folder: str, override: int | None) -> int | None:
+    """The one-step sampler's timestep: ``override``, else the one in the run's exported LoRA
+    header (<run>/hypersd_lora.safetensors, written by DMD/unified stages), else None."""
+    if override is not None:
+        return override
+    from hypersd_core.lora_formats import HyperSDMetadata, load_lora
+
+    kohya = Path(folder).parent / "hypersd_lora.safetensors"
+    if not kohya.is_file():
+        return None
+    md = HyperSDMetadata.from_header(load_lora(kohya)[1])
+    return None if md is None else md.onestep_timestep
+
+
 def independent_reader(resolution: int):
     """Logistic regression on raw training pixels: a digit reader the reward never saw."""
     from sklearn.linear_model import LogisticRegression
@@ -66,6 +80,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--per-digit", type=int, default=20)
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--seed", type=int, default=4321)
+    ap.add_argument("--onestep-timestep", type=int, default=None,
+                    help="also score the one-step sampler at this timestep (default: the LoRA header's, if any)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/results/feedback_dmd_embedded.json")
     a = ap.parse_args(argv)
@@ -109,6 +125,13 @@ def main(argv=None) -> dict:
             name, folder = spec.split("=", 1)
             m = load_student(folder, a.rank, targets)
             grid = {}
+            onestep = onestep_timestep(folder, a.onestep_timestep)
+            if onestep is not None and 1 in a.steps:
+                t0 = time.time()
+                imgs = generate(m.unet, cond, prompts, noise, steps=1, cfg=1.0, eta=0.0, onestep_timestep=onestep, **kw)
+                result["rows"][f"{name} 1 step t={onestep}"] = row(imgs, ref, nfe=1, seconds=round(time.time() - t0, 2))
+                grid[f"{name} 1 step t={onestep}"] = generate(m.unet, cond, grid_prompts, grid_noise, steps=1, cfg=1.0,
+                                                              eta=0.0, onestep_timestep=onestep, **kw)
             for eta in a.eta:
                 for k in a.steps:
                     t0 = time.time()

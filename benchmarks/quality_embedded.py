@@ -13,8 +13,10 @@ into the teacher with hypersd_core's LoraMerge (what a ComfyUI user loads):
   last two stages), and TSCD without the adversarial term (a pure-consistency ablation with the
   same losses as the single-stage baseline);
 - TSCD + feedback: a feedback stage (TSCD k=1 + the digit-classifier ReFL reward) from the TSCD LoRA;
-- unified LoRA: the unified stage (DMD at one step + TSCD loss) from the TSCD + feedback LoRA.
-Students sample with cfg 1 at 1/2/4/8 steps (trailing timesteps, eta from the LoRA's metadata).
+- unified LoRA: the unified stage (the embedded-unified preset's DMD + regression options at its
+  one-step timestep, + TSCD loss) from the TSCD + feedback LoRA.
+Students sample with cfg 1 at 1/2/4/8 steps (trailing timesteps, eta from the LoRA's metadata;
+1 step of a LoRA whose header has a one-step timestep: the one-step sampler at that timestep).
 Metrics (train/metrics.py): Fréchet distance in the digit classifier's feature space vs held-out
 real digits, prompt adherence (classifier accuracy on the captioned digit), trajectory error
 (RMS distance to the teacher's 50-step DDIM result from the same noise and prompt).
@@ -96,10 +98,21 @@ def feedback_stage(tscd: list[dict], quick: bool) -> dict:
 
 def unified_stage(tscd: list[dict], quick: bool) -> dict:
     last = dict(tscd[-1])
-    last.update(name="unified", steps=int(last["steps"]), adv_weight=0.0, consistency_weight=1.0,
-                options={"dmd": {"real_cfg": 3.0, "fake_updates": 2, "reg_weight": 0.25, "reg_steps": 2 if quick else 25,
-                                 "reg_pairs": 4 if quick else 64}})
+    dmd = dict(preset_dmd_options())  # the embedded-unified preset's recipe, without its ReFL term
+    if quick:
+        dmd.update(reg_steps=2, reg_pairs=4)
+    last.update(name="unified", steps=int(last["steps"]), adv_weight=0.0, consistency_weight=1.0, options={"dmd": dmd})
     return last
+
+
+def preset_dmd_options() -> dict:
+    """``options.dmd`` of the unified stage in train/configs/embedded-unified.yaml."""
+    import yaml
+
+    from train.config import CONFIG_DIR
+
+    stages = yaml.safe_load((CONFIG_DIR / "embedded-unified.yaml").read_text())["stages"]
+    return next(s for s in stages if s["name"] == "unified")["options"]["dmd"]
 
 
 def train_run(data: dict, stages: list[dict], out: Path, seed: int, init_from: str | None = None,
@@ -150,12 +163,12 @@ class Evaluator:
             self.refs[s] = self.generate(s, ref_steps, teacher_cfg)
             self.ref_seconds[s] = time.perf_counter() - t0
 
-    def generate(self, seed: int, steps: int, cfg: float, eta: float = 0.0) -> torch.Tensor:
+    def generate(self, seed: int, steps: int, cfg: float, eta: float = 0.0, onestep: int | None = None) -> torch.Tensor:
         from train.grids import generate
 
         labels, prompts, noise = self.sets[seed]
         return generate(self.unet, self.cond, prompts, noise, steps=steps, cfg=cfg, eta=eta, schedule=self.m.schedule,
-                        prediction_type=self.m.prediction_type, seed=seed)
+                        prediction_type=self.m.prediction_type, seed=seed, onestep_timestep=onestep)
 
     def score(self, seed: int, images: torch.Tensor) -> dict:
         from train.metrics import score_images
@@ -164,20 +177,22 @@ class Evaluator:
 
     def rows(self, lora_path: str | None, steps_list, cfg: float, eta: float) -> dict[int, list[dict]]:
         """{steps: [scores per eval seed]} with the LoRA merged (None: the teacher alone)."""
-        from hypersd_core.lora_formats import load_lora
+        from hypersd_core.lora_formats import HyperSDMetadata, load_lora
         from hypersd_core.lora_merge import LoraMerge
 
-        merge = None
+        merge, onestep = None, None
         if lora_path:
             sd, meta = load_lora(lora_path)
             merge = LoraMerge(self.unet, sd, 1.0, metadata=meta)
+            md = HyperSDMetadata.from_header(meta)
+            onestep = md.onestep_timestep if md is not None else None  # DMD LoRAs: their one-step sampler
         try:
             out = {}
             for k in steps_list:
                 out[k] = []
                 for s in self.sets:
                     t0 = time.perf_counter()
-                    imgs = self.generate(s, k, cfg, eta)
+                    imgs = self.generate(s, k, cfg, eta, onestep if k == 1 else None)
                     sec = time.perf_counter() - t0
                     out[k].append(dict(self.score(s, imgs), seconds=sec))
             return out

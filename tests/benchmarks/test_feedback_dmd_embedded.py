@@ -1,0 +1,48 @@
+"""feedback_dmd_embedded on the embedded teacher with a small exported LoRA: every row is scored,
+and a LoRA whose header has a one-step timestep also gets the one-step sampler's row."""
+
+import json
+import math
+
+import torch
+
+from benchmarks.feedback_dmd_embedded import main, onestep_timestep
+from hypersd_core.lora_formats import HyperSDMetadata
+
+
+def _export(tmp_path, name: str, onestep: int | None) -> str:
+    """<run>/hypersd_lora.safetensors + <run>/hypersd_lora_diffusers/ as the trainer writes them."""
+    from train.config import LoraConfig, ModelConfig
+    from train.export import export_lora
+    from train.lora import add_lora
+    from train.models.loading import load_model
+
+    m = load_model(ModelConfig(kind="embedded"))
+    params = add_lora(m.unet, 8, None, LoraConfig().target_modules)
+    with torch.no_grad():  # a non-zero LoRA, so the student differs from the teacher
+        gen = torch.Generator().manual_seed(0)
+        for p in params:
+            p.copy_(0.02 * torch.randn(p.shape, generator=gen))
+    md = HyperSDMetadata(base_model="embedded-digits", steps=[1, 2], onestep_timestep=onestep, stage="unified")
+    run = tmp_path / name
+    export_lora(m.unet, run, "hypersd_lora", md)
+    return str(run / "hypersd_lora_diffusers")
+
+
+def test_rows_and_onestep_row_from_the_lora_header(tmp_path):
+    plain, dmd = _export(tmp_path, "plain", None), _export(tmp_path, "dmd", 800)
+    assert onestep_timestep(plain, None) is None and onestep_timestep(dmd, None) == 800
+    assert onestep_timestep(plain, 700) == 700  # the command-line value wins
+    out = tmp_path / "fd.json"
+    main(["--lora", f"plain={plain}", "--lora", f"dmd={dmd}", "--steps", "1", "2", "--per-digit", "2",
+          "--threads", "1", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    want = {"teacher DDIM 50 cfg 3", "teacher DDIM 25 cfg 3", "plain 1 step eta 0", "plain 2 step eta 0",
+            "dmd 1 step t=800", "dmd 1 step eta 0", "dmd 2 step eta 0"}
+    assert set(rows) == want
+    for r in rows.values():
+        assert all(math.isfinite(r[k]) for k in ("frechet", "adherence", "trajectory_error", "hf_energy"))
+    assert rows["teacher DDIM 50 cfg 3"]["trajectory_error"] == 0.0  # the reference itself
+    # the one-step sampler at 800 is a different sampler from the TSCD sampler's one step at 999
+    assert rows["dmd 1 step t=800"]["trajectory_error"] != rows["dmd 1 step eta 0"]["trajectory_error"]
+    assert (tmp_path / "fd_dmd.png").is_file() and (tmp_path / "fd_plain.png").is_file()
