@@ -59,9 +59,9 @@ def export_lora(unet, folder: str | os.PathLike, name: str, metadata: HyperSDMet
     ddir = folder / f"{name}_diffusers"
     tmp = folder / f".tmp-{name}_diffusers"
     shutil.rmtree(tmp, ignore_errors=True)
-    from diffusers import StableDiffusionPipeline
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin  # not the pipeline: no image-processor imports
 
-    StableDiffusionPipeline.save_lora_weights(
+    StableDiffusionLoraLoaderMixin.save_lora_weights(
         tmp, unet_lora_layers={k[len("unet."):]: v for k, v in peft_sd.items()},
         unet_lora_adapter_metadata=unet.peft_config[ADAPTER].to_dict(), safe_serialization=True)
     shutil.rmtree(ddir, ignore_errors=True)
