@@ -5,6 +5,7 @@ import os
 from ..hypersd_core.lora_formats import CROSS_ATTENTION_DIMS, HyperSDMetadata, infer_base_model, load_lora, to_kohya
 from ..hypersd_core.presets import official_preset
 from .compat import io
+from .model_schedule import ONESTEP_OPTION
 
 RECOMMENDED = -1.0
 BASE_NAMES = {"sd15": "SD1.5", "sd21": "SD2.x", "sdxl": "SDXL"}
@@ -56,6 +57,8 @@ class HyperSDLoraLoader(io.ComfyNode):
         check_all_keys_map(lora, model, clip, lora_name)
         strength = (meta.strength if meta else 1.0) if strength_model == RECOMMENDED else strength_model
         patched_model, patched_clip = comfy.sd.load_lora_for_models(model, clip, lora, strength, strength_clip)
+        if meta is not None and meta.onestep_timestep is not None:  # read by HyperSDScheduler at 1 step
+            patched_model.model_options[ONESTEP_OPTION] = int(meta.onestep_timestep)
         return io.NodeOutput(patched_model, patched_clip, describe(lora_name, meta, strength))
 
 

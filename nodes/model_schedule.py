@@ -2,6 +2,14 @@
 
 from ..hypersd_core.schedule import VPSchedule
 
+# model_options key: the one-step timestep of the Hyper-SD LoRA patched into a MODEL (from its header)
+ONESTEP_OPTION = "hypersd_onestep_timestep"
+
+
+def onestep_timestep(model) -> int | None:
+    """The one-step timestep HyperSDLoraLoader recorded on ``model``, or None."""
+    return getattr(model, "model_options", {}).get(ONESTEP_OPTION)
+
 
 def vp_schedule(model_sampling) -> VPSchedule:
     """VPSchedule from a ComfyUI ``model_sampling`` object (its sigma table), checked for support.

@@ -2,7 +2,7 @@
 
 from ..hypersd_core.samplers import TIMESTEP_SPACINGS, get_sigmas_onestep, get_sigmas_tscd
 from .compat import io
-from .model_schedule import vp_schedule
+from .model_schedule import onestep_timestep, vp_schedule
 
 MODEL_TOOLTIP = "The (LoRA-patched) model; its own noise schedule is used. SD1.5/SDXL-style (discrete) models only."
 
@@ -20,7 +20,8 @@ class HyperSDScheduler(io.ComfyNode):
                 io.Model.Input("model", tooltip=MODEL_TOOLTIP),
                 io.Int.Input("steps", default=4, min=1, max=50,
                              tooltip="Sampling steps (model calls). Hyper-SD LoRAs: the steps they were made for; "
-                             "the unified 1-step LoRA: 1-8."),
+                             "the unified 1-step LoRA: 1-8. At 1 step (denoise 1) a LoRA whose header names a "
+                             "one-step timestep (ours from the dmd/unified stages: 800) is sampled at it."),
                 io.Combo.Input("spacing", options=list(TIMESTEP_SPACINGS), default="trailing",
                                tooltip="Timestep selection: 'trailing' (DDIM trailing, N-step LoRAs and TSCD "
                                "segment starts) or 'tcd' (what diffusers' TCDScheduler picks, 50 original steps)."),
@@ -34,6 +35,10 @@ class HyperSDScheduler(io.ComfyNode):
     @classmethod
     def execute(cls, model, steps, spacing, denoise) -> io.NodeOutput:
         schedule = vp_schedule(model.get_model_object("model_sampling"))
+        onestep = onestep_timestep(model)
+        if int(steps) == 1 and float(denoise) == 1.0 and onestep is not None:
+            # a unified/DMD LoRA trained its one step at this timestep (its header, via the loader)
+            return io.NodeOutput(get_sigmas_onestep(onestep, schedule))
         return io.NodeOutput(get_sigmas_tscd(int(steps), schedule, spacing=spacing, denoise=float(denoise)))
 
 

@@ -137,3 +137,28 @@ def test_the_lora_acts_in_comfyui(comfyui, trained, loaded):
     cond, _ = trainer.conditioner.encode(trainer._grid_prompts()[:4])
     on_img, off_img = comfy_sample(comfyui, patched, cond, 2, 0, 0.0), comfy_sample(comfyui, off, cond, 2, 0, 0.0)
     assert (on_img - off_img).abs().max().item() > 1e-3
+
+
+def test_scheduler_at_one_step_uses_the_loras_onestep_timestep(comfyui, trained, loras_dir):
+    """A LoRA whose header names a one-step timestep (our dmd/unified stages: 800) is sampled there
+    by HyperSDScheduler at 1 step; other step counts and plain models keep the TSCD schedule."""
+    import dataclasses
+
+    from hypersd_core.lora_formats import HyperSDMetadata, load_lora, save_lora
+    from hypersd_core.samplers import get_sigmas_onestep, get_sigmas_tscd
+    from hypersd_core.schedule import VPSchedule
+
+    _, results = trained
+    sd, header = load_lora(results["lora"]["kohya"])
+    md = dataclasses.replace(HyperSDMetadata.from_header(header), onestep_timestep=800)
+    save_lora(loras_dir / "embedded_onestep800.safetensors", sd, md)
+    model = comfy_embedded_model(comfyui)
+    patched, _, settings = comfyui.run("HyperSDLoraLoader", model, None, "embedded_onestep800.safetensors", -1.0, 1.0)
+    assert "timestep 800" in settings
+    schedule = VPSchedule.scaled_linear()
+    (one,) = comfyui.run("HyperSDScheduler", patched, 1, "trailing", 1.0)
+    torch.testing.assert_close(one, get_sigmas_onestep(800, schedule), rtol=1e-5, atol=1e-6)
+    (two,) = comfyui.run("HyperSDScheduler", patched, 2, "trailing", 1.0)
+    torch.testing.assert_close(two, get_sigmas_tscd(2, schedule), rtol=1e-5, atol=1e-6)
+    (plain,) = comfyui.run("HyperSDScheduler", model, 1, "trailing", 1.0)  # the input MODEL is untouched
+    torch.testing.assert_close(plain, get_sigmas_tscd(1, schedule), rtol=1e-5, atol=1e-6)
