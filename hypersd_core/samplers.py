@@ -131,18 +131,22 @@ TIMESTEP_SPACINGS = ("trailing", "tcd")
 
 def get_sigmas_tscd(steps: int, schedule: Optional[VPSchedule] = None, spacing: str = "trailing",
                     denoise: float = 1.0, original_steps: int = 50, final: str = "zero",
-                    dtype=torch.float32) -> torch.Tensor:
+                    dtype=torch.float32, onestep_timestep: Optional[int] = None) -> torch.Tensor:
     """Sigma schedule for :func:`sample_tscd`.
 
     spacing="trailing": DDIM trailing (the N-step Hyper-SD LoRAs, TSCD segment starts);
     spacing="tcd": diffusers TCDScheduler's choice (the unified 1-step LoRA with TCD).
     ``denoise`` < 1 is img2img: trailing keeps the last ``steps`` of steps/denoise steps (as
     ComfyUI's schedulers do); tcd uses TCD's ``strength``.
+    ``onestep_timestep``: the timestep a LoRA was trained to take its single step from (its
+    header's, e.g. 800); one step at denoise 1 is then :func:`get_sigmas_onestep` there.
     """
     schedule = schedule or default_schedule()
     T = schedule.num_train_timesteps
     if not 0.0 < denoise <= 1.0:
         raise ValueError(f"denoise must be in (0, 1], got {denoise}")
+    if onestep_timestep is not None and steps == 1 and denoise == 1.0:
+        return get_sigmas_onestep(onestep_timestep, schedule, dtype=dtype)
     if spacing == "trailing":
         total = max(steps, int(steps / denoise))  # ComfyUI: total_steps = int(steps/denoise)
         ts = trailing_timesteps(total, T)[-steps:] if total != steps else trailing_timesteps(steps, T)

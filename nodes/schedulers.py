@@ -35,11 +35,8 @@ class HyperSDScheduler(io.ComfyNode):
     @classmethod
     def execute(cls, model, steps, spacing, denoise) -> io.NodeOutput:
         schedule = vp_schedule(model.get_model_object("model_sampling"))
-        onestep = onestep_timestep(model)
-        if int(steps) == 1 and float(denoise) == 1.0 and onestep is not None:
-            # a unified/DMD LoRA trained its one step at this timestep (its header, via the loader)
-            return io.NodeOutput(get_sigmas_onestep(onestep, schedule))
-        return io.NodeOutput(get_sigmas_tscd(int(steps), schedule, spacing=spacing, denoise=float(denoise)))
+        return io.NodeOutput(get_sigmas_tscd(int(steps), schedule, spacing=spacing, denoise=float(denoise),
+                                             onestep_timestep=onestep_timestep(model)))
 
 
 class HyperSDOneStepScheduler(io.ComfyNode):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from hypersd_core.parameterization import DiscreteVPDenoiser, cfg_combine
-from hypersd_core.samplers import get_sigmas_onestep, get_sigmas_tscd, sample_dmd_onestep, sample_tscd, seeded_noise_sampler
+from hypersd_core.samplers import get_sigmas_tscd, sample_dmd_onestep, sample_tscd, seeded_noise_sampler
 from hypersd_core.schedule import VPSchedule
 
 
@@ -45,16 +45,15 @@ def sample_images(unet, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.T
                   onestep_timestep: int | None = None, added_cond=None, added_uncond=None) -> torch.Tensor:
     """Generate from unit-variance VP noise (diffusers' convention) -> x0 in model space.
 
-    ``steps`` TSCD/DDIM steps (eta=0 is DDIM); ``onestep_timestep`` set uses the one-step sampler.
+    ``steps`` TSCD/DDIM steps (eta=0 is DDIM); with ``onestep_timestep``, one step is the one-step
+    (DMD) sampler from that timestep.
     """
     schedule = schedule or VPSchedule.scaled_linear()
     net = GuidedUNet(unet, cond, uncond, cfg, added_cond, added_uncond)
     model = DiscreteVPDenoiser(net, schedule, prediction_type)
-    if onestep_timestep is not None:
-        sigmas = get_sigmas_onestep(onestep_timestep, schedule).to(noise.device)
-        x = noise * (sigmas[0] ** 2 + 1).sqrt()
+    sigmas = get_sigmas_tscd(steps, schedule, spacing=spacing, onestep_timestep=onestep_timestep).to(noise.device)
+    x = noise * (sigmas[0] ** 2 + 1).sqrt()  # VP z at the first timestep -> VE x
+    if onestep_timestep is not None and steps == 1:
         return sample_dmd_onestep(model, x, sigmas)
-    sigmas = get_sigmas_tscd(steps, schedule, spacing=spacing).to(noise.device)
-    x = noise * (sigmas[0] ** 2 + 1).sqrt()  # VP z at t_max -> VE x
     noise_sampler = seeded_noise_sampler(x, seed) if eta > 0 else None
     return sample_tscd(model, x, sigmas, eta=eta, noise_sampler=noise_sampler, schedule=schedule, disable=True)

@@ -10,7 +10,7 @@ import torch
 from diffusers import LCMScheduler
 
 from hypersd_core.parameterization import DiscreteVPDenoiser
-from hypersd_core.samplers import get_sigmas_onestep, sample_dmd_onestep
+from hypersd_core.samplers import get_sigmas_onestep, get_sigmas_tscd, sample_dmd_onestep
 from hypersd_core.schedule import VPSchedule
 
 from .models import SD, VPNet
@@ -95,3 +95,12 @@ def test_onestep_schedules_and_callback():
     # A longer schedule lands on its last sigma along the predicted trajectory.
     assert torch.allclose(out, denoised + 0.5 * (x - denoised) / 2.0)
     assert torch.equal(sample_dmd_onestep(model, x, sigmas[:1]), x)
+
+
+def test_tscd_sigmas_take_a_loras_onestep_timestep_only_for_one_full_step():
+    s = VPSchedule.scaled_linear()
+    assert torch.equal(get_sigmas_tscd(1, s, onestep_timestep=800), get_sigmas_onestep(800, s))
+    assert not torch.equal(get_sigmas_tscd(1, s), get_sigmas_onestep(800, s))
+    for steps, denoise in ((2, 1.0), (4, 1.0), (1, 0.5)):  # more steps, or img2img: the TSCD schedule
+        assert torch.equal(get_sigmas_tscd(steps, s, denoise=denoise, onestep_timestep=800),
+                           get_sigmas_tscd(steps, s, denoise=denoise))
