@@ -36,19 +36,18 @@ def evaluate_digits(trainer, stage) -> dict:
         imgs = generate(teacher, trainer.conditioner, prompts, noise, steps=e.teacher_steps, cfg=e.teacher_cfg, eta=0.0, **kw)
         out["rows"][f"teacher DDIM {e.teacher_steps}"] = dict(score_images(clf, imgs, labels, real, ref), steps=e.teacher_steps,
                                                                 nfe=2 * e.teacher_steps, seconds=round(time.time() - t0, 2))
+    def student_row(k: int, onestep: int | None = None) -> dict:
+        t0 = time.time()
+        imgs = generate(trainer.base_unet, trainer.conditioner, prompts, noise, steps=k, cfg=1.0, eta=e.eta,
+                        onestep_timestep=onestep, **kw)
+        return dict(score_images(clf, imgs, labels, real, ref), steps=k, nfe=k, seconds=round(time.time() - t0, 2))
+
     onestep = stage.metadata().get("onestep_timestep")  # a DMD stage's one-step sampler
     with stage.sampling_context():
         for k in e.steps:
-            t0 = time.time()
-            imgs = generate(trainer.base_unet, trainer.conditioner, prompts, noise, steps=k, cfg=1.0, eta=e.eta, **kw)
-            out["rows"][f"student {k}"] = dict(score_images(clf, imgs, labels, real, ref), steps=k, nfe=k,
-                                               seconds=round(time.time() - t0, 2))
+            out["rows"][f"student {k}"] = student_row(k)
             if k == 1 and onestep is not None:
-                t0 = time.time()
-                imgs = generate(trainer.base_unet, trainer.conditioner, prompts, noise, steps=1, cfg=1.0, eta=e.eta,
-                                onestep_timestep=onestep, **kw)
-                out["rows"][f"student 1 t={onestep}"] = dict(score_images(clf, imgs, labels, real, ref), steps=1, nfe=1,
-                                                             seconds=round(time.time() - t0, 2))
+                out["rows"][f"student 1 t={onestep}"] = student_row(1, onestep)
     # Each stage's own LoRA at its own step count (k segments -> k steps), as Hyper-SD ships N-step LoRAs.
     final = lora_tensors(trainer.base_unet)
     try:
