@@ -46,3 +46,16 @@ def test_rows_and_onestep_row_from_the_lora_header(tmp_path):
     # the one-step sampler at 800 is a different sampler from the TSCD sampler's one step at 999
     assert rows["dmd 1 step t=800"]["trajectory_error"] != rows["dmd 1 step eta 0"]["trajectory_error"]
     assert (tmp_path / "fd_dmd.png").is_file() and (tmp_path / "fd_plain.png").is_file()
+
+
+def test_onestep_probe_runs_and_records_both_checks(tmp_path):
+    from benchmarks.onestep_probe_embedded import main as probe
+
+    lora = _export(tmp_path, "run", None)
+    out = probe(["--lora", lora, "--timesteps", "999", "800", "--per-digit", "1", "--iters", "2",
+                 "--fake-updates", "1", "--out", str(tmp_path / "p.json")])
+    assert set(out["teacher_onestep_hf_energy"]) == {"t=999 cfg 1", "t=800 cfg 1", "DDIM 25 cfg 1",
+                                                     "t=999 cfg 3", "t=800 cfg 3", "DDIM 25 cfg 3"}
+    assert [r["iter"] for r in out["dmd_on_pixels"]] == [0, 2]
+    assert out["dmd_on_pixels"][0] != out["dmd_on_pixels"][1]  # the DMD updates moved the pixels
+    assert json.loads((tmp_path / "p.json").read_text())["n_images"] == 10
