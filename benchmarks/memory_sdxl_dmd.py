@@ -221,7 +221,7 @@ def _real_sigma_schedules():
             with unset_fake_temporarily():
                 return func(*args, **kwargs)
         return run
-    with _wrapped(sampling, ("get_sigmas_tscd", "get_sigmas_onestep"), real):
+    with _wrapped(sampling, ("get_sigmas_tscd",), real):
         yield
 
 
