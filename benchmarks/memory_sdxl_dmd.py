@@ -264,8 +264,6 @@ def measure(spec_name: str = "sdxl", *, stage: str = "dmd", rank: int = 64, grad
     """Two (``steps``) train_steps of the registered ``stage`` under fake tensors; peak bytes per phase."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from train.config import StageConfig
-
     from .train_harness import accelerator, build_context, random_batch, uncond_fn
     from .unet_configs import SPECS, build_unet
 
@@ -289,13 +287,9 @@ def measure(spec_name: str = "sdxl", *, stage: str = "dmd", rank: int = 64, grad
         if emulate_cuda:  # train.optim fuses the LoRA AdamW on CUDA
             for g in getattr(ctx.optimizer, "optimizer", ctx.optimizer).param_groups:
                 g["fused"], g["foreach"] = True, False
-        scfg = StageConfig(name=stage, segments=1, cfg_min=3.0, cfg_max=8.0, ema_decay=0.95, loss="huber",
-                           consistency_weight=0.2,
-                           options={"dmd": {"real_cfg": 7.5, "fake_updates": fake_updates, "reg_weight": 0.25,
-                                            "reg_steps": reg_steps, "reg_pairs": 256}})
         from train.stages import get_stage
 
-        st = get_stage(stage)(ctx, scfg, 0)
+        st = get_stage(stage)(ctx, stage_config(stage, fake_updates, reg_steps), 0)
         st.setup()
         if emulate_cuda:  # the fake-score AdamW has no fused flag: torch picks foreach for CUDA tensors
             for g in st.fake_opt.param_groups:
@@ -331,6 +325,52 @@ def measure(spec_name: str = "sdxl", *, stage: str = "dmd", rank: int = 64, grad
         "lora_params_per_adapter": setup.lora_param_count, "emulate_cuda": emulate_cuda, "sdpa": sdpa,
         "static_bytes": static, "steps": per_step, "seconds": round(time.perf_counter() - t0, 1),
     }
+
+
+def stage_config(stage: str, fake_updates: int, reg_steps: int):
+    """The measured stage's settings (train/configs/sdxl-unified.yaml's unified stage, reduced)."""
+    from train.config import StageConfig
+
+    return StageConfig(name=stage, segments=1, cfg_min=3.0, cfg_max=8.0, ema_decay=0.95, loss="huber",
+                       consistency_weight=0.2,
+                       options={"dmd": {"real_cfg": 7.5, "fake_updates": fake_updates, "reg_weight": 0.25,
+                                        "reg_steps": reg_steps, "reg_pairs": 256}})
+
+
+def measure_cuda(spec_name: str = "sdxl", *, stage: str = "dmd", rank: int = 64, gradient_checkpointing: bool = True,
+                 batch: int = 1, resolution: int | None = None, steps: int = 2, fake_updates: int = 1,
+                 reg_steps: int = 2) -> dict:
+    """The same train_steps with real tensors on a GPU: ``torch.cuda.max_memory_allocated`` per step,
+    the measurement the fake-tensor count stands in for."""
+    from train.stages import get_stage
+
+    from .train_harness import accelerator, build_context, random_batch, uncond_fn
+    from .unet_configs import SPECS, build_unet
+
+    if not torch.cuda.is_available():
+        raise SystemExit("--cuda needs a CUDA GPU")
+    spec, wdt = SPECS[spec_name], torch.bfloat16
+    res = resolution or spec.resolution
+    acc = accelerator("bf16")
+    t0 = time.perf_counter()
+    unet = build_unet(spec, dtype=wdt)
+    setup = build_context(unet, mixed_precision="bf16", weight_dtype=wdt, rank=rank,
+                          gradient_checkpointing=gradient_checkpointing, uncond=uncond_fn(spec, res, acc.device, wdt))
+    st = get_stage(stage)(setup.ctx, stage_config(stage, fake_updates, reg_steps), 0)
+    st.setup()
+    data = random_batch(spec, batch, res, acc.device, wdt)
+    per_step = []
+    for i in range(steps):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        st.train_step(data, i)
+        torch.cuda.synchronize()
+        per_step.append({"live_before": before, "live_after": torch.cuda.memory_allocated(),
+                         "peak": torch.cuda.max_memory_allocated(), "reserved_peak": torch.cuda.max_memory_reserved()})
+    return {"model": spec_name, "stage": stage, "lora_rank": rank, "gradient_checkpointing": gradient_checkpointing,
+            "batch": batch, "resolution": res, "fake_updates": fake_updates, "reg_steps": reg_steps,
+            "device": torch.cuda.get_device_name(), "steps": per_step, "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def summary_row(r: dict, unit: int = GIB) -> dict:
@@ -404,8 +444,12 @@ def main(argv=None) -> int:
                     help="attention kernel: flash keeps out + logsumexp for backward (as CUDA flash/mem-efficient "
                          "attention); math materialises the attention matrix")
     ap.add_argument("--no-emulate-cuda", action="store_true", help="plain CPU autocast and CPU optimizer defaults")
+    ap.add_argument("--cuda", action="store_true",
+                    help="measure on the GPU instead (max_memory_allocated of real tensors): checks the count")
     args = ap.parse_args(argv)
     spec = "sdxl-tiny" if args.tiny else "sdxl"
+    if args.cuda:
+        return _main_cuda(args, spec, argv)
     runs = []
     grid = [(b, s, r, g == "on") for b in args.batches.split(",") for s in args.stages.split(",")
             for r in args.ranks.split(",") for g in args.gc.split(",")]
@@ -426,6 +470,40 @@ def main(argv=None) -> int:
     atomic_write(str(out), lambda tmp: Path(tmp).write_text(json.dumps(res, indent=1)))
     atomic_write(str(out.with_suffix(".md")), lambda tmp: Path(tmp).write_text(markdown(res)))
     print(table(runs, MIB if args.tiny else GIB))
+    return 0
+
+
+def _main_cuda(args, spec: str, argv) -> int:
+    from .machine import machine_info
+
+    runs = []
+    for b in args.batches.split(","):
+        for stage in args.stages.split(","):
+            for rank in args.ranks.split(","):
+                for gc in args.gc.split(","):
+                    try:
+                        r = measure_cuda(spec, stage=stage, rank=int(rank), gradient_checkpointing=gc == "on",
+                                         batch=int(b), resolution=args.resolution, fake_updates=args.fake_updates)
+                    except torch.cuda.OutOfMemoryError as e:
+                        r = {"stage": stage, "lora_rank": int(rank), "gradient_checkpointing": gc == "on",
+                             "batch": int(b), "error": f"out of memory: {str(e).splitlines()[0]}"}
+                    torch.cuda.empty_cache()
+                    runs.append(r)
+                    print(f"batch {b} {stage} rank {rank} gc {gc}: "
+                          + (f"peak {r['steps'][-1]['peak'] / GIB:.2f} GiB" if "steps" in r else r["error"]),
+                          file=sys.stderr)
+    res = {"note": "measured on a GPU: torch.cuda.max_memory_allocated of the second train_step", "model": spec,
+           "command": "python -m benchmarks.memory_sdxl_dmd " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "machine": machine_info(), "runs": runs}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(str(out), lambda tmp: Path(tmp).write_text(json.dumps(res, indent=1)))
+    rows = ["| stage | batch | rank | grad. ckpt | peak allocated, GiB | peak reserved, GiB |", "|---|---|---|---|---|---|"]
+    for r in runs:
+        last = r["steps"][-1] if "steps" in r else None
+        rows.append(f"| {r['stage']} | {r['batch']} | {r['lora_rank']} | {'on' if r['gradient_checkpointing'] else 'off'} | "
+                    + (f"{last['peak'] / GIB:.2f} | {last['reserved_peak'] / GIB:.2f} |" if last else f"{r['error']} | |"))
+    atomic_write(str(out.with_suffix(".md")), lambda tmp: Path(tmp).write_text("\n".join(rows) + "\n"))
     return 0
 
 

@@ -1,19 +1,24 @@
-"""Checkpoints: tensors in safetensors, the rest in JSON, written to a temp folder and renamed, so
-a run killed at any moment leaves the previous checkpoint intact. Never pickle."""
+"""Checkpoints, written to a temp folder and renamed, so a run killed at any moment leaves the
+previous checkpoint intact. A checkpoint folder holds:
+
+- ``accelerate/``: ``Accelerator.save_state``: the LoRA optimizer (DDP: one copy; FSDP / DeepSpeed:
+  one shard per process) and every process's RNG states (read back with ``weights_only`` loading);
+- ``lora``, ``stage`` (EMA, discriminator...), ``rank<i>`` (that process's data position, stage
+  generator and, under ZeroRedundancyOptimizer, its optimizer shard): safetensors + JSON;
+- ``state.json``, written last."""
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from hypersd_core.lora_formats import atomic_write
 
+ACCELERATE_DIR = "accelerate"
 _PY = "@py"  # suffix of optimizer entries that were Python numbers
 
 
@@ -46,32 +51,25 @@ def load_optimizer_tensors(optimizer, tensors: dict[str, torch.Tensor], prefix: 
     optimizer.load_state_dict(sd)
 
 
-def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
-    tensors = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        tensors.update({f"rng.cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    np_state = np.random.get_state()
-    tensors["rng.numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
-    meta = {"python": _jsonable(random.getstate()), "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])]}
-    return tensors, meta
+def _zero(optimizer):
+    """The ZeroRedundancyOptimizer inside an (accelerate-wrapped) optimizer, or None."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    inner = getattr(optimizer, "optimizer", optimizer)
+    return inner if isinstance(inner, ZeroRedundancyOptimizer) else None
 
 
-def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    torch.set_rng_state(tensors["rng.torch"])
-    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda"))]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
-    random.setstate(_tupled(meta["python"]))
-    n = meta["numpy"]
-    np.random.set_state((n[0], tensors["rng.numpy"].numpy().astype(np.uint32), n[1], n[2], n[3]))
+def zero_shard_tensors(optimizer) -> dict[str, torch.Tensor]:
+    """This process's optimizer shard under ZeroRedundancyOptimizer (empty otherwise): the state of
+    the parameters this process owns, saved in its own checkpoint part."""
+    zero = _zero(optimizer)
+    return {} if zero is None else optimizer_tensors(zero.optim, "opt_shard.")
 
 
-def _jsonable(x):
-    return [_jsonable(v) for v in x] if isinstance(x, (tuple, list)) else x
-
-
-def _tupled(x):
-    return tuple(_tupled(v) for v in x) if isinstance(x, list) else x
+def load_zero_shard(optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    zero = _zero(optimizer)
+    if zero is not None:
+        load_optimizer_tensors(zero.optim, tensors, "opt_shard.")
 
 
 # -- folders -----------------------------------------------------------------------------------

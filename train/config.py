@@ -63,6 +63,7 @@ class OptimConfig:
     max_grad_norm: float = 1.0
     warmup_steps: int = 0
     disc_lr: float = 1e-4
+    zero: bool = False  # several processes: ZeroRedundancyOptimizer (each keeps and saves its optimizer shard)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from .export import export_lora, lora_metadata
 from .grids import sample_grid_rows, save_grid, tensorboard_grid
 from .lora import add_lora, adapters_disabled, load_lora_tensors, lora_tensors
 from .models.loading import DTYPES, load_model
-from .optim import build_optimizer, reset_state, set_lr
+from .optim import build_optimizer, build_zero_optimizer, reset_state, set_lr
 from .stages import StageContext, get_stage
 
 
@@ -65,8 +65,19 @@ class Trainer:
             m.unet.enable_gradient_checkpointing()
         for scfg in cfg.stages:
             get_stage(scfg.name).configure_unet(m.unet, scfg)
-        opt = build_optimizer(self.lora_params, cfg.optim, acc.device)
-        self.unet, self.optimizer = acc.prepare(m.unet, opt)
+        if cfg.optim.zero and acc.num_processes > 1:  # per-process optimizer shards, saved by each process (checkpoint.py)
+            from accelerate.optimizer import AcceleratedOptimizer
+
+            self.unet = acc.prepare(m.unet)
+            self.optimizer = AcceleratedOptimizer(build_zero_optimizer(self.lora_params, cfg.optim, acc.device),
+                                                  device_placement=False, scaler=acc.scaler)
+        else:
+            opt = build_optimizer(self.lora_params, cfg.optim, acc.device)
+            self.unet, self.optimizer = acc.prepare(m.unet, opt)
+        # save_state/load_state keep optimizer and RNG state; the LoRA is saved as lora.safetensors and the
+        # frozen base never, so the model weights accelerate would write are dropped (DDP/CPU path).
+        acc.register_save_state_pre_hook(lambda models, weights, out_dir: weights.clear())
+        acc.register_load_state_pre_hook(lambda models, in_dir: models.clear())
         self.base_unet = m.unet
         self.conditioner = TextConditioner(m.text_encoders, m.tokenizers, acc.device, self.weight_dtype,
                                            resolution=cfg.data.resolution or m.resolution,
@@ -128,19 +139,23 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _save(self, stage, state: dict) -> None:
+        """Every process writes its shards into a temp folder; the main process renames it into place
+        once all have finished, so a finished checkpoint is never half-written."""
         acc = self.acc
         acc.wait_for_everyone()
         tmp = ckpt.checkpoint_root(self.out) / f".tmp-step-{state['global_step']}"
         if acc.is_main_process:
             ckpt.begin(self.out, state["global_step"])
-            ckpt.write_part(tmp, "lora", lora_tensors(self.base_unet))
-            ckpt.write_part(tmp, "optimizer", ckpt.optimizer_tensors(self.optimizer))
-            ckpt.write_part(tmp, "stage", stage.state_dict() if stage is not None else {})
         acc.wait_for_everyone()
-        rng_t, rng_m = ckpt.rng_state()
+        # Optimizer state (DDP: the main process's full copy; FSDP / DeepSpeed: one shard per process)
+        # and every process's RNG states.
+        acc.save_state(str(tmp / ckpt.ACCELERATE_DIR))
+        if acc.is_main_process:
+            ckpt.write_part(tmp, "lora", lora_tensors(self.base_unet))
+            ckpt.write_part(tmp, "stage", stage.state_dict() if stage is not None else {})
         data_t, data_m = self.source.state()
-        tensors = {**rng_t, **data_t, "stage_gen": self.generator.get_state()}
-        ckpt.write_part(tmp, f"rank{acc.process_index}", tensors, {"rng": rng_m, "data": data_m})
+        tensors = {**data_t, "stage_gen": self.generator.get_state(), **ckpt.zero_shard_tensors(self.optimizer)}
+        ckpt.write_part(tmp, f"rank{acc.process_index}", tensors, {"data": data_m})
         acc.wait_for_everyone()
         if acc.is_main_process:
             ckpt.commit(tmp, dict(state, num_processes=acc.num_processes), self.cfg.keep_checkpoints)
@@ -162,8 +177,13 @@ class Trainer:
         return state, folder
 
     def _restore_process_state(self, folder: Path) -> None:
+        acc_dir = folder / ckpt.ACCELERATE_DIR
+        if not acc_dir.is_dir():
+            raise FileNotFoundError(f"checkpoint {folder} has no {ckpt.ACCELERATE_DIR}/ folder (written by an older "
+                                    "version of the trainer); start a new run")
+        self.acc.load_state(str(acc_dir))  # optimizer (shards) and this process's RNG states
         tensors, meta = ckpt.read_part(folder, f"rank{self.acc.process_index}")
-        ckpt.set_rng_state(tensors, meta["rng"])
+        ckpt.load_zero_shard(self.optimizer, tensors)
         self.source.load_state(tensors, meta["data"])
         self.generator.set_state(tensors["stage_gen"])
 
@@ -182,8 +202,7 @@ class Trainer:
             stage = get_stage(scfg.name)(self.ctx, scfg, idx)
             stage.setup()
             start = state["step"] if idx == state["stage"] else 0
-            if folder is not None and idx == state["stage"] and start > 0:
-                ckpt.load_optimizer_tensors(self.optimizer, ckpt.read_part(folder, "optimizer")[0])
+            if folder is not None and idx == state["stage"] and start > 0:  # optimizer: restored by load_state
                 stage.load_state_dict(ckpt.read_part(folder, "stage")[0])
             else:
                 reset_state(self.optimizer)
