@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..stages.base import Batch
+from ..batch import Batch
 from .records import DataError, RecordList, decode_image
 
 

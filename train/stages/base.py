@@ -14,15 +14,7 @@ import torch
 
 from hypersd_core.schedule import VPSchedule
 
-
-@dataclass
-class Batch:
-    """One training batch in model space (latents, or pixels for the embedded model)."""
-
-    x0: torch.Tensor
-    cond: torch.Tensor  # encoder_hidden_states
-    prompts: list[str]
-    added_cond: dict | None = None  # SDXL: {"text_embeds", "time_ids"}
+from ..batch import Batch  # noqa: F401  (re-exported: stages import it from here)
 
 
 @dataclass
