@@ -31,7 +31,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    kind: str = "digits"  # digits | folder | webdataset
+    kind: str = "digits"  # digits | folder | webdataset | hf (local Hugging Face dataset: save_to_disk, parquet, imagefolder)
     path: str | None = None  # folder, or a shard pattern / list file for webdataset ("data-{000..009}.tar")
     captions: str | None = None  # jsonl/csv file for kind=folder; default: captions.jsonl/.csv or same-stem .txt
     resolution: int | None = None  # None: the model's native resolution
@@ -40,6 +40,14 @@ class DataConfig:
     max_bad_fraction: float = 0.5  # fail when more than this share of samples cannot be read
     center_crop: bool = True
     random_flip: bool = False
+    num_workers: int = 0  # DataLoader worker processes decoding, cropping and captioning per training process
+    prefetch_factor: int = 2  # batches each worker prepares ahead
+    pin_memory: bool = True  # page-locked batches on CUDA
+    streaming: bool = False  # webdataset: stream shards (shard shuffle per epoch and process) instead of listing them
+    buckets: bool = False  # aspect-ratio buckets (about resolution² pixels, sides multiples of bucket_step)
+    bucket_step: int = 64
+    image_column: str = "image"  # kind=hf
+    caption_column: str | None = None  # kind=hf; None: text / caption / prompt
 
 
 @dataclass

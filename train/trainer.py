@@ -240,6 +240,11 @@ class Trainer:
             stage.setup()
         paths = self._export(stage, "hypersd_lora", last=True)
         self.results.update({"lora": paths, "stage_seconds": stage_times})
+        from accelerate.utils import gather_object
+
+        data_stats = gather_object([self.source.stats()]) if acc.num_processes > 1 else [self.source.stats()]
+        self.results["data"] = {"per_process": data_stats,  # skipped samples by reason, per process
+                                "skipped": sum(d.get("skipped", 0) for d in data_stats)}
         if acc.is_main_process:
             self._final_outputs(stage)
             self.results["total_seconds"] = round(time.time() - t_start, 1)

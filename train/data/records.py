@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import csv
 import glob
-import io
 import json
 import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 FILE_COLS = ("file_name", "image", "file", "path")
@@ -30,19 +28,36 @@ class DataError(ValueError):
 
 @dataclass
 class Record:
+    """One sample: its image bytes live at ``path`` (a whole file, or ``size`` bytes at ``offset``
+    inside a tar shard), or in row ``row`` of a Hugging Face dataset. Plain data, so DataLoader
+    worker processes can receive it."""
+
     key: str
     caption: str
-    read: Callable[[], bytes]  # raw image bytes; may raise for missing/unreadable files
+    path: str = ""
+    offset: int = -1
+    size: int = -1
+    row: int = -1
+    size_hw: tuple[int, int] | None = None  # image height, width when known without decoding (buckets)
+
+    def read(self, table=None) -> bytes:
+        """Raw image bytes; raises OSError for missing / unreadable files."""
+        if self.row >= 0:
+            return hf_image_bytes(table, self.row)
+        if self.offset < 0:
+            return Path(self.path).read_bytes()
+        with open(self.path, "rb") as f:  # a tar member: one seek, no tar parsing per sample
+            f.seek(self.offset)
+            data = f.read(self.size)
+        if len(data) != self.size:
+            raise OSError(f"{self.path} is truncated at {self.key}")
+        return data
 
 
 @dataclass
 class RecordList:
     records: list[Record]
     skipped: dict  # reason -> count, found while listing
-
-
-def _read_file(path: Path) -> Callable[[], bytes]:
-    return lambda: path.read_bytes()
 
 
 def _caption_table(path: Path) -> dict[str, str]:
@@ -91,7 +106,7 @@ def folder_records(folder: str | None, captions: str | None = None) -> RecordLis
             if not p.is_file():
                 skipped["missing image"] = skipped.get("missing image", 0) + 1
                 continue
-            records.append(Record(name, text, _read_file(p)))
+            records.append(Record(name, text, str(p)))
     else:
         images = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
         for p in images:
@@ -99,7 +114,7 @@ def folder_records(folder: str | None, captions: str | None = None) -> RecordLis
             if not txt.is_file():
                 skipped["no caption"] = skipped.get("no caption", 0) + 1
                 continue
-            records.append(Record(str(p.relative_to(root)), txt.read_text(encoding="utf-8", errors="replace").strip(), _read_file(p)))
+            records.append(Record(str(p.relative_to(root)), txt.read_text(encoding="utf-8", errors="replace").strip(), str(p)))
     if not records:
         raise DataError(f"no usable samples in {root} (skipped: {skipped or 'none found'}); expected images "
                         f"({', '.join(IMAGE_EXTS)}) with a captions.jsonl/.csv or same-stem .txt captions")
@@ -116,16 +131,6 @@ def expand_shards(spec: str) -> list[str]:
         a, b = m.group(1), m.group(2)
         return [spec[:m.start()] + str(i).zfill(len(a)) + spec[m.end():] for i in range(int(a), int(b) + 1)]
     return sorted(glob.glob(spec)) or [spec]
-
-
-def _tar_reader(shard: str, member: str) -> Callable[[], bytes]:
-    def read() -> bytes:
-        with tarfile.open(shard) as tf:
-            f = tf.extractfile(member)
-            if f is None:
-                raise OSError(f"{member} is not a file in {shard}")
-            return f.read()
-    return read
 
 
 def webdataset_records(spec: str | None) -> RecordList:
@@ -161,7 +166,7 @@ def webdataset_records(spec: str | None) -> RecordList:
                         reason = "no image" if img is None else "no caption"
                         skipped[reason] = skipped.get(reason, 0) + 1
                         continue
-                    records.append(Record(f"{Path(shard).name}/{key}", cap, _tar_reader(shard, img.name)))
+                    records.append(Record(f"{Path(shard).name}/{key}", cap, shard, img.offset_data, img.size))
         except tarfile.TarError as e:
             raise DataError(f"{shard} is not a readable tar shard ({e})") from e
     if not records:
@@ -170,9 +175,67 @@ def webdataset_records(spec: str | None) -> RecordList:
     return RecordList(records, skipped)
 
 
-def decode_image(data: bytes, mode: str):
-    from PIL import Image
+# -- Hugging Face datasets, local files only ----------------------------------------------------
+class HFImages:
+    """Row -> the undecoded Image feature ({"bytes", "path"}); picklable for DataLoader workers."""
 
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    return img.convert(mode)
+    def __init__(self, ds, column: str):
+        self.ds, self.column = ds, column
+
+    def __getitem__(self, row: int):
+        return self.ds[row][self.column]
+
+
+def hf_image_bytes(table, row: int) -> bytes:
+    """The encoded image of ``row`` (an Image feature read without decoding)."""
+    if table is None:
+        raise OSError(f"row {row}: no dataset table")
+    item = table[row]
+    if isinstance(item, dict):
+        if item.get("bytes"):
+            return item["bytes"]
+        if item.get("path"):
+            return Path(item["path"]).read_bytes()
+    raise OSError(f"row {row} has no image bytes")
+
+
+def hf_records(path: str | None, image_column: str = "image", caption_column: str | None = None):
+    """(RecordList, image column) from a local Hugging Face dataset: a ``save_to_disk`` folder, a
+    parquet file or folder of them, or an imagefolder (images + metadata.jsonl/csv). Nothing is
+    downloaded (HF_DATASETS_OFFLINE is set for the load)."""
+    import os
+
+    if not path:
+        raise DataError("data.kind=hf needs data.path: a save_to_disk folder, parquet file(s) or an image folder")
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"dataset path not found: {p}")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    try:
+        import datasets
+    except ImportError as e:
+        raise DataError("data.kind=hf needs the datasets package: pip install datasets") from e
+    if (p / "dataset_info.json").is_file() or (p / "state.json").is_file():
+        ds = datasets.load_from_disk(str(p))
+    elif p.suffix == ".parquet" or (p.is_dir() and any(p.glob("*.parquet"))):
+        files = [str(p)] if p.is_file() else sorted(str(x) for x in p.glob("*.parquet"))
+        ds = datasets.load_dataset("parquet", data_files=files, split="train")
+    elif p.is_dir():
+        ds = datasets.load_dataset("imagefolder", data_dir=str(p), split="train")
+    else:
+        raise DataError(f"{p}: expected a save_to_disk folder, .parquet file(s) or an image folder")
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+    cols = ds.column_names
+    if image_column not in cols:
+        raise DataError(f"{p}: no image column {image_column!r} (columns: {cols}); set data.image_column")
+    cap = caption_column or next((c for c in TEXT_COLS if c in cols), None)
+    if cap is None or cap not in cols:
+        raise DataError(f"{p}: no caption column (columns: {cols}); set data.caption_column")
+    ds = ds.cast_column(image_column, datasets.Image(decode=False))
+    captions = ds[cap]
+    records = [Record(f"row{i}", str(c), row=i) for i, c in enumerate(captions) if c is not None]
+    skipped = {"no caption": len(captions) - len(records)} if len(records) < len(captions) else {}
+    if not records:
+        raise DataError(f"no usable samples in {p}")
+    return RecordList(records, skipped), HFImages(ds.select_columns([image_column]), image_column)
