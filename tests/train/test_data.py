@@ -162,3 +162,169 @@ def test_cache_stores_model_space_and_text(tmp_path):
     assert Cond.calls == 2  # served from the cache
     torch.testing.assert_close(again.x0, first.x0)
     assert again.cond.shape == (2, 3, 4)
+
+
+# -- the DataLoader pipeline -------------------------------------------------------------------------
+def rgb_png(w, h, value=0) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((h, w, 3), value, dtype=np.uint8), "RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def many(tmp_path, n=12):
+    for i in range(n):
+        (tmp_path / f"im{i:02d}.png").write_bytes(png_bytes(10 * i))
+        (tmp_path / f"im{i:02d}.txt").write_text(f"p{i}")
+    return folder_records(str(tmp_path))
+
+
+def test_workers_give_the_same_batches_and_resume(tmp_path):
+    recs = many(tmp_path)
+    seq = lambda src, n: [(src.next_batch().prompts) for _ in range(n)]  # noqa: E731
+    ref = seq(source(recs, batch=3), 7)  # crosses an epoch (4 batches per epoch)
+    two = source(recs, batch=3, num_workers=2)
+    assert seq(two, 7) == ref
+    # resume mid-run with workers: the position is the number of batches handed out
+    a = source(recs, batch=3, num_workers=2)
+    seq(a, 3)
+    tensors, meta = a.state()
+    b = source(recs, batch=3, num_workers=1)
+    b.load_state(tensors, json.loads(json.dumps(meta)))
+    assert seq(b, 4) == ref[3:]
+
+
+class SDXLCond(FakeConditioner):
+    """Shaped like the SDXL conditioner: added cond with fixed time ids the source replaces."""
+
+    def encode(self, prompts):
+        n = len(prompts)
+        return torch.zeros(n, 2), {"text_embeds": torch.zeros(n, 3), "time_ids": torch.full((n, 6), -1.0)}
+
+
+def test_buckets_and_size_conditioning(tmp_path):
+    for i, (w, h) in enumerate([(64, 32), (66, 30), (32, 64), (30, 66), (40, 40), (41, 39)]):
+        (tmp_path / f"a{i}.png").write_bytes(rgb_png(w, h))
+        (tmp_path / f"a{i}.txt").write_text(f"c{i}")
+    model = SimpleNamespace(channels=3, vae=None, resolution=32, base_model="sdxl-test")
+    cfg = DataConfig(kind="folder", batch_size=2, buckets=True, bucket_step=8)
+    src = RecordSource(folder_records(str(tmp_path)), cfg, model, SDXLCond(), "cpu", seed=0)
+    shapes = set()
+    for _ in range(3):
+        b = src.next_batch()
+        assert b.x0.shape[0] == 2  # each batch from one bucket (two images of each aspect)
+        ids = b.added_cond["time_ids"]
+        h, w = b.x0.shape[-2:]
+        assert (ids[:, 4:] == torch.tensor([float(h), float(w)])).all()  # target size = the bucket
+        assert (ids[:, :2] > 0).all() and (ids[:, :2] != -1).all()  # original sizes of the images
+        assert abs(h * w - 32 * 32) <= 32 * 8  # about resolution² pixels
+        shapes.add((h, w))
+    assert len(shapes) == 3 and any(h > w for h, w in shapes) and any(w > h for h, w in shapes)
+    ids = b.added_cond["time_ids"]
+    assert set(map(tuple, ids[:, :2].tolist())) <= {(32.0, 64.0), (30.0, 66.0), (64.0, 32.0), (66.0, 30.0), (40.0, 40.0), (39.0, 41.0)}
+
+
+def test_streaming_shards_shuffle_split_and_resume(tmp_path):
+    for s in range(4):
+        write_shard(tmp_path / f"s-{s}.tar", [item for i in range(3) for item in
+                                              ((f"k{s}{i}.png", png_bytes(20 * i)), (f"k{s}{i}.txt", f"s{s}i{i}".encode()))])
+    shards = [str(tmp_path / f"s-{s}.tar") for s in range(4)]
+    cfg = lambda **kw: DataConfig(kind="webdataset", streaming=True, batch_size=2, **kw)  # noqa: E731
+
+    def src(rank=0, world=1, **kw):
+        return RecordSource(None, cfg(**kw), MODEL, FakeConditioner(), "cpu", rank=rank, world=world, seed=5, shards=shards)
+
+    a = src()
+    first = [a.next_batch().prompts for _ in range(6)]  # one epoch = 12 samples
+    epoch0 = [p for b in first for p in b]
+    assert sorted(epoch0) == sorted(f"s{s}i{i}" for s in range(4) for i in range(3))
+    shard_order = [p[:2] for p in epoch0[::3]]
+    second = [p for _ in range(6) for p in a.next_batch().prompts]
+    assert [p[:2] for p in second[::3]] != shard_order  # shards reshuffled for the next epoch
+    # per process: disjoint shard sets
+    r0 = {p[:2] for _ in range(3) for p in src(0, 2).next_batch().prompts}
+    r1 = {p[:2] for _ in range(3) for p in src(1, 2).next_batch().prompts}
+    assert not r0 & r1
+    # resume with 2 workers: the position of each worker's stream is restored
+    ref_src = src(num_workers=2)
+    ref = [ref_src.next_batch().prompts for _ in range(9)]
+    b = src(num_workers=2)
+    for _ in range(4):
+        b.next_batch()
+    tensors, meta = b.state()
+    c = src(num_workers=2)
+    c.load_state(tensors, json.loads(json.dumps(meta)))
+    assert [c.next_batch().prompts for _ in range(5)] == ref[4:]
+
+
+def test_hf_datasets_from_local_files(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    img = tmp_path / "imgs"
+    img.mkdir()
+    rows = []
+    for i in range(4):
+        (img / f"i{i}.png").write_bytes(png_bytes(30 * i))
+        rows.append({"file_name": f"i{i}.png", "text": f"hf {i}"})
+    (img / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    from train.data import hf_records
+
+    for path in ("imagefolder", "parquet", "disk"):
+        if path == "imagefolder":
+            target = img
+        else:
+            ds = datasets.Dataset.from_dict({"image": [str(img / r["file_name"]) for r in rows],
+                                             "caption": [r["text"] for r in rows]}).cast_column("image", datasets.Image())
+            target = tmp_path / path
+            if path == "parquet":
+                target.mkdir()
+                ds.to_parquet(str(target / "train.parquet"))
+            else:
+                ds.save_to_disk(str(target))
+        recs, table = hf_records(str(target))
+        assert sorted(r.caption for r in recs.records) == [f"hf {i}" for i in range(4)], path
+        cfg = DataConfig(kind="hf", batch_size=2, num_workers=1)
+        b = RecordSource(recs, cfg, MODEL, FakeConditioner(), "cpu", table=table).next_batch()
+        assert b.x0.shape == (2, 1, 8, 8) and all(p.startswith("hf ") for p in b.prompts)
+    with pytest.raises(DataError, match="not found"):
+        hf_records(str(tmp_path / "nope"))
+
+
+def test_vae_batched_with_content_addressed_cache(tmp_path):
+    data = tmp_path / "d"
+    data.mkdir()
+    for i in range(4):
+        (data / f"x{i}.png").write_bytes(rgb_png(16, 16, 40 * i))
+        (data / f"x{i}.txt").write_text(f"c{i}")
+    (data / "copy.png").write_bytes(rgb_png(16, 16, 0))  # same bytes as x0: same cache entry
+    (data / "copy.txt").write_text("c0")
+
+    class VAE(torch.nn.Module):
+        dtype = torch.float32
+        calls: list = []
+
+        def encode(self, x):
+            VAE.calls.append(x.shape[0])
+            return SimpleNamespace(latent_dist=SimpleNamespace(mode=lambda: x[:, :1, ::2, ::2] * 2))
+
+    model = SimpleNamespace(channels=3, vae=VAE(), resolution=16, base_model="t", scaling_factor=0.5)
+
+    class Cond(FakeConditioner):
+        def _encode_raw(self, prompts):
+            return torch.ones(len(prompts), 3, 4), None
+
+        def pack(self, hidden, pooled):
+            return hidden, None
+
+    cfg = DataConfig(kind="folder", batch_size=5, cache_dir=str(tmp_path / "cache"))
+    src = RecordSource(folder_records(str(data)), cfg, model, Cond(), "cpu", seed=0)
+    b = src.next_batch()
+    assert VAE.calls == [5]  # one VAE call for the whole batch
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 4 + 4  # 4 distinct images, 4 captions
+    b2 = RecordSource(folder_records(str(data)), cfg, model, Cond(), "cpu", seed=0).next_batch()
+    assert VAE.calls == [5]  # all from the cache
+    torch.testing.assert_close(b2.x0, b.x0)
+
+
+def test_summary_reports_skipped_samples(tiny_run):
+    _, results, out = tiny_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["data"]["skipped"] == 0 and len(summary["data"]["per_process"]) == 1
