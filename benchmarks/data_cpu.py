@@ -37,9 +37,13 @@ GPU_ESTIMATES = {"sd15": ("SD1.5 512², H100 at 35 % MFU (RESULTS.md §4 estimat
                  "sdxl": ("SDXL 1024², H100 at 35 % MFU (RESULTS.md §4 estimate)", 8.7)}
 
 
-def make_data(root: Path, n: int, size=(768, 576), per_shard: int = 1000) -> tuple[Path, Path]:
-    """n JPEGs (smooth random content, alternating landscape / portrait) with .txt captions in
-    root/folder, and the same samples as tar shards in root/shards. Reused when complete."""
+def make_data(root: Path, n: int, size=(768, 576), per_shard: int = 1000, distinct: int = 500) -> tuple[Path, Path]:
+    """n JPEGs with .txt captions in root/folder and the same samples as tar shards in root/shards;
+    reused when complete. ``distinct`` smooth random patterns (alternating landscape / portrait)
+    are encoded once and each written n / distinct times under its own name (decoding cost is
+    the same; generating 10,000 different JPEGs would take most of an hour on 2 shared cores)."""
+    import io
+
     from PIL import Image
 
     folder, shards = root / "folder", root / "shards"
@@ -51,28 +55,29 @@ def make_data(root: Path, n: int, size=(768, 576), per_shard: int = 1000) -> tup
     rs = np.random.RandomState(0)
     w, h = size
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    jpegs = []
+    for i in range(min(distinct, n)):
+        a, b, c = rs.uniform(0.002, 0.02, 3)
+        img = np.stack([127 + 120 * np.sin(a * xx + b * yy + k + c * 100) for k in range(3)], -1).astype(np.uint8)
+        im = Image.fromarray(img)
+        if i % 2:
+            im = im.transpose(Image.Transpose.ROTATE_90)
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=90)
+        jpegs.append(buf.getvalue())
     tar = None
     for i in range(n):
         if i % per_shard == 0:
             if tar is not None:
                 tar.close()
             tar = tarfile.open(shards / f"train-{i // per_shard:04d}.tar", "w")
-        a, b, c = rs.uniform(0.002, 0.02, 3)
-        img = np.stack([127 + 120 * np.sin(a * xx + b * yy + k + c * 100) for k in range(3)], -1).astype(np.uint8)
-        im = Image.fromarray(img)
-        if i % 2:
-            im = im.transpose(Image.Transpose.ROTATE_90)
-        key = f"img{i:05d}"
-        path = folder / f"{key}.jpg"
-        im.save(path, quality=90)
-        cap = f"a synthetic pattern number {i}"
+        key, cap, data = f"img{i:05d}", f"a synthetic pattern number {i}", jpegs[i % len(jpegs)]
+        (folder / f"{key}.jpg").write_bytes(data)
         (folder / f"{key}.txt").write_text(cap)
-        for name, data in ((f"{key}.jpg", path.read_bytes()), (f"{key}.txt", cap.encode())):
+        for name, blob in ((f"{key}.jpg", data), (f"{key}.txt", cap.encode())):
             info = tarfile.TarInfo(name)
-            info.size = len(data)
-            import io
-
-            tar.addfile(info, io.BytesIO(data))
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
     tar.close()
     done.write_text("ok")
     return folder, shards
@@ -140,7 +145,7 @@ def main(argv=None) -> int:
     root = Path(args.data_dir) / ("tiny" if args.tiny else "full")
     t0 = time.perf_counter()
     folder, shards = make_data(root, args.images, (96, 72) if args.tiny else (768, 576),
-                               per_shard=10 if args.tiny else 1000)
+                               per_shard=10 if args.tiny else 1000, distinct=40 if args.tiny else 500)
     build_s = time.perf_counter() - t0
     load_before = os.getloadavg()
     rows = []
@@ -154,7 +159,7 @@ def main(argv=None) -> int:
     from .machine import machine_info
 
     res = {"command": "python -m benchmarks.data_cpu " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "tiny": args.tiny, "machine": machine_info(), "images": args.images, "image_size": "768x576 / 576x768 JPEG q90"
+           "tiny": args.tiny, "machine": machine_info(), "images": args.images, "distinct_images": 500 if not args.tiny else 40, "image_size": "768x576 / 576x768 JPEG q90"
            if not args.tiny else "96x72", "build_seconds": round(build_s, 1),
            "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in os.getloadavg()],
            "rows": rows, "verdicts": verdicts(rows)}

@@ -38,7 +38,6 @@ class Record:
     offset: int = -1
     size: int = -1
     row: int = -1
-    size_hw: tuple[int, int] | None = None  # image height, width when known without decoding (buckets)
 
     def read(self, table=None) -> bytes:
         """Raw image bytes; raises OSError for missing / unreadable files."""

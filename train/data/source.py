@@ -91,7 +91,7 @@ class RecordSource(BatchSource):
         self.workers = cfg.num_workers
         if cfg.buckets:
             self.targets = make_buckets(self.resolution, cfg.bucket_step)
-            sizes = [r.size_hw or _image_size(r, table) for r in self.records]
+            sizes = [_image_size(r, table) for r in self.records]
             self.bucket_of = np.array([nearest_bucket(s, self.targets) if s else 0 for s in sizes])
         else:
             self.targets = [(self.resolution, self.resolution)]
@@ -231,8 +231,8 @@ def _image_size(rec, table) -> tuple[int, int] | None:
     """(height, width) from the image header, or None when unreadable (decoding it fails later)."""
     from PIL import Image
 
-    try:
-        with Image.open(io.BytesIO(rec.read(table))) as img:
+    try:  # a plain file: PIL reads the header only
+        with Image.open(rec.path if rec.offset < 0 and rec.row < 0 else io.BytesIO(rec.read(table))) as img:
             return img.size[1], img.size[0]
     except Exception:
         return None
