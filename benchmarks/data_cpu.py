@@ -17,7 +17,6 @@ the VAE runs on the GPU (or its latents come from the cache).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys

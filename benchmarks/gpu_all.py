@@ -16,7 +16,6 @@ are rewritten from the result files (``--tiny`` writes the docs only when given 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
