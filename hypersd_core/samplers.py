@@ -66,7 +66,7 @@ def check_sampler_inputs(x, sigmas, values: bool = True) -> None:
 
     Shapes always; with ``values``, also NaN/Inf in x and a sigma schedule that is not finite,
     non-negative and non-increasing (a host sync: callers inside a captured graph pass False)."""
-    if not isinstance(x, torch.Tensor) or x.dim() < 3 or x.shape[0] < 1:
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] < 1:
         raise ValueError(f"x must be a batch of latents shaped (batch, channels, ...), got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
     if not isinstance(sigmas, torch.Tensor) or sigmas.dim() != 1 or sigmas.shape[0] < 2:

@@ -225,7 +225,9 @@ def config_problems(cfg: TrainConfig) -> list[str]:
         if not (isinstance(s.segments, int) and s.segments >= 1) or cfg.solver_steps % s.segments:
             out.append(f"{w}: solver_steps={cfg.solver_steps} is not divisible by segments={s.segments}; "
                        "use a grid divisible by every segment count (40 or 80 for 8/4/2/1)")
-        need(isinstance(s.steps, int) and s.steps >= 1, f"{w}: steps must be >= 1 (0 steps trains nothing), got {s.steps!r}")
+        least = 0 if lo.init_from else 1  # 0 steps only re-exports a LoRA given by lora.init_from
+        need(isinstance(s.steps, int) and s.steps >= least,
+             f"{w}: steps must be >= {least} (0 steps trains nothing; it only re-exports lora.init_from), got {s.steps!r}")
         if s.lr is not None:
             pos(s.lr, f"{w}: lr")
         need(s.loss in ("huber", "mse"), f"{w}: loss must be 'huber' or 'mse', got {s.loss!r}")

@@ -13,7 +13,8 @@ def model(x, sigma, **kw):
 SIG = get_sigmas_tscd(4)
 X = torch.randn(1, 4, 8, 8)
 CASES = [
-    ("no batch dim", torch.randn(4, 8), SIG, "x must be a batch of latents"),
+    ("no batch dim", torch.randn(8), SIG, "x must be a batch of latents"),
+    ("empty batch", torch.randn(0, 4, 8, 8), SIG, "x must be a batch of latents"),
     ("empty sigmas", X, torch.tensor([]), "sigmas must be a 1-D schedule of at least 2 values"),
     ("one sigma", X, SIG[:1], "at least 2 values"),
     ("2-D sigmas", X, SIG[None], "1-D schedule"),

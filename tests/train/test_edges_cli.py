@@ -37,7 +37,7 @@ CONFIG_CASES = [
     (["--set", "optim.lr=0"], None, ["optim.lr must be > 0"]),
     (["--set", "optim.lr=-0.001"], None, ["optim.lr must be > 0"]),
     (["--set", "optim.lr=.nan"], None, ["optim.lr must be > 0"]),
-    (["--set", "stage_all.steps=0"], None, ["steps must be >= 1 (0 steps trains nothing)"]),
+    (["--set", "stage_all.steps=0"], None, ["steps must be >= 1 (0 steps trains nothing"]),
     (["--set", "lora.rank=0"], None, ["lora.rank must be an integer >= 1"]),
     (["--set", "lora.rank=-4"], None, ["lora.rank"]),
     (["--set", "optim.lr=[1, 2]"], None, ["optim.lr: expected a number"]),
