@@ -23,7 +23,7 @@ class ConfigError(UserError, ValueError):
 BUILTIN_STAGES = {"tscd": "train.stages.tscd", "feedback": "train.stages.feedback", "dmd": "train.stages.dmd",
                   "unified": "train.stages.dmd"}
 MODEL_KINDS = ("embedded", "tiny", "sd15", "sdxl", "folder")
-DATA_KINDS = ("digits", "folder", "webdataset")
+DATA_KINDS = ("digits", "folder", "webdataset", "hf")
 DTYPE_NAMES = ("fp32", "fp16", "bf16")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -210,11 +210,19 @@ def config_problems(cfg: TrainConfig) -> list[str]:
          f"data.resolution must be >= 8 pixels, got {d.resolution!r}")
     need(isinstance(d.batch_size, int) and d.batch_size >= 1, f"data.batch_size must be >= 1, got {d.batch_size!r}")
     in_unit(d.max_bad_fraction, "data.max_bad_fraction")
+    need(isinstance(d.num_workers, int) and d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers!r}")
+    need(isinstance(d.prefetch_factor, int) and d.prefetch_factor >= 1,
+         f"data.prefetch_factor must be >= 1, got {d.prefetch_factor!r}")
+    need(isinstance(d.bucket_step, int) and d.bucket_step >= 8, f"data.bucket_step must be >= 8, got {d.bucket_step!r}")
+    need(not (d.streaming and d.buckets), "data.streaming and data.buckets cannot be combined: buckets need the "
+         "listed webdataset (data.streaming=false)")
+    need(not (d.streaming and d.kind != "webdataset"), "data.streaming applies to data.kind=webdataset only")
     need(isinstance(lo.rank, int) and lo.rank >= 1, f"lora.rank must be an integer >= 1, got {lo.rank!r}")
     if lo.alpha is not None:
         pos(lo.alpha, "lora.alpha")
     need(bool(lo.target_modules), "lora.target_modules is empty: name at least one module (e.g. to_q)")
     need(o.name in ("adamw", "adamw8bit"), f"optim.name must be 'adamw' or 'adamw8bit', got {o.name!r}")
+    need(not (o.zero and o.name != "adamw"), "optim.zero (ZeroRedundancyOptimizer) supports optim.name=adamw only")
     pos(o.lr, "optim.lr")
     pos(o.disc_lr, "optim.disc_lr")
     pos(o.eps, "optim.eps")
@@ -296,6 +304,9 @@ def input_problems(cfg: TrainConfig) -> list[str]:
         need(not d.path or Path(d.path).is_dir(), f"data.path is not a folder: {d.path}")
     if d.kind == "webdataset":
         need(bool(d.path), "data.kind=webdataset needs data.path: a shard pattern like data-{000..009}.tar")
+    if d.kind == "hf":
+        need(bool(d.path) and Path(d.path or "").exists(),
+             f"data.kind=hf needs data.path: a local save_to_disk folder, .parquet file(s) or image folder (got {d.path!r})")
     need(d.captions is None or Path(d.captions).is_file(), f"data.captions not found: {d.captions}")
     need(lo.init_from is None or Path(lo.init_from).is_file(), f"lora.init_from not found: {lo.init_from}")
     return out
