@@ -212,7 +212,7 @@ def _fake_params_movable():
 @contextlib.contextmanager
 def _real_sigma_schedules():
     """The samplers' sigma schedules (a few floats, validated with ``.item()``) are computed on
-    real tensors: a fake tensor has no values to check."""
+    real tensors, and the samplers check only shapes: a fake tensor has no values to check."""
     import train.sampling as sampling
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
@@ -221,7 +221,12 @@ def _real_sigma_schedules():
             with unset_fake_temporarily():
                 return func(*args, **kwargs)
         return run
-    with _wrapped(sampling, ("get_sigmas_tscd",), real):
+    import hypersd_core.samplers as samplers
+
+    def shape_checks_only(func):  # the value checks read fake values (``.item()`` answers 1 here)
+        return lambda x, sigmas, values=True: func(x, sigmas, values=False)
+    with _wrapped(sampling, ("get_sigmas_tscd",), real), \
+            _wrapped(samplers, ("check_sampler_inputs",), shape_checks_only):
         yield
 
 
