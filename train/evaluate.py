@@ -153,7 +153,8 @@ def verdict_line(out: dict) -> str:
         return "no teacher row at equal model calls"
     parts = []
     for calls in sorted(by_calls):
-        best = max(by_calls[calls], key=lambda c: sum(c["wins"].values()))
+        # the best LoRA at these calls; on a tie the stage's own k-step LoRA (the one shipped for k steps)
+        best = max(by_calls[calls], key=lambda c: (sum(c["wins"].values()), c["lora"].startswith("stage")))
         n = sum(best["wins"].values())
         who = "LoRA wins" if n == 3 else ("teacher wins" if n == 0 else f"mixed ({n}/3 to the LoRA)")
         parts.append(f"{calls} call{'s' if calls > 1 else ''}: {who} ({best['lora']} vs {best['teacher']})")
