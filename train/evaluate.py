@@ -21,7 +21,11 @@ def teacher_row(steps: int, cfg: float) -> str:
     return f"teacher DDIM {steps} cfg {cfg:g}"
 
 
-def evaluate_digits(trainer, stage, log=print) -> dict:
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
+def evaluate_digits(trainer, stage, log=_log) -> dict:
     """The teacher at several step counts and guidances and the student at eval.steps (final LoRA)
     and at each stage's own step count (stage LoRAs), scored from the same noise and prompts."""
     from .digits import load_digit_splits
