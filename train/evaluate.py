@@ -1,17 +1,33 @@
-"""Metrics of a trained student on the embedded digits (see metrics.py), as a dict and a table."""
+"""Metrics of a trained student on the embedded digits (see metrics.py), as a dict and a table.
+
+Every LoRA row is compared with the untrained teacher at the SAME number of model calls (UNet
+evaluations; DDIM with cfg > 1 costs two per step): 1 call = teacher 1 step cfg 1, 2k calls =
+teacher k steps at the guided cfg. The judge is the independent reader (metrics.DigitReader), not
+the embedded classifier, which is the feedback reward."""
 
 from __future__ import annotations
 
 import time
 
-
 from .grids import generate
 from .lora import load_lora_tensors, lora_tensors
-from .metrics import classifier_features, digit_eval_set, score_images
+from .metrics import classifier_features, digit_eval_set, digit_reader, score_images
+
+# Teacher DDIM steps at the guided cfg scored for "teacher steps to match" (plus the reference).
+TEACHER_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 25)
 
 
-def evaluate_digits(trainer, stage) -> dict:
-    """Teacher DDIM (eval.teacher_steps) and the student at eval.steps, scored against held-out digits."""
+def teacher_row(steps: int, cfg: float) -> str:
+    return f"teacher DDIM {steps} cfg {cfg:g}"
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
+def evaluate_digits(trainer, stage, log=_log) -> dict:
+    """The teacher at several step counts and guidances and the student at eval.steps (final LoRA)
+    and at each stage's own step count (stage LoRAs), scored from the same noise and prompts."""
     from .digits import load_digit_splits
 
     e, m = trainer.cfg.eval, trainer.model
@@ -23,52 +39,154 @@ def evaluate_digits(trainer, stage) -> dict:
     labels, prompts, noise = digit_eval_set(e.per_digit, res, e.seed, m.unet.config.in_channels)
     noise = noise.to(trainer.acc.device)
     _, test = load_digit_splits(res)
-    real = classifier_features(clf, test.images.to(trainer.acc.device))
+    reader = digit_reader(res)
+    real = {"reader": reader.features(test.images), "reward": classifier_features(clf, test.images.to(trainer.acc.device))}
     kw = dict(schedule=m.schedule, prediction_type=m.prediction_type, decode=trainer.decode)
-    out = {"n_samples": len(labels), "real_samples": len(test.labels), "eta": e.eta,
-           "reference": f"teacher DDIM {e.reference_steps} steps, cfg {e.teacher_cfg:g}", "rows": {}}
-    with trainer.teacher(local=True) as teacher:
-        t0 = time.time()
-        ref = generate(teacher, trainer.conditioner, prompts, noise, steps=e.reference_steps, cfg=e.teacher_cfg, eta=0.0, **kw)
-        out["rows"][f"teacher DDIM {e.reference_steps}"] = dict(score_images(clf, ref, labels, real, ref), steps=e.reference_steps,
-                                                                  nfe=2 * e.reference_steps, seconds=round(time.time() - t0, 2))
-        t0 = time.time()
-        imgs = generate(teacher, trainer.conditioner, prompts, noise, steps=e.teacher_steps, cfg=e.teacher_cfg, eta=0.0, **kw)
-        out["rows"][f"teacher DDIM {e.teacher_steps}"] = dict(score_images(clf, imgs, labels, real, ref), steps=e.teacher_steps,
-                                                                nfe=2 * e.teacher_steps, seconds=round(time.time() - t0, 2))
-    def student_row(k: int, onestep: int | None = None) -> dict:
-        t0 = time.time()
-        imgs = generate(trainer.base_unet, trainer.conditioner, prompts, noise, steps=k, cfg=1.0, eta=e.eta,
-                        onestep_timestep=onestep, **kw)
-        return dict(score_images(clf, imgs, labels, real, ref), steps=k, nfe=k, seconds=round(time.time() - t0, 2))
-
+    w = e.teacher_cfg
+    ladder = sorted({k for k in TEACHER_LADDER if k < e.reference_steps} | {e.teacher_steps})
+    cfg1 = sorted(set(e.steps) | {e.teacher_steps})
+    stage_loras = [(i, s) for i, s in enumerate(trainer.cfg.stages)
+                   if s.name == "tscd" and i < len(trainer.cfg.stages) - 1
+                   and (trainer.out / "lora" / f"stage{i + 1}_{s.name}_k{s.segments}.safetensors").is_file()]
     onestep = stage.metadata().get("onestep_timestep")  # a DMD stage's one-step sampler
+    total = 1 + len(ladder) + len(cfg1) + len(e.steps) + (onestep is not None and 1 in e.steps) + len(stage_loras)
+    out = {"n_samples": len(labels), "real_samples": len(test.labels), "eta": e.eta, "teacher_cfg": w,
+           "reference": f"teacher DDIM {e.reference_steps} steps, cfg {w:g}",
+           "reader": "sklearn MLP (64 hidden) on 8x8-pooled pixels, fitted on the load_digits training split",
+           "rows": {}}
+    t_start, done, ref = time.time(), 0, None
+
+    def add(name: str, imgs, steps: int, nfe: int, t0: float, **extra) -> None:
+        nonlocal done
+        r = score_images(clf, imgs, labels, real, ref if ref is not None else imgs, reader=reader)
+        out["rows"][name] = dict(r, steps=steps, nfe=nfe, seconds=round(time.time() - t0, 2), **extra)
+        done += 1
+        log(f"eval [{done}/{total}] {name:<24} calls {nfe:>3}  adherence {r['adherence']:.3f}  "
+            f"Frechet->teacher {r['frechet_teacher']:.2f}  traj.err {r['trajectory_error']:.4f}  "
+            f"({time.time() - t_start:.0f}s)")
+
+    with trainer.teacher(local=True) as teacher:
+        def run_teacher(k: int, cfg: float):
+            return generate(teacher, trainer.conditioner, prompts, noise, steps=k, cfg=cfg, eta=0.0, **kw)
+
+        t0 = time.time()
+        ref = run_teacher(e.reference_steps, w)
+        add(teacher_row(e.reference_steps, w), ref, e.reference_steps, 2 * e.reference_steps if w != 1 else e.reference_steps,
+            t0, kind="teacher", cfg=w)
+        for k in ladder:
+            t0 = time.time()
+            add(teacher_row(k, w), run_teacher(k, w), k, 2 * k if w != 1 else k, t0, kind="teacher", cfg=w)
+        for k in cfg1:
+            t0 = time.time()
+            add(teacher_row(k, 1.0), run_teacher(k, 1.0), k, k, t0, kind="teacher", cfg=1.0)
+
+    def student(k: int, os: int | None = None):
+        return generate(trainer.base_unet, trainer.conditioner, prompts, noise, steps=k, cfg=1.0, eta=e.eta,
+                        onestep_timestep=os, **kw)
+
     with stage.sampling_context():
         for k in e.steps:
-            out["rows"][f"student {k}"] = student_row(k)
+            t0 = time.time()
+            add(f"student {k}", student(k), k, k, t0, kind="student")
             if k == 1 and onestep is not None:
-                out["rows"][f"student 1 t={onestep}"] = student_row(1, onestep)
+                t0 = time.time()
+                add(f"student 1 t={onestep}", student(1, onestep), 1, 1, t0, kind="student")
     # Each stage's own LoRA at its own step count (k segments -> k steps), as Hyper-SD ships N-step LoRAs.
     final = lora_tensors(trainer.base_unet)
     try:
-        for i, s in enumerate(trainer.cfg.stages):
-            path = trainer.out / "lora" / f"stage{i + 1}_{s.name}_k{s.segments}.safetensors"
-            if s.name != "tscd" or not path.is_file() or i == len(trainer.cfg.stages) - 1:
-                continue
-            trainer._init_lora(str(path))
-            imgs = generate(trainer.base_unet, trainer.conditioner, prompts, noise, steps=s.segments, cfg=1.0,
-                            eta=e.eta, **kw)
-            out["rows"][f"stage k={s.segments} LoRA {s.segments}"] = dict(
-                score_images(clf, imgs, labels, real, ref), steps=s.segments, nfe=s.segments)
+        for i, s in stage_loras:
+            trainer._init_lora(str(trainer.out / "lora" / f"stage{i + 1}_{s.name}_k{s.segments}.safetensors"))
+            t0 = time.time()
+            add(f"stage k={s.segments} LoRA {s.segments}", student(s.segments), s.segments, s.segments, t0, kind="stage")
     finally:
         load_lora_tensors(trainer.base_unet, final)
+    out["rows"][teacher_row(e.reference_steps, w)].update(trajectory_error=0.0, frechet_teacher=0.0)  # itself
+    add_comparisons(out, e.steps)
     return out
 
 
+# -- equal-call comparison ----------------------------------------------------------------------------
+# (metric, larger is better)
+JUDGED = (("trajectory_error", False), ("frechet_teacher", False), ("adherence", True))
+
+
+def baseline_at(rows: dict, calls: int, cfg: float) -> str | None:
+    """The teacher row the issue's rule picks at ``calls`` model calls: 1 step cfg 1 at one call,
+    calls/2 steps at the guided cfg otherwise."""
+    want = teacher_row(1, 1.0) if calls == 1 else (teacher_row(calls // 2, cfg) if calls % 2 == 0 else None)
+    return want if want in rows else None
+
+
+def steps_to_match(rows: dict, row: dict, cfg: float, metric: str = "trajectory_error") -> int | None:
+    """Fewest teacher DDIM steps at ``cfg`` whose ``metric`` is at least as good as ``row``'s (None: none scored)."""
+    ks = sorted(r["steps"] for n, r in rows.items() if r.get("kind") == "teacher" and r.get("cfg") == cfg)
+    for k in ks:
+        if rows[teacher_row(k, cfg)][metric] <= row[metric]:
+            return k
+    return None
+
+
+def add_comparisons(out: dict, steps) -> None:
+    rows, w = out["rows"], out["teacher_cfg"]
+    for r in rows.values():
+        if r.get("kind") in ("student", "stage"):
+            k = steps_to_match(rows, r, w)
+            r["teacher_steps_to_match"] = k
+            r["teacher_calls_to_match"] = None if k is None else (2 * k if w != 1 else k)
+    comp = {}
+    for c in steps:
+        base = baseline_at(rows, c, w)
+        if base is None:
+            continue
+        cands = [n for n, r in rows.items() if r.get("kind") in ("student", "stage") and r["nfe"] == c]
+        for n in cands:
+            # ties on adherence (both read every digit right) count for the LoRA: it is not worse
+            wins = {metric: (rows[n][metric] >= rows[base][metric]) if up else (rows[n][metric] < rows[base][metric])
+                    for metric, up in JUDGED}
+            comp[f"{n} vs {base}"] = {"calls": c, "lora": n, "teacher": base, "wins": wins, "lora_wins_all": all(wins.values())}
+    out["equal_calls"] = comp
+    out["verdict"] = verdict_line(out)
+
+
+def verdict_line(out: dict) -> str:
+    """One line: at which call counts some LoRA beats the teacher on all three measures."""
+    by_calls: dict[int, list] = {}
+    for c in out.get("equal_calls", {}).values():
+        by_calls.setdefault(c["calls"], []).append(c)
+    if not by_calls:
+        return "no teacher row at equal model calls"
+    parts = []
+    for calls in sorted(by_calls):
+        # the best LoRA at these calls; on a tie the stage's own k-step LoRA (the one shipped for k steps)
+        best = max(by_calls[calls], key=lambda c: (sum(c["wins"].values()), c["lora"].startswith("stage")))
+        n = sum(best["wins"].values())
+        who = "LoRA wins" if n == 3 else ("teacher wins" if n == 0 else f"mixed ({n}/3 to the LoRA)")
+        parts.append(f"{calls} call{'s' if calls > 1 else ''}: {who} ({best['lora']} vs {best['teacher']})")
+    return "Verdict at equal model calls (traj. error, Frechet->teacher, adherence): " + "; ".join(parts)
+
+
 def format_table(metrics: dict) -> str:
-    lines = [f"{'sampler':<22} {'NFE':>4} {'Frechet':>9} {'adherence':>9} {'traj.err':>9}"]
+    head = (f"{'sampler':<24} {'calls':>5} {'adher.':>6} {'Fr->teach':>9} {'Fr->real':>8} {'traj.err':>8} "
+            f"{'reward':>6} {'match':>5}")
+    lines = [head]
     for name, r in metrics["rows"].items():
-        lines.append(f"{name:<22} {r['nfe']:>4} {r['frechet']:>9.3f} {r['adherence']:>9.3f} {r.get('trajectory_error', 0):>9.4f}")
-    lines.append(f"(n={metrics['n_samples']} samples vs {metrics['real_samples']} held-out digits; "
-                 f"trajectory error vs {metrics['reference']})")
+        if "frechet_teacher" not in r:  # a metrics.json from before the reader
+            lines.append(f"{name:<24} {r['nfe']:>5} {r['adherence']:>6.3f} {'-':>9} {r['frechet']:>8.3f} "
+                         f"{r.get('trajectory_error', 0):>8.4f}")
+            continue
+        match = r.get("teacher_steps_to_match", "")
+        match = "" if "teacher_steps_to_match" not in r else (">max" if match is None else str(match))
+        lines.append(f"{name:<24} {r['nfe']:>5} {r['adherence']:>6.3f} {r['frechet_teacher']:>9.2f} {r['frechet']:>8.2f} "
+                     f"{r['trajectory_error']:>8.4f} {r['adherence_reward']:>6.3f} {match:>5}")
+    lines.append(f"(n={metrics['n_samples']} samples, same noise and prompts; adher. = the independent reader's accuracy "
+                 f"on the captioned digit; Fr->teach / Fr->real = Frechet distance in its features to the reference / "
+                 f"to {metrics['real_samples']} held-out digits; traj.err vs {metrics['reference']}; reward = the embedded "
+                 f"classifier (the feedback reward); match = teacher DDIM steps at cfg {metrics.get('teacher_cfg', 3):g} "
+                 f"reaching the row's traj.err)")
+    for c in metrics.get("equal_calls", {}).values():
+        mark = {m: ("LoRA" if v else "teacher") for m, v in c["wins"].items()}
+        lines.append(f"  {c['calls']} calls: {c['lora']} vs {c['teacher']}: traj.err {mark['trajectory_error']}, "
+                     f"Frechet->teacher {mark['frechet_teacher']}, adherence {mark['adherence']}")
+    if metrics.get("verdict"):
+        lines.append(metrics["verdict"])
     return "\n".join(lines)

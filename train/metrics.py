@@ -1,7 +1,8 @@
-"""Metrics of the embedded default (the benchmark reuses them): Fréchet distance in the digit
-classifier's feature space against held-out real digits, prompt adherence (classifier accuracy
-on the captioned digit) and trajectory error (RMS distance to the teacher's 50-step DDIM result
-from the same noise)."""
+"""Metrics of the embedded default (the benchmark reuses them), judged by an independent digit
+reader (DigitReader: fitted on the training digits, never a training loss or reward): prompt
+adherence (its accuracy on the captioned digit), Fréchet distance in its features to held-out real
+digits and to the teacher's many-step samples (distillation fidelity), and trajectory error (RMS
+distance to the teacher's many-step DDIM result from the same noise)."""
 
 from __future__ import annotations
 
@@ -57,9 +58,69 @@ def digit_eval_set(per_digit: int, resolution: int, seed: int, channels: int = 1
     return labels, prompts, noise
 
 
-def score_images(classifier, images, labels, real_feats, reference=None) -> dict:
-    out = {"frechet": frechet_distance(classifier_features(classifier, images), real_feats),
-           "adherence": prompt_adherence(classifier, images, labels)}
+def score_images(classifier, images, labels, real_feats, reference=None, reader=None) -> dict:
+    """Without ``reader``: the classifier's Fréchet distance to ``real_feats`` (its features) and adherence.
+    With ``reader`` (DigitReader): ``real_feats`` = {"reader": ..., "reward": ...} features of real digits;
+    adherence and both Fréchet distances (to real digits and to ``reference``, the teacher's many-step
+    samples) are the reader's, ``adherence_reward``/``frechet_reward`` the classifier's."""
+    if reader is None:
+        out = {"frechet": frechet_distance(classifier_features(classifier, images), real_feats),
+               "adherence": prompt_adherence(classifier, images, labels)}
+    else:
+        f = reader.features(images)
+        out = {"adherence": reader.adherence(images, labels), "frechet": frechet_distance(f, real_feats["reader"]),
+               "adherence_reward": prompt_adherence(classifier, images, labels),
+               "frechet_reward": frechet_distance(classifier_features(classifier, images), real_feats["reward"])}
+        if reference is not None:
+            out["frechet_teacher"] = frechet_distance(f, reader.features(reference))
     if reference is not None:
         out["trajectory_error"] = trajectory_error(images, reference)
     return out
+
+
+# -- the independent reader ------------------------------------------------------------------------
+class DigitReader:
+    """A digit reader the trainer never sees: scikit-learn's MLP (one hidden layer of 64 ReLUs) on
+    the images average-pooled to the data set's native 8x8, fitted deterministically on the training
+    split of load_digits at evaluation time (a second or two). Its predictions give prompt adherence,
+    its hidden layer the features of the Fréchet distances. The embedded classifier, by contrast, is
+    the feedback reward, so it cannot judge a trainer that may have optimised it."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, hidden: int = 64, seed: int = 0):
+        from sklearn.neural_network import MLPClassifier
+
+        self.mlp = MLPClassifier(hidden_layer_sizes=(hidden,), solver="lbfgs", alpha=1e-2, max_iter=300, random_state=seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ConvergenceWarning at max_iter: the fit is still deterministic
+            self.mlp.fit(self._pixels(images), labels.cpu().numpy())
+
+    @staticmethod
+    def _pixels(images: torch.Tensor) -> np.ndarray:
+        x = images.detach().float().cpu().clamp(-1, 1)
+        if x.shape[1] > 1:
+            x = x.mean(1, keepdim=True)
+        x = torch.nn.functional.adaptive_avg_pool2d(x, 8)
+        return ((x + 1) / 2).flatten(1).double().numpy()
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        h = self._pixels(images) @ self.mlp.coefs_[0] + self.mlp.intercepts_[0]
+        return torch.from_numpy(np.maximum(h, 0.0))
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.mlp.predict(self._pixels(images)))
+
+    def adherence(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        return float((self.predict(images) == labels.cpu()).float().mean())
+
+
+_READERS: dict[int, DigitReader] = {}
+
+
+def digit_reader(resolution: int) -> DigitReader:
+    """The reader for images at ``resolution``, fitted once per process on the training split."""
+    if resolution not in _READERS:
+        from .digits import load_digit_splits
+
+        train, _ = load_digit_splits(resolution)
+        _READERS[resolution] = DigitReader(train.images, train.labels)
+    return _READERS[resolution]

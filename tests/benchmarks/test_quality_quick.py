@@ -4,7 +4,7 @@ and plot are written with finite metrics for every method and step count."""
 import json
 import math
 
-from benchmarks.quality_embedded import BASELINE, TSCD, main
+from benchmarks.quality_embedded import BASELINE, TEACHER, TEACHER_CFG1, TSCD, TSCD_PER_STEP, main
 
 
 def finite(x) -> bool:
@@ -18,13 +18,15 @@ def test_quality_quick_end_to_end(tmp_path):
     res = json.loads(out.read_text())
     for key in ("cpu_model", "cpu_cores", "torch", "date_utc", "git_commit"):
         assert res["machine"][key] not in (None, "")
-    assert set(res["rows"]) == {"teacher DDIM", TSCD, BASELINE}
+    assert set(res["rows"]) == {TEACHER, TEACHER_CFG1, TSCD, BASELINE, TSCD_PER_STEP}
+    assert set(res["rows"][TEACHER]) == {"1", "2", "4"} and set(res["rows"][TEACHER_CFG1]) == {"1", "2"}
+    assert set(res["rows"][TSCD_PER_STEP]) == {"8", "4", "2", "1"}  # each stage's LoRA at its own steps
     for method in (TSCD, BASELINE):
         rows = res["rows"][method]
         assert set(rows) == {"1", "2"}
         for k, r in rows.items():
             assert r["nfe"] == int(k)
-            for metric in ("frechet", "adherence", "trajectory_error"):
+            for metric in ("frechet", "frechet_teacher", "adherence", "adherence_reward", "trajectory_error"):
                 assert finite(r[metric]["mean"]) and finite(r[metric]["std"])
                 assert len(r[metric]["values"]) == 1
             assert 0.0 <= r["adherence"]["mean"] <= 1.0
@@ -37,6 +39,10 @@ def test_quality_quick_end_to_end(tmp_path):
     assert [s["segments"] for s in res["stages"][TSCD]] == [8, 4, 2, 1]
     assert [s["segments"] for s in res["stages"][BASELINE]] == [1]
     assert set(res["verdict"][TSCD]) == {"1", "2"}
+    # every student row is compared with the teacher at equal model calls (1 call: cfg 1; 2 calls: 1 step cfg 3)
+    eq = res["equal_calls"][TSCD]
+    assert eq["1"]["teacher"] == "teacher DDIM 1 cfg 1" and eq["2"]["teacher"] == "teacher DDIM 1 cfg 3"
+    assert set(eq["2"]["lora_wins"]) == {"trajectory_error", "frechet_teacher", "adherence"}
     md = out.with_suffix(".md").read_text()
-    assert TSCD in md and BASELINE in md and "QUICK MODE" in md
+    assert TSCD in md and BASELINE in md and "QUICK MODE" in md and "teacher at equal calls" in md
     assert out.with_suffix(".png").stat().st_size > 1000

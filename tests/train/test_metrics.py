@@ -29,3 +29,18 @@ def test_adherence_and_trajectory_error():
     ref = torch.zeros(2, 1, 2, 2)
     assert trajectory_error(ref, ref) == 0.0
     assert abs(trajectory_error(torch.full((2, 1, 2, 2), 0.5), ref) - 0.5) < 1e-7
+
+
+def test_reader_reads_held_out_digits_and_is_deterministic():
+    from train.digits import load_digit_splits
+    from train.metrics import DigitReader, digit_reader
+
+    train, test = load_digit_splits(16)
+    reader = digit_reader(16)
+    assert reader.adherence(test.images, test.labels) > 0.95  # real held-out digits: near 1
+    again = DigitReader(train.images, train.labels)
+    assert torch.equal(again.features(test.images[:20]), reader.features(test.images[:20]))
+    # blank or noise images are not read as the captioned digit
+    noise = torch.rand((200, 1, 16, 16), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert reader.adherence(noise, torch.arange(10).repeat_interleave(20)) < 0.3
+    assert reader.features(test.images).shape == (len(test.labels), 64)

@@ -29,11 +29,21 @@ def test_outputs_written(tiny_run):
     grid = Image.open(out / "samples.png")
     assert grid.size[1] > 3 * 8  # teacher row + student rows
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["rows"]) == {"teacher DDIM 4", "teacher DDIM 2", "student 1", "student 2", "stage k=2 LoRA 2"}
+    assert set(metrics["rows"]) == {"teacher DDIM 4 cfg 3", "teacher DDIM 1 cfg 3", "teacher DDIM 2 cfg 3",
+                                    "teacher DDIM 3 cfg 3", "teacher DDIM 1 cfg 1", "teacher DDIM 2 cfg 1",
+                                    "student 1", "student 2", "stage k=2 LoRA 2"}
     for row in metrics["rows"].values():
-        assert {"frechet", "adherence", "trajectory_error", "nfe"} <= set(row)
+        assert {"frechet", "frechet_teacher", "adherence", "adherence_reward", "trajectory_error", "nfe"} <= set(row)
         assert 0.0 <= row["adherence"] <= 1.0 and row["frechet"] >= 0
-    assert metrics["rows"]["teacher DDIM 4"]["trajectory_error"] == 0.0  # it is the reference
+    ref = metrics["rows"]["teacher DDIM 4 cfg 3"]
+    assert ref["trajectory_error"] == 0.0 and abs(ref["frechet_teacher"]) < 1e-6  # it is the reference
+    assert metrics["rows"]["teacher DDIM 2 cfg 3"]["nfe"] == 4 and metrics["rows"]["teacher DDIM 2 cfg 1"]["nfe"] == 2
+    # equal model calls: 1 call = teacher 1 step cfg 1, 2 calls = teacher 1 step at cfg 3
+    pairs = {(c["lora"], c["teacher"]) for c in metrics["equal_calls"].values()}
+    assert pairs == {("student 1", "teacher DDIM 1 cfg 1"), ("student 2", "teacher DDIM 1 cfg 3"),
+                     ("stage k=2 LoRA 2", "teacher DDIM 1 cfg 3")}
+    assert metrics["verdict"].startswith("Verdict at equal model calls")
+    assert all("teacher_steps_to_match" in metrics["rows"][n] for n in ("student 1", "student 2", "stage k=2 LoRA 2"))
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
 
