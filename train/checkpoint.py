@@ -77,13 +77,72 @@ def checkpoint_root(output: str | os.PathLike) -> Path:
     return Path(output) / "checkpoints"
 
 
-def latest_checkpoint(output: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint folder (named step-<global step>), or None."""
+def _steps(root: Path) -> list[Path]:
+    done = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / "state.json").is_file()]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]), reverse=True)
+
+
+def verify_checkpoint(folder: Path) -> str | None:
+    """None when every file of ``folder`` is whole; else one line naming the first damaged file.
+
+    Reads headers and zip directories (CRC-checked), never unpickles: safetensors parts by their
+    header, accelerate's torch.save files with ``zipfile``, JSON by parsing."""
+    import zipfile
+
+    from hypersd_core.safetensors_check import SafetensorsFileError, inspect_safetensors
+
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            if f.suffix == ".safetensors":
+                inspect_safetensors(f)
+            elif f.suffix == ".json":
+                json.loads(f.read_text(encoding="utf-8"))
+            elif zipfile.is_zipfile(f):
+                with zipfile.ZipFile(f) as z:
+                    bad = z.testzip()
+                if bad is not None:
+                    return f"{f}: member {bad} is corrupt"
+            elif f.stat().st_size == 0:
+                return f"{f}: empty"
+            elif f.suffix in (".bin", ".pt", ".pkl"):
+                return f"{f}: not a complete torch.save archive (cut short?)"
+        except SafetensorsFileError as e:
+            return str(e)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, zipfile.BadZipFile) as e:
+            return f"{f}: {e.__class__.__name__}: {e}"
+    return None
+
+
+def latest_checkpoint(output: str | os.PathLike, verify: bool = False, report=None) -> Path | None:
+    """The newest complete checkpoint folder (named step-<global step>), or None.
+
+    ``verify``: skip damaged ones (a truncated file, a half-written archive), calling
+    ``report(line)`` for each, so a resume falls back to the newest intact checkpoint."""
     root = checkpoint_root(output)
     if not root.is_dir():
         return None
-    done = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / "state.json").is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
+    for p in _steps(root):
+        problem = verify_checkpoint(p) if verify else None
+        if problem is None:
+            return p
+        if report is not None:
+            report(f"checkpoint {p.name} is damaged ({problem}); trying the one before it")
+    return None
+
+
+def remove_partial_files(output: str | os.PathLike) -> list[Path]:
+    """Delete what a killed run left half-written: ``.tmp-*`` files and folders of atomic writes and
+    unfinished checkpoints (never a committed file). Returns what was removed."""
+    out = Path(output)
+    gone = []
+    for folder in (out, out / "lora", checkpoint_root(out)):
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if p.name.startswith(".tmp-"):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+                gone.append(p)
+    return gone
 
 
 def begin(output, global_step: int) -> Path:

@@ -10,3 +10,7 @@ class UserError(Exception):
 
 class TrainingDiverged(UserError):
     """The loss became NaN or Inf; nothing past the last good checkpoint was saved."""
+
+
+class ResumeError(UserError):
+    """A run cannot be resumed as asked (no intact checkpoint, another process count...)."""

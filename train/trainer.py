@@ -15,7 +15,7 @@ from . import checkpoint as ckpt
 from .conditioning import TextConditioner
 from .config import TrainConfig
 from .data import build_source
-from .errors import TrainingDiverged
+from .errors import ResumeError, TrainingDiverged
 from .export import export_lora, lora_metadata
 from .grids import sample_grid_rows, save_grid, tensorboard_grid
 from .lora import add_lora, adapters_disabled, load_lora_tensors, lora_tensors
@@ -164,8 +164,16 @@ class Trainer:
         acc.wait_for_everyone()
 
     def _load_resume(self) -> tuple[dict, Path | None]:
-        folder = ckpt.latest_checkpoint(self.out)
+        main = self.acc.is_main_process
+        if main:
+            for p in ckpt.remove_partial_files(self.out):
+                print(f"removed {p.name}, left half-written by the interrupted run", flush=True)
+        self.acc.wait_for_everyone()
+        folder = ckpt.latest_checkpoint(self.out, verify=True, report=(lambda line: print(line, flush=True)) if main else None)
         if folder is None:
+            if ckpt.latest_checkpoint(self.out) is not None:
+                raise ResumeError(f"no intact checkpoint in {ckpt.checkpoint_root(self.out)} (all are damaged, see above); "
+                                  "train again with --overwrite (the damaged run is moved aside)")
             if self.resume:
                 print(f"--resume: no checkpoint in {self.out}; starting from the beginning")
             return {"stage": 0, "step": 0, "global_step": 0}, None
@@ -173,16 +181,16 @@ class Trainer:
         if self.acc.is_main_process:
             print(f"resuming from {folder.name}: stage {state['stage'] + 1}, step {state['step']}", flush=True)
         if state.get("num_processes", 1) != self.acc.num_processes:
-            raise RuntimeError(f"checkpoint {folder} was written by {state['num_processes']} processes; resume it with "
-                               f"the same number (got {self.acc.num_processes})")
+            raise ResumeError(f"checkpoint {folder} was written by {state['num_processes']} processes; resume it with "
+                              f"the same number (got {self.acc.num_processes})")
         load_lora_tensors(self.base_unet, ckpt.read_part(folder, "lora")[0])
         return state, folder
 
     def _restore_process_state(self, folder: Path) -> None:
         acc_dir = folder / ckpt.ACCELERATE_DIR
         if not acc_dir.is_dir():
-            raise FileNotFoundError(f"checkpoint {folder} has no {ckpt.ACCELERATE_DIR}/ folder (written by an older "
-                                    "version of the trainer); start a new run")
+            raise ResumeError(f"checkpoint {folder} has no {ckpt.ACCELERATE_DIR}/ folder (written by an older "
+                              "version of the trainer); train again with --overwrite")
         self.acc.load_state(str(acc_dir))  # optimizer (shards) and this process's RNG states
         tensors, meta = ckpt.read_part(folder, f"rank{self.acc.process_index}")
         ckpt.load_zero_shard(self.optimizer, tensors)
