@@ -42,14 +42,31 @@ def _one_line(e: BaseException) -> str:
     return text if len(text) <= 600 else text[:597] + "..."
 
 
-def _fail(e: BaseException, debug: bool, kind: str = "error") -> int:
+def _fail(e: BaseException, debug: bool, kind: str = "error", message: str | None = None) -> int:
     if debug:
         import traceback
         traceback.print_exception(e)
-    lines = str(e).splitlines() if isinstance(e, ConfigError) else [_one_line(e)]
+    lines = [message] if message else str(e).splitlines() if isinstance(e, ConfigError) else [_one_line(e)]
     for line in lines:
         print(f"{kind}: {line}", file=sys.stderr)
     return 2
+
+
+def _disk_full(e: BaseException) -> bool:
+    """Whether ``e`` (or what caused it) is a full disk: OSError ENOSPC/EDQUOT, or the messages
+    safetensors (StorageFull) and torch.save (file write failed) wrap it in."""
+    import errno
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(e)
+        if "No space left on device" in text or "StorageFull" in text or "file write failed" in text:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         Trainer(cfg, resume=resume).run()
     except UserError as e:
         return _fail(e, args.debug)
+    except Exception as e:
+        if not _disk_full(e):
+            raise
+        return _fail(e, args.debug, message=f"the disk is full while writing to {cfg.output}: free some space, then "
+                     "continue with --resume (committed checkpoints are intact; half-written files are removed then)")
     except KeyboardInterrupt:
         print("interrupted; continue with --resume (the last checkpoint is intact)", file=sys.stderr)
         return 130
