@@ -200,13 +200,28 @@ def lora_delta(down: torch.Tensor, up: torch.Tensor, alpha: float | None, streng
 
 # -- base model detection ---------------------------------------------------------------------
 CROSS_ATTENTION_DIMS = {768: "sd15", 1024: "sd21", 2048: "sdxl"}
+FLOW_BASES = ("sd3", "flux")  # flow-matching transformers: Hyper-SD3 / Hyper-FLUX.1 LoRAs
+FLUX_HIDDEN_SIZE = 3072  # FLUX.1 (dev/schnell); SD3 medium is 1536, SD3.5 large 2432
+
+_FLUX_KEY = re.compile(r"(^|[._])(single_transformer_blocks|single_blocks|double_blocks)[._]")
+# top-level transformer blocks (SD/SDXL UNets nest theirs in down/mid/up blocks)
+_MMDIT_KEY = re.compile(r"^(transformer\.|diffusion_model\.|lora_unet_|lora_transformer_|lycoris_)?(transformer_blocks|joint_blocks)[._]\d")
 
 
 def infer_base_model(state_dict: Mapping[str, torch.Tensor]) -> str | None:
-    """Guess the base model from cross-attention key projections (768: SD1.5, 2048: SDXL).
+    """Guess the base model: FLUX.1 / SD3 from their transformer block names (and FLUX.1's hidden
+    size), SD1.5 / SD2 / SDXL from cross-attention key projections (768 / 1024 / 2048).
 
-    Returns None when the file has no cross-attention k/v LoRA to judge from.
+    Returns None when the file has nothing to judge from.
     """
+    keys = list(state_dict)
+    if any(_FLUX_KEY.search(k) for k in keys):
+        return "flux"
+    mmdit = [k for k in keys if _MMDIT_KEY.match(k)]
+    if mmdit:
+        down = [k for k in mmdit if re.search(r"attn[._]to_q[._]lora[._]?(A|down)", k)]
+        width = int(state_dict[down[0]].shape[-1]) if down else None
+        return "flux" if width == FLUX_HIDDEN_SIZE else "sd3"
     sd = to_kohya(state_dict) if detect_format(state_dict) != "kohya" else state_dict
     for k, v in sd.items():
         if k.startswith("lora_te2_"):
@@ -214,6 +229,15 @@ def infer_base_model(state_dict: Mapping[str, torch.Tensor]) -> str | None:
         if k.startswith("lora_unet_") and re.search(r"attn2_to_[kv]\.lora_down\.weight$", k):
             return CROSS_ATTENTION_DIMS.get(int(v.shape[1]), f"unknown(cross_attention_dim={v.shape[1]})")
     return None
+
+
+def lora_modules(state_dict: Mapping[str, torch.Tensor]) -> set[str]:
+    """The module names a LoRA state dict patches, in its own key layout (suffixes removed)."""
+    out = set()
+    for k in state_dict:
+        m = _KOHYA_RE.match(k) or _PEFT_RE.match(k) or _OLD_RE.match(k)
+        out.add(m["mod"] if m else k.rsplit(".", 1)[0] if k.endswith((".alpha", ".dora_scale")) else k)
+    return out
 
 
 # -- metadata ---------------------------------------------------------------------------------

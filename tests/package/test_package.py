@@ -20,9 +20,10 @@ REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 NAME, VERSION = PYPROJECT["project"]["name"], PYPROJECT["project"]["version"]
-ARCHIVE_TOP = {"__init__.py", "nodes", "hypersd_core", "workflows", "README.md", "LICENSE", "pyproject.toml"}
+ARCHIVE_TOP = {"__init__.py", "nodes", "hypersd_core", "web", "workflows", "README.md", "LICENSE", "pyproject.toml"}
 ARCHIVE_MAX_BYTES = 1_500_000
-CORE_IDS = {"HyperSDLoraLoader", "HyperSDTSCDSampler", "HyperSDScheduler", "HyperSDDMDSampler", "HyperSDOneStepScheduler"}
+CORE_IDS = {"HyperSDLoraLoader", "HyperSDLoraLoaderModelOnly", "HyperSDTSCDSampler", "HyperSDScheduler",
+            "HyperSDDMDSampler", "HyperSDOneStepScheduler"}
 
 
 def test_registry_fields():
