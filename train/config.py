@@ -119,6 +119,9 @@ class ExportConfig:
     strength: float = 1.0
     spacing: str = "trailing"
     steps: list[int] | None = None  # step counts the LoRA serves; None: [final stage's segments]
+    dtype: str = "fp16"  # fp16 | bf16 | fp32: tensor dtype of the exported files (the official ones are fp16)
+    key_names: str = "diffusers"  # diffusers | sd-scripts (SDXL: Stability's input_blocks/... names, as sd-scripts)
+    title: str | None = None  # modelspec.title / ss_output_name; None: the file name
 
 
 @dataclass
@@ -163,6 +166,10 @@ class TrainConfig:
             raise ConfigError(f"optim.name must be 'adamw' or 'adamw8bit', got {self.optim.name!r}")
         if self.data.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("data.batch_size and grad_accum must be >= 1")
+        if self.export.dtype not in ("fp16", "bf16", "fp32"):
+            raise ConfigError(f"export.dtype must be fp16, bf16 or fp32, got {self.export.dtype!r}")
+        if self.export.key_names not in ("diffusers", "sd-scripts"):
+            raise ConfigError(f"export.key_names must be diffusers or sd-scripts, got {self.export.key_names!r}")
         return self
 
     def to_dict(self) -> dict:

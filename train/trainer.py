@@ -245,7 +245,8 @@ class Trainer:
         paths = {}
         if self.acc.is_main_process:
             metadata = lora_metadata(self.cfg, stage.metadata(), self.model.base_model, self.model.prediction_type, last)
-            paths = export_lora(self.base_unet, self.out / ("lora" if not last else ""), name, metadata)
+            paths = export_lora(self.base_unet, self.out / ("lora" if not last else ""), name, metadata,
+                                self.cfg.export, self.cfg.data.resolution or self.model.resolution)
         self.acc.wait_for_everyone()
         return paths
 
