@@ -62,6 +62,7 @@ class OptimConfig:
     fused: bool | None = None  # None: fused AdamW when on CUDA
     max_grad_norm: float = 1.0
     warmup_steps: int = 0
+    lr_scheduler: str = "constant_with_warmup"  # diffusers get_scheduler: constant, constant_with_warmup, cosine, linear, ...
     disc_lr: float = 1e-4
 
 
@@ -143,6 +144,8 @@ class TrainConfig:
     checkpoint_every: int = 200  # optimizer steps; 0: only at stage ends
     keep_checkpoints: int = 2
     log_every: int = 10
+    log_with: list[str] = field(default_factory=lambda: ["tensorboard"])  # accelerate trackers: tensorboard, wandb, mlflow
+    tracker_project: str = "hypersd"  # W&B / MLflow project (experiment) name
     threads: int | None = None  # torch CPU threads (None: torch's default)
     progress: bool = True
 
@@ -162,6 +165,15 @@ class TrainConfig:
                 raise ConfigError(f"cfg_min ({s.cfg_min}) > cfg_max ({s.cfg_max})")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ConfigError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        from .optim import LR_SCHEDULERS
+        from .tracking import TRACKERS
+
+        unknown = [t for t in self.log_with if t not in TRACKERS]
+        if unknown:
+            raise ConfigError(f"log_with: unknown tracker(s) {unknown}; use any of {', '.join(TRACKERS)} or []")
+
+        if self.optim.lr_scheduler not in LR_SCHEDULERS:
+            raise ConfigError(f"optim.lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {self.optim.lr_scheduler!r}")
         if self.optim.name not in ("adamw", "adamw8bit"):
             raise ConfigError(f"optim.name must be 'adamw' or 'adamw8bit', got {self.optim.name!r}")
         if self.data.batch_size < 1 or self.grad_accum < 1:
