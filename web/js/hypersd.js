@@ -1,7 +1,7 @@
 // Hyper-SD frontend extension: migrates Hyper-SD LoRA Loader nodes saved before strength_mode existed.
 // Those saved [lora_name, strength_model, strength_clip], where strength_model -1 meant "recommended";
 // the frontend then gives the new last widget its default, so set it from the old value instead.
-import { app } from "../../scripts/app.js";
+import { app } from "../../../scripts/app.js"; // served at /extensions/<pack>/js/
 
 const LEGACY_RECOMMENDED = -1;
 const LOADERS = ["HyperSDLoraLoader", "HyperSDLoraLoaderModelOnly"];
