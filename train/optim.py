@@ -7,8 +7,6 @@ import warnings
 
 import torch
 
-LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")
-
 
 def build_optimizer(params, cfg, device: torch.device):
     kw = dict(lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, eps=cfg.eps)

@@ -8,7 +8,6 @@ import json
 import logging
 from pathlib import Path
 
-TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}  # name -> the package it needs
 
 
 def trackers(names: list[str], output: Path) -> list:
@@ -18,7 +17,7 @@ def trackers(names: list[str], output: Path) -> list:
 
     out = []
     for name in names:
-        if importlib.util.find_spec(TRACKERS[name]) is None:
+        if importlib.util.find_spec(name) is None:
             if name == "tensorboard":
                 logging.warning("tensorboard is not installed: no training logs (pip install tensorboard)")
                 continue
