@@ -9,7 +9,6 @@ import logging
 from pathlib import Path
 
 
-
 def trackers(names: list[str], output: Path) -> list:
     """What to give ``Accelerator(log_with=...)``: installed trackers among ``names``. A missing
     W&B or MLflow is an error (it was asked for); a missing TensorBoard, the default, a warning."""
