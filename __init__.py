@@ -3,7 +3,10 @@
 ComfyUI loads this folder by path, so everything inside the pack is imported relatively; the
 core library is the pack's own ``hypersd_core`` subpackage. No NODE_CLASS_MAPPINGS here: it
 would shadow the V3 entrypoint.
+The web/ folder holds a small frontend extension (old saved loader values -> strength_mode).
 """
+
+WEB_DIRECTORY = "./web"
 
 
 async def comfy_entrypoint():

@@ -200,13 +200,28 @@ def lora_delta(down: torch.Tensor, up: torch.Tensor, alpha: float | None, streng
 
 # -- base model detection ---------------------------------------------------------------------
 CROSS_ATTENTION_DIMS = {768: "sd15", 1024: "sd21", 2048: "sdxl"}
+FLOW_BASES = ("sd3", "flux")  # flow-matching transformers: Hyper-SD3 / Hyper-FLUX.1 LoRAs
+FLUX_HIDDEN_SIZE = 3072  # FLUX.1 (dev/schnell); SD3 medium is 1536, SD3.5 large 2432
+
+_FLUX_KEY = re.compile(r"(^|[._])(single_transformer_blocks|single_blocks|double_blocks)[._]")
+# top-level transformer blocks (SD/SDXL UNets nest theirs in down/mid/up blocks)
+_MMDIT_KEY = re.compile(r"^(transformer\.|diffusion_model\.|lora_unet_|lora_transformer_|lycoris_)?(transformer_blocks|joint_blocks)[._]\d")
 
 
 def infer_base_model(state_dict: Mapping[str, torch.Tensor]) -> str | None:
-    """Guess the base model from cross-attention key projections (768: SD1.5, 2048: SDXL).
+    """Guess the base model: FLUX.1 / SD3 from their transformer block names (and FLUX.1's hidden
+    size), SD1.5 / SD2 / SDXL from cross-attention key projections (768 / 1024 / 2048).
 
-    Returns None when the file has no cross-attention k/v LoRA to judge from.
+    Returns None when the file has nothing to judge from.
     """
+    keys = list(state_dict)
+    if any(_FLUX_KEY.search(k) for k in keys):
+        return "flux"
+    mmdit = [k for k in keys if _MMDIT_KEY.match(k)]
+    if mmdit:
+        down = [k for k in mmdit if re.search(r"attn[._]to_q[._]lora[._]?(A|down)", k)]
+        width = int(state_dict[down[0]].shape[-1]) if down else None
+        return "flux" if width == FLUX_HIDDEN_SIZE else "sd3"
     sd = to_kohya(state_dict) if detect_format(state_dict) != "kohya" else state_dict
     for k, v in sd.items():
         if k.startswith("lora_te2_"):
@@ -214,6 +229,15 @@ def infer_base_model(state_dict: Mapping[str, torch.Tensor]) -> str | None:
         if k.startswith("lora_unet_") and re.search(r"attn2_to_[kv]\.lora_down\.weight$", k):
             return CROSS_ATTENTION_DIMS.get(int(v.shape[1]), f"unknown(cross_attention_dim={v.shape[1]})")
     return None
+
+
+def lora_modules(state_dict: Mapping[str, torch.Tensor]) -> set[str]:
+    """The module names a LoRA state dict patches, in its own key layout (suffixes removed)."""
+    out = set()
+    for k in state_dict:
+        m = _KOHYA_RE.match(k) or _PEFT_RE.match(k) or _OLD_RE.match(k)
+        out.add(m["mod"] if m else k.rsplit(".", 1)[0] if k.endswith((".alpha", ".dora_scale")) else k)
+    return out
 
 
 # -- metadata ---------------------------------------------------------------------------------
@@ -250,6 +274,88 @@ class HyperSDMetadata:
                 except json.JSONDecodeError:
                     raise LoraFormatError(f"metadata {k}={v!r} is not valid JSON; re-export the LoRA") from None
         return cls(**kw)
+
+
+# -- sd-scripts' SDXL names -------------------------------------------------------------------
+_RESNET_SGM = {"conv1": "in_layers.2", "conv2": "out_layers.3", "conv_shortcut": "skip_connection",
+               "time_emb_proj": "emb_layers.1", "norm1": "in_layers.0", "norm2": "out_layers.0"}
+_UNET_BLOCK_RE = re.compile(r"^(?P<where>down_blocks|up_blocks)\.(?P<i>\d+)\.(?P<kind>resnets|attentions)\.(?P<j>\d+)\.(?P<rest>.+)$")
+_MID_BLOCK_RE = re.compile(r"^mid_block\.(?P<kind>resnets|attentions)\.(?P<j>\d+)\.(?P<rest>.+)$")
+
+
+def sgm_unet_path(path: str, layers_per_block: int = 2) -> str:
+    """A diffusers UNet module path in Stability's sgm/LDM naming (what sd-scripts writes for SDXL):
+    down_blocks.1.attentions.0.proj_in -> input_blocks.4.1.proj_in, resnets.j.conv1 -> .0.in_layers.2."""
+    m = _UNET_BLOCK_RE.match(path)
+    if m:
+        i, j = int(m["i"]), int(m["j"])
+        index = 1 + i * (layers_per_block + 1) + j if m["where"] == "down_blocks" else i * (layers_per_block + 1) + j
+        block = f"{'input_blocks' if m['where'] == 'down_blocks' else 'output_blocks'}.{index}"
+        return _sgm_inner(f"{block}.{1 if m['kind'] == 'attentions' else 0}", m["kind"], m["rest"], path)
+    m = _MID_BLOCK_RE.match(path)  # middle_block.0 / .2: resnets, .1: the transformer (no sub-index)
+    if m:
+        index = 1 if m["kind"] == "attentions" else 2 * int(m["j"])
+        return _sgm_inner(f"middle_block.{index}", m["kind"], m["rest"], path)
+    raise LoraFormatError(f"no sd-scripts name for UNet module {path!r}; export with diffusers key names")
+
+
+def _sgm_inner(block: str, kind: str, rest: str, path: str) -> str:
+    if kind == "attentions":
+        return f"{block}.{rest}"
+    if rest not in _RESNET_SGM:
+        raise LoraFormatError(f"no sd-scripts name for UNet module {path!r}; export with diffusers key names")
+    return f"{block}.{_RESNET_SGM[rest]}"
+
+
+# -- metadata other tools read ----------------------------------------------------------------
+EXPORT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+# kohya sd-scripts' ss_base_model_version and Stability's ModelSpec architecture ids, by base model
+SS_BASE_MODEL_VERSIONS = {"sd15": "sd_v1", "sd21": "sd_v2", "sdxl": "sdxl_base_v1-0", "sd3": "sd3", "flux": "flux1"}
+MODELSPEC_ARCHITECTURES = {"sd15": "stable-diffusion-v1", "sd21": "stable-diffusion-v2-768-v",
+                           "sdxl": "stable-diffusion-xl-v1-base", "sd3": "stable-diffusion-3-medium", "flux": "flux-1-dev"}
+MODELSPEC_IMPLEMENTATIONS = {"sdxl": "https://github.com/Stability-AI/generative-models",
+                             "flux": "https://github.com/black-forest-labs/flux"}
+
+
+def tool_metadata(meta: HyperSDMetadata, rank: int, alpha: float, resolution: int | None, title: str,
+                  dtype: str = "fp16") -> dict[str, str]:
+    """The header keys A1111/Forge, kohya's tools, Civitai and LoRA managers read (kohya ``ss_*``
+    and ModelSpec ``modelspec.*``), all strings, for a kohya-layout LoRA over a UNet."""
+    base = meta.base_model
+    out = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(int(rank)),
+        "ss_network_alpha": f"{float(alpha):g}",
+        "ss_base_model_version": SS_BASE_MODEL_VERSIONS.get(base, base),
+        "ss_v2": str(base == "sd21"),
+        "ss_output_name": title,
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": f"{MODELSPEC_ARCHITECTURES.get(base, base)}/lora",
+        "modelspec.implementation": MODELSPEC_IMPLEMENTATIONS.get(base, "diffusers"),
+        "modelspec.title": title,
+        "modelspec.description": describe_metadata(meta),
+        "modelspec.unet_dtype": dtype,
+    }
+    if resolution:
+        out["modelspec.resolution"] = f"{int(resolution)}x{int(resolution)}"
+    if meta.prediction_type in ("epsilon", "v_prediction"):
+        out["modelspec.prediction_type"] = "v" if meta.prediction_type == "v_prediction" else "epsilon"
+    return out
+
+
+def describe_metadata(meta: HyperSDMetadata) -> str:
+    steps = ",".join(map(str, meta.steps)) or "?"
+    eta = "" if meta.eta is None else f", eta {meta.eta:g}"
+    return (f"Hyper-SD LoRA ({meta.stage or 'distilled'}): steps {steps}, {meta.spacing} timesteps{eta}, "
+            f"cfg {meta.cfg:g} (ComfyUI), strength {meta.strength:g}")
+
+
+def cast_lora(state_dict: Mapping[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
+    """Floating tensors in the export dtype (fp16 | bf16 | fp32), as the official files are fp16."""
+    if dtype not in EXPORT_DTYPES:
+        raise LoraFormatError(f"export dtype {dtype!r}: use one of {', '.join(EXPORT_DTYPES)}")
+    target = EXPORT_DTYPES[dtype]
+    return {k: v.to(target) if v.is_floating_point() else v for k, v in state_dict.items()}
 
 
 # -- files ------------------------------------------------------------------------------------

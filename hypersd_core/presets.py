@@ -41,7 +41,8 @@ def official_preset(filename: str) -> HyperSDMetadata | None:
     for name, (model, steps, eta, cfg, strength, spacing) in OFFICIAL_FILES.items():
         if name.lower() == base:
             return HyperSDMetadata(
-                base_model=model, steps=list(steps), prediction_type="epsilon", strength=strength, eta=eta,
+                base_model=model, steps=list(steps), prediction_type="flow" if spacing == "flow" else "epsilon",
+                strength=strength, eta=eta,
                 cfg=cfg, spacing=spacing, onestep_timestep=999 if steps[0] == 1 else None,
                 stage="unified" if steps[0] == 1 else "tscd",
             )

@@ -11,11 +11,12 @@ OPTIONAL_GROUPS = ("realtime",)
 
 class HyperSDExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        from .loader import HyperSDLoraLoader
+        from .loader import HyperSDLoraLoader, HyperSDLoraLoaderModelOnly
         from .samplers import HyperSDDMDSampler, HyperSDTSCDSampler
         from .schedulers import HyperSDOneStepScheduler, HyperSDScheduler
 
-        node_list = [HyperSDLoraLoader, HyperSDTSCDSampler, HyperSDScheduler, HyperSDDMDSampler, HyperSDOneStepScheduler]
+        node_list = [HyperSDLoraLoader, HyperSDLoraLoaderModelOnly, HyperSDTSCDSampler, HyperSDScheduler,
+                     HyperSDDMDSampler, HyperSDOneStepScheduler]
         for group in OPTIONAL_GROUPS:
             node_list += _optional_nodes(group)
         return node_list

@@ -27,10 +27,15 @@ def vp_schedule(model_sampling) -> VPSchedule:
     if not isinstance(model_sampling, ms.ModelSamplingDiscrete) or isinstance(
         model_sampling, (ms.ModelSamplingDiscreteEDM, ms.StableCascadeSampling)
     ):
+        if isinstance(model_sampling, (ms.ModelSamplingDiscreteFlow, ms.ModelSamplingFlux)):
+            raise ValueError(
+                f"this is a flow-matching model ({sampling}: SD3/FLUX.1-style); the Hyper-SD samplers and schedulers "
+                "serve DDPM models (SD1.5/SDXL). Sample it with ComfyUI's KSampler (sampler euler; scheduler simple "
+                "for FLUX.1, sgm_uniform for SD3), with the Hyper-SD LoRA Loader's 'settings' for steps and cfg."
+            )
         raise ValueError(
             f"Hyper-SD samplers need a discrete-timestep (DDPM) model such as SD1.5 or SDXL; this model uses "
-            f"{sampling} with {prediction} prediction (a flow-matching model such as SD3/FLUX, or a continuous-time "
-            "one). Use ComfyUI's own samplers for it (Hyper-SD3/FLUX LoRAs: KSampler, LoRA strength 0.125)."
+            f"{sampling} with {prediction} prediction (a continuous-time one). Use ComfyUI's own samplers for it."
         )
     if isinstance(model_sampling, ms.IMG_TO_IMG) or not isinstance(model_sampling, ms.EPS):
         raise ValueError(f"Hyper-SD samplers support eps, v and x0 prediction; this model uses {prediction}")

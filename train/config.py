@@ -26,6 +26,9 @@ MODEL_KINDS = ("embedded", "tiny", "sd15", "sdxl", "folder")
 DATA_KINDS = ("digits", "folder", "webdataset", "hf")
 DTYPE_NAMES = ("fp32", "fp16", "bf16")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+# diffusers.optimization.get_scheduler names (train/optim.py builds them)
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")
+TRACKERS = ("tensorboard", "wandb", "mlflow")  # accelerate trackers (train/tracking.py)
 
 
 @dataclass
@@ -82,6 +85,7 @@ class OptimConfig:
     fused: bool | None = None  # None: fused AdamW when on CUDA
     max_grad_norm: float = 1.0
     warmup_steps: int = 0
+    lr_scheduler: str = "constant_with_warmup"  # diffusers get_scheduler: constant, constant_with_warmup, cosine, linear, ...
     disc_lr: float = 1e-4
     zero: bool = False  # several processes: ZeroRedundancyOptimizer (each keeps and saves its optimizer shard)
 
@@ -140,6 +144,9 @@ class ExportConfig:
     strength: float = 1.0
     spacing: str = "trailing"
     steps: list[int] | None = None  # step counts the LoRA serves; None: [final stage's segments]
+    dtype: str = "fp16"  # fp16 | bf16 | fp32: tensor dtype of the exported files (the official ones are fp16)
+    key_names: str = "diffusers"  # diffusers | sd-scripts (SDXL: Stability's input_blocks/... names, as sd-scripts)
+    title: str | None = None  # modelspec.title / ss_output_name; None: the file name
 
 
 @dataclass
@@ -161,6 +168,8 @@ class TrainConfig:
     checkpoint_every: int = 200  # optimizer steps; 0: only at stage ends
     keep_checkpoints: int = 2
     log_every: int = 10
+    log_with: list[str] = field(default_factory=lambda: ["tensorboard"])  # accelerate trackers: tensorboard, wandb, mlflow
+    tracker_project: str = "hypersd"  # W&B / MLflow project (experiment) name
     threads: int | None = None  # torch CPU threads (None: torch's default)
     progress: bool = True
 
@@ -272,6 +281,13 @@ def config_problems(cfg: TrainConfig) -> list[str]:
     if cfg.export.steps is not None:
         steps_list(cfg.export.steps, "export.steps")
     need(cfg.mixed_precision in ("no", "fp16", "bf16"), f"mixed_precision must be no, fp16 or bf16, got {cfg.mixed_precision!r}")
+    need(o.lr_scheduler in LR_SCHEDULERS,
+         f"optim.lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {o.lr_scheduler!r}")
+    unknown = [t for t in cfg.log_with if t not in TRACKERS]
+    need(not unknown, f"log_with: unknown tracker(s) {unknown}; use any of {', '.join(TRACKERS)} or []")
+    need(cfg.export.dtype in ("fp16", "bf16", "fp32"), f"export.dtype must be fp16, bf16 or fp32, got {cfg.export.dtype!r}")
+    need(cfg.export.key_names in ("diffusers", "sd-scripts"),
+         f"export.key_names must be diffusers or sd-scripts, got {cfg.export.key_names!r}")
     need(isinstance(cfg.grad_accum, int) and cfg.grad_accum >= 1, f"grad_accum must be >= 1, got {cfg.grad_accum!r}")
     need(isinstance(cfg.checkpoint_every, int) and cfg.checkpoint_every >= 0,
          f"checkpoint_every must be >= 0 (0: only at stage ends), got {cfg.checkpoint_every!r}")

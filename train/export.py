@@ -1,5 +1,6 @@
-"""Export the student LoRA: a kohya-format .safetensors with ``.alpha`` and our HyperSDMetadata
-(what ComfyUI, A1111 and diffusers load), plus a diffusers/peft copy (``load_lora_weights``)."""
+"""Export the student LoRA: a kohya-format .safetensors with ``.alpha``, our HyperSDMetadata and
+the kohya ``ss_*`` / ModelSpec keys other tools read (what ComfyUI, A1111/Forge, kohya's tools and
+diffusers load), plus a diffusers/peft copy (``load_lora_weights``); fp16 by default."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from hypersd_core.lora_formats import HyperSDMetadata, save_lora, to_kohya
+from hypersd_core.lora_formats import HyperSDMetadata, cast_lora, save_lora, sgm_unet_path, to_kohya, tool_metadata
 
-from .config import TrainConfig
+from .config import ExportConfig, TrainConfig
 from .lora import ADAPTER
 
 
@@ -49,21 +50,45 @@ def lora_metadata(cfg: TrainConfig, stage_metadata: dict, base_model: str, predi
                            extra=extra)
 
 
-def export_lora(unet, folder: str | os.PathLike, name: str, metadata: HyperSDMetadata) -> dict[str, str]:
-    """Write <folder>/<name>.safetensors (kohya) and <folder>/<name>_diffusers/ (peft); returns paths."""
+def export_lora(unet, folder: str | os.PathLike, name: str, metadata: HyperSDMetadata,
+                options: ExportConfig | None = None, resolution: int | None = None) -> dict[str, str]:
+    """Write <folder>/<name>.safetensors (kohya) and <folder>/<name>_diffusers/ (peft); returns paths.
+
+    ``options`` (the config's export section; defaults if None): dtype fp16 | bf16 | fp32;
+    key_names "sd-scripts" writes an SDXL LoRA's UNet keys in Stability's naming
+    (lora_unet_input_blocks_4_1_...), as sd-scripts does, "diffusers" keeps diffusers' module paths
+    (lora_unet_down_blocks_1_attentions_0_...): both load everywhere; title for modelspec.title.
+    ``resolution``: the training resolution, for modelspec.resolution."""
+    options = options or ExportConfig()
+    dtype, key_names = options.dtype, options.key_names
+    if key_names not in ("diffusers", "sd-scripts"):
+        raise ValueError(f"export.key_names={key_names!r}: use diffusers or sd-scripts")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     peft_sd = peft_state_dict(unet)
-    kohya = to_kohya(peft_sd, default_alpha=lora_alpha(unet))  # = kohya_state_dict(unet)
-    kohya_path = save_lora(folder / f"{name}.safetensors", kohya, metadata)
+    named = peft_sd
+    if key_names == "sd-scripts" and metadata.base_model == "sdxl":
+        lpb = int(unet.config.layers_per_block)
+        named = {"unet." + _renamed(k[len("unet."):], lpb): v for k, v in peft_sd.items()}
+    kohya = cast_lora(to_kohya(named, default_alpha=lora_alpha(unet)), dtype)  # = kohya_state_dict(unet)
+    rank = unet.peft_config[ADAPTER].r
+    header = {**metadata.to_header(),
+              **tool_metadata(metadata, rank, lora_alpha(unet), resolution, options.title or name, dtype)}
+    kohya_path = save_lora(folder / f"{name}.safetensors", kohya, header)
     ddir = folder / f"{name}_diffusers"
     tmp = folder / f".tmp-{name}_diffusers"
     shutil.rmtree(tmp, ignore_errors=True)
     from diffusers.loaders import StableDiffusionLoraLoaderMixin  # not the pipeline: no image-processor imports
 
     StableDiffusionLoraLoaderMixin.save_lora_weights(
-        tmp, unet_lora_layers={k[len("unet."):]: v for k, v in peft_sd.items()},
+        tmp, unet_lora_layers=cast_lora({k[len("unet."):]: v for k, v in peft_sd.items()}, dtype),
         unet_lora_adapter_metadata=unet.peft_config[ADAPTER].to_dict(), safe_serialization=True)
     shutil.rmtree(ddir, ignore_errors=True)
     os.replace(tmp, ddir)  # the folder appears complete or not at all
     return {"kohya": str(kohya_path), "diffusers": str(ddir / "pytorch_lora_weights.safetensors")}
+
+
+def _renamed(peft_key: str, layers_per_block: int) -> str:
+    """``<module>.lora_A.weight`` with the module path in sgm naming."""
+    module, _, suffix = peft_key.partition(".lora_")
+    return f"{sgm_unet_path(module, layers_per_block)}.lora_{suffix}"

@@ -72,11 +72,3 @@ def save_grid(rows: dict, path: str | Path) -> str:
     img = grid_image(rows)
     atomic_write(str(path), lambda tmp: img.save(tmp, format="PNG"))
     return str(path)
-
-
-def tensorboard_grid(writer, tag: str, rows: dict, step: int) -> None:
-    import numpy as np
-
-    img = np.asarray(grid_image(rows))
-    writer.add_image(tag, img, step, dataformats="HWC")
-

@@ -1,6 +1,9 @@
-"""The LoRA optimizer: AdamW (fused on CUDA when available) or bitsandbytes' 8-bit AdamW."""
+"""The LoRA optimizer: AdamW (fused on CUDA when available) or bitsandbytes' 8-bit AdamW, and its
+learning-rate schedule from diffusers' get_scheduler."""
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 
@@ -20,9 +23,24 @@ def build_optimizer(params, cfg, device: torch.device):
     return torch.optim.AdamW(params, **kw)
 
 
-def set_lr(optimizer, lr: float) -> None:
-    for g in optimizer.param_groups:
-        g["lr"] = lr
+def build_lr_scheduler(optimizer, cfg, base_lr: float, steps: int, start: int = 0):
+    """diffusers' ``get_scheduler(cfg.lr_scheduler)`` over one stage of ``steps`` optimizer steps,
+    from ``base_lr``, positioned for step ``start``. Call ``.step()`` after each optimizer step.
+
+    The schedule counts the step being taken: step s trains at the schedule's value at s + 1, so
+    warmup step 1 of W uses base_lr / W (never 0) and a decay ends just above 0 on the last step."""
+    from diffusers.optimization import get_scheduler
+
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper
+    for group in inner.param_groups:  # a new stage starts from its own lr (the scheduler reads initial_lr)
+        group["lr"] = group["initial_lr"] = base_lr
+    warmup = cfg.warmup_steps if cfg.lr_scheduler != "constant" else None
+    scheduler = get_scheduler(cfg.lr_scheduler, inner, num_warmup_steps=warmup, num_training_steps=steps + 1)
+    with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": intended here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(start + 1):
+            scheduler.step()
+    return scheduler
 
 
 def reset_state(optimizer) -> None:

@@ -17,11 +17,12 @@ from .config import TrainConfig
 from .data import build_source
 from .errors import ResumeError, TrainingDiverged
 from .export import export_lora, lora_metadata
-from .grids import sample_grid_rows, save_grid, tensorboard_grid
+from .grids import grid_image, sample_grid_rows, save_grid
 from .lora import add_lora, adapters_disabled, load_lora_tensors, lora_tensors
 from .models.loading import DTYPES, load_model
-from .optim import build_optimizer, build_zero_optimizer, reset_state, set_lr
+from .optim import build_lr_scheduler, build_optimizer, build_zero_optimizer, reset_state
 from .stages import StageContext, get_stage
+from .tracking import flat_config, log_image, trackers
 
 
 class Trainer:
@@ -33,7 +34,7 @@ class Trainer:
     # -- setup ----------------------------------------------------------------------------------
     def _setup(self):
         from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs
+        from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
         cfg = self.cfg
         if cfg.threads:
@@ -42,7 +43,9 @@ class Trainer:
         # form a gloo CPU group; `accelerate launch --cpu` with several processes needs MPI instead.
         self.acc = acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
                                      cpu=not torch.cuda.is_available(),
-                                     kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+                                     kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+                                     log_with=trackers(cfg.log_with, self.out) or None,
+                                     project_config=ProjectConfiguration(project_dir=str(self.out)))
         if not self.resume and acc.is_main_process and ckpt.latest_checkpoint(self.out) is not None:
             raise FileExistsError(f"{self.out} already holds checkpoints: pass --resume to continue that run, "
                                   "or choose another --output")
@@ -86,15 +89,10 @@ class Trainer:
                                            memo=cfg.data.kind == "digits")
         self.source = build_source(cfg.data, m, self.conditioner, acc.device, acc.process_index, acc.num_processes, cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed * 7 + 1000 * acc.process_index + 1)
-        self.writer = None
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.writer = SummaryWriter(str(self.out / "tensorboard"))
-            except ImportError:
-                self.writer = None
+        acc.init_trackers(cfg.tracker_project, config=flat_config(cfg.to_dict()))  # main process only
         self.ctx = StageContext(
             config=cfg, accelerator=acc, unet=self.unet, base_unet=self.base_unet, schedule=m.schedule,
             prediction_type=m.prediction_type, lora_params=self.lora_params, optimizer=self.optimizer,
@@ -135,9 +133,7 @@ class Trainer:
             return vae.decode((x / self.model.scaling_factor).to(vae.dtype)).sample.float()
 
     def log(self, scalars: dict, step: int) -> None:
-        if self.writer is not None:
-            for k, v in scalars.items():
-                self.writer.add_scalar(k, v, step)
+        self.acc.log(scalars, step=step)  # every tracker, main process only
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _save(self, stage, state: dict) -> None:
@@ -217,22 +213,24 @@ class Trainer:
             else:
                 reset_state(self.optimizer)
             base_lr = scfg.lr if scfg.lr is not None else cfg.optim.lr
+            lr_scheduler = build_lr_scheduler(self.optimizer, cfg.optim, base_lr, scfg.steps, start)
             t0 = time.time()
             bar = self._progress(scfg, idx, start)
             for step in range(start, scfg.steps):
-                set_lr(self.optimizer, base_lr * min(1.0, (step + 1) / max(1, cfg.optim.warmup_steps)))
+                lr = lr_scheduler.get_last_lr()[0]
                 for _ in range(cfg.grad_accum):
                     batch = self.source.next_batch()
                     with acc.accumulate(self.unet):
                         logs = stage.train_step(batch, step)
-                    self._check_finite(logs, idx, step, base_lr)
+                    self._check_finite(logs, idx, step, lr)
+                lr_scheduler.step()
                 state["global_step"] += 1
                 state["step"] = step + 1
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in logs.items()})
                 if step % cfg.log_every == 0 or step == scfg.steps - 1:
-                    self.log({**logs, "lr": base_lr}, state["global_step"])
+                    self.log({**logs, "lr": lr}, state["global_step"])
                 if cfg.sample.every and state["global_step"] % cfg.sample.every == 0:
                     self._tb_grid(stage, state["global_step"])
                 if cfg.checkpoint_every and step + 1 < scfg.steps and state["global_step"] % cfg.checkpoint_every == 0:
@@ -261,10 +259,8 @@ class Trainer:
             self.results["total_seconds"] = round(time.time() - t_start, 1)
             (self.out / "summary.json").write_text(json.dumps(self.results, indent=2, default=str))
             self._print_summary()
-        if self.writer is not None:
-            self.writer.close()
         acc.wait_for_everyone()
-        acc.end_training()
+        acc.end_training()  # closes the trackers
         return self.results
 
     def _check_finite(self, logs: dict, idx: int, step: int, lr: float) -> None:
@@ -291,7 +287,8 @@ class Trainer:
         paths = {}
         if self.acc.is_main_process:
             metadata = lora_metadata(self.cfg, stage.metadata(), self.model.base_model, self.model.prediction_type, last)
-            paths = export_lora(self.base_unet, self.out / ("lora" if not last else ""), name, metadata)
+            paths = export_lora(self.base_unet, self.out / ("lora" if not last else ""), name, metadata,
+                                self.cfg.export, self.cfg.data.resolution or self.model.resolution)
         self.acc.wait_for_everyone()
         return paths
 
@@ -313,10 +310,10 @@ class Trainer:
                                 decode=self.decode, onestep_timestep=stage.metadata().get("onestep_timestep"))
 
     def _tb_grid(self, stage, step: int) -> None:
-        if self.writer is None:
+        if not self.acc.trackers:
             return
         rows = self._grid_rows(stage, self.cfg.sample.seed)
-        tensorboard_grid(self.writer, "samples", rows, step)
+        log_image(self.acc, "samples", grid_image(rows), step)
 
     def _final_outputs(self, stage) -> None:
         rows = self._grid_rows(stage, self.cfg.sample.seed)

@@ -16,13 +16,16 @@ KOHYA = "Hyper-SD15-1step-lora.safetensors"
 PEFT = "hypersd15-peft-layout-test-lora.safetensors"
 
 
-def _settings_prompt(lora_name: str) -> dict:
-    """Only the loader (its key mapping runs at execute) feeding a text preview: no sampling."""
+def _settings_prompt(lora_name: str, strength_model: float = -1.0, strength_mode: str | None = None) -> dict:
+    """Only the loader (its key mapping runs at execute) feeding a text preview: no sampling.
+    strength_mode None: a prompt saved before that input existed (-1 = recommended)."""
+    inputs = {"model": ["ckpt", 0], "clip": ["ckpt", 1], "lora_name": lora_name, "strength_model": strength_model,
+              "strength_clip": 1.0}
+    if strength_mode is not None:
+        inputs["strength_mode"] = strength_mode
     return {
         "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
-        "lora": {"class_type": "HyperSDLoraLoader", "inputs": {
-            "model": ["ckpt", 0], "clip": ["ckpt", 1], "lora_name": lora_name, "strength_model": -1.0,
-            "strength_clip": 1.0}},
+        "lora": {"class_type": "HyperSDLoraLoader", "inputs": inputs},
         "show": {"class_type": "PreviewAny", "inputs": {"source": ["lora", 2]}},
     }
 
@@ -35,6 +38,18 @@ def test_every_key_maps(comfy, lora_name):
     assert "lora key not loaded" not in new_log, new_log
     text = " ".join(str(t) for t in outputs["show"]["text"])
     assert lora_name in text, text
+
+
+def test_strength_mode_through_the_server(comfy):
+    """The server passes strength_mode when given, and old prompts without it keep -1 = recommended."""
+    name = sorted(LORA_FILES)[0]
+
+    def settings(*args):
+        return " ".join(str(t) for t in comfy.run(_settings_prompt(name, *args))["show"]["text"])
+
+    recommended = settings(0.4, "recommended")
+    assert settings(-1.0) == recommended and "strength 0.4" not in recommended
+    assert "strength 0.4" in settings(0.4, "custom") and "strength 0.4" in settings(0.4)
 
 
 @pytest.fixture(scope="module")

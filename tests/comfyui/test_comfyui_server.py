@@ -6,7 +6,7 @@ import pytest
 
 pytestmark = pytest.mark.comfyui
 
-NODE_IDS = ("HyperSDLoraLoader", "HyperSDTSCDSampler", "HyperSDScheduler", "HyperSDDMDSampler",
+NODE_IDS = ("HyperSDLoraLoader", "HyperSDLoraLoaderModelOnly", "HyperSDTSCDSampler", "HyperSDScheduler", "HyperSDDMDSampler",
             "HyperSDOneStepScheduler")
 
 

@@ -75,6 +75,7 @@ def trained(comfy_path, comfy_dirs, sd15_files, tmp_path_factory):
         for n, p in lora_named_parameters(unet).items():
             if "lora_B" in n:
                 p.copy_(torch.randn(p.shape, generator=gen) * B_SCALE)
+            p.copy_(p.half().float())  # the export is fp16: the reference uses the values the file holds
     paths = _export_like_train(unet, tmp_path_factory.mktemp("train_out"))
     (comfy_dirs["models"] / "loras" / NAME).symlink_to(paths["kohya"])
     _, header = load_lora(paths["kohya"])

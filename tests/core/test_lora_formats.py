@@ -235,3 +235,32 @@ def test_save_lora_is_atomic(tmp_path, monkeypatch, error):
     monkeypatch.undo()
     save_lora(path, {"lora_unet_a.alpha": torch.tensor(2.0)})
     assert float(load_lora(path)[0]["lora_unet_a.alpha"]) == 2.0
+
+
+def _pair(prefix: str, module: str, width: int, sep: str = ".") -> dict:
+    if prefix == "kohya":
+        name = "lora_unet_" + module.replace(".", "_")
+        return {f"{name}.lora_down.weight": torch.zeros(2, width), f"{name}.lora_up.weight": torch.zeros(width, 2)}
+    return {f"{prefix}{module}.lora_A.weight": torch.zeros(2, width), f"{prefix}{module}.lora_B.weight": torch.zeros(width, 2)}
+
+
+@pytest.mark.parametrize("sd, expected", [
+    (_pair("transformer.", "single_transformer_blocks.0.attn.to_q", 3072), "flux"),
+    (_pair("transformer.", "transformer_blocks.0.attn.to_q", 3072), "flux"),  # double blocks only: FLUX.1's width
+    (_pair("kohya", "double_blocks.0.img_attn.qkv", 3072), "flux"),  # BFL names, kohya layout
+    (_pair("transformer.", "transformer_blocks.0.attn.to_q", 1536), "sd3"),  # SD3 medium
+    (_pair("kohya", "transformer_blocks.3.attn.to_q", 2432), "sd3"),  # SD3.5 large
+    (_pair("unet.", "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k", 768), "sd15"),
+    (_pair("kohya", "input_blocks.4.1.transformer_blocks.0.attn2.to_k", 2048), "sdxl"),  # LDM names
+])
+def test_infer_base_model_flow_transformers(sd, expected):
+    assert infer_base_model(sd) == expected
+
+
+def test_lora_modules_strips_each_layout_suffix():
+    from hypersd_core.lora_formats import lora_modules
+
+    sd = {"lora_unet_a_b.lora_down.weight": 0, "lora_unet_a_b.lora_up.weight": 0, "lora_unet_a_b.alpha": 0,
+          "transformer.x.y.lora_A.weight": 0, "transformer.x.y.lora_B.weight": 0, "unet.z.lora.down.weight": 0,
+          "transformer.x.y.alpha": 0}
+    assert lora_modules(sd) == {"lora_unet_a_b", "transformer.x.y", "unet.z"}

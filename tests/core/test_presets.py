@@ -20,6 +20,7 @@ def test_unified_one_step_lora_is_tcd_with_eta_1():
 def test_n_step_presets(name, base, steps, cfg, strength):
     p = official_preset(name)
     assert (p.base_model, p.steps, p.cfg, p.strength, p.onestep_timestep) == (base, steps, cfg, strength, None)
+    assert p.prediction_type == ("flow" if base in ("sd3", "flux") else "epsilon")
     assert steps_from_name(name) == steps[0]
 
 

@@ -1,6 +1,5 @@
 """Sampler behaviour with an analytic denoiser: seeded noise, sigma schedules, step bookkeeping."""
 
-import ast
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,6 +15,8 @@ from hypersd_core.samplers import (
     tscd_jump_sigmas,
 )
 from hypersd_core.schedule import VPSchedule, tcd_timesteps, trailing_timesteps
+
+from .comfy_source import comfy_function
 
 COMFY = Path(os.environ.get("COMFYUI_PATH", Path(__file__).resolve().parents[3] / "shared" / "vendor" / "ComfyUI"))
 SCHED = VPSchedule.scaled_linear()
@@ -140,10 +141,7 @@ def _comfy_simple_scheduler():
     path = COMFY / "comfy" / "samplers.py"
     if not path.is_file():
         pytest.skip(f"ComfyUI source not found at {COMFY} (set COMFYUI_PATH)")
-    fn = next(n for n in ast.parse(path.read_text()).body if isinstance(n, ast.FunctionDef) and n.name == "simple_scheduler")
-    ns = {"torch": torch}
-    exec(compile(ast.Module(body=[fn], type_ignores=[]), str(path), "exec"), ns)
-    return ns["simple_scheduler"]
+    return comfy_function(path, "simple_scheduler", {"torch": torch})
 
 
 @pytest.mark.parametrize("steps", [1, 2, 4, 5, 8, 10])

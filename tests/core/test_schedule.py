@@ -1,6 +1,5 @@
 """VP schedule, sigma <-> timestep, and the two timestep selections against diffusers/ComfyUI."""
 
-import ast
 import os
 from pathlib import Path
 
@@ -16,6 +15,8 @@ from hypersd_core.schedule import (
     trailing_timesteps,
     ve_input_scale,
 )
+
+from .comfy_source import comfy_function
 
 SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000)
 COMFY = Path(os.environ.get("COMFYUI_PATH", Path(__file__).resolve().parents[3] / "shared" / "vendor" / "ComfyUI"))
@@ -37,15 +38,11 @@ def test_alphas_cumprod_match_diffusers_to_fp32_precision(sched, cls):
 
 
 def _comfy_make_beta_schedule():
-    """ComfyUI's own make_beta_schedule, compiled from its source file (ComfyUI is not imported)."""
+    """ComfyUI's own make_beta_schedule, taken from its source file (ComfyUI is not imported)."""
     path = COMFY / "comfy" / "ldm" / "modules" / "diffusionmodules" / "util.py"
     if not path.is_file():
         pytest.skip(f"ComfyUI source not found at {COMFY} (set COMFYUI_PATH)")
-    tree = ast.parse(path.read_text())
-    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "make_beta_schedule")
-    ns = {"torch": torch, "np": np}
-    exec(compile(ast.Module(body=[fn], type_ignores=[]), str(path), "exec"), ns)
-    return ns["make_beta_schedule"]
+    return comfy_function(path, "make_beta_schedule", {"torch": torch, "np": np})
 
 
 def test_table_equals_comfyui_model_sampling_discrete(sched):

@@ -130,3 +130,33 @@ def loras_dir(comfyui, tmp_path_factory):
     path = tmp_path_factory.mktemp("loras")
     comfyui.folder_paths.add_model_folder_path("loras", str(path), is_default=True)
     return path
+
+
+# ComfyUI's configs for the full-size flow-matching models, as its model detection describes the
+# FLUX.1-dev and SD3-medium checkpoints (comfy/model_detection.py).
+COMFY_FLUX_DEV = {
+    "image_model": "flux", "axes_dim": [16, 56, 56], "num_heads": 24, "mlp_ratio": 4.0, "theta": 10000,
+    "out_channels": 16, "qkv_bias": True, "txt_ids_dims": [], "in_channels": 16, "hidden_size": 3072,
+    "context_in_dim": 4096, "patch_size": 2, "vec_in_dim": 768, "depth": 19, "depth_single_blocks": 38,
+    "guidance_embed": True,
+}
+COMFY_SD3_MEDIUM = {
+    "in_channels": 16, "patch_size": 2, "out_channels": 16, "depth": 24, "input_size": None, "adm_in_channels": 2048,
+    "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 1536}},
+    "num_patches": 36864, "pos_embed_max_size": 192, "pos_embed_scaling_factor": None, "x_block_self_attn_layers": [],
+}
+
+
+@pytest.fixture(scope="session")
+def flux_meta(comfyui):
+    """MODEL of full-size FLUX.1-dev architecture on the meta device (ComfyUI's own classes)."""
+    import comfy.supported_models as sm
+
+    return _patcher(sm.Flux(dict(COMFY_FLUX_DEV)), "meta")
+
+
+@pytest.fixture(scope="session")
+def sd3_meta(comfyui):
+    import comfy.supported_models as sm
+
+    return _patcher(sm.SD3(dict(COMFY_SD3_MEDIUM)), "meta")

@@ -51,8 +51,9 @@ def loader(comfyui):
     return comfyui.nodes.NODE_CLASS_MAPPINGS["HyperSDLoraLoader"]
 
 
-def run(loader, model, clip, name, strength=-1.0, strength_clip=1.0):
-    return loader.execute(model, clip, name, strength, strength_clip).args
+def run(loader, model, clip, name, strength=-1.0, strength_clip=1.0, mode=None):
+    """mode None: a prompt saved before strength_mode existed (strength -1 = recommended)."""
+    return loader.execute(model, clip, name, strength, strength_clip, mode).args
 
 
 def no_key_warnings(caplog):
@@ -190,9 +191,116 @@ def test_unknown_layout_and_bad_values_are_refused(loader, sd15_meta, loras_dir)
         run(loader, *sd15_meta, "checkpoint_like.safetensors")
     modules = dict(list(unet_modules(sd15_meta[0]).items())[:2])
     save_lora(loras_dir / "sd3.safetensors", make_lora(modules, "kohya"), HyperSDMetadata(base_model="sd3", strength=0.125))
-    with pytest.raises(ValueError, match="LoraLoader at strength 0.125"):
+    with pytest.raises(ValueError, match=r"sd3.safetensors is a SD3 LoRA but the model is SD1\.5"):
         run(loader, *sd15_meta, "sd3.safetensors")
-    with pytest.raises(ValueError, match="use -1 for the recommended strength"):
-        run(loader, *sd15_meta, "sd3.safetensors", strength=-0.5)
+    save_lora(loras_dir / "plain.safetensors", make_lora(modules, "kohya"))
+    with pytest.raises(ValueError, match="strength_mode 'auto': use one of recommended, custom"):
+        run(loader, *sd15_meta, "plain.safetensors", mode="auto")
     with pytest.raises(FileNotFoundError):
         run(loader, *sd15_meta, "missing.safetensors")
+
+
+def strengths(patched):
+    return {p[0][0] for p in patched.patches.values()}
+
+
+def test_strength_mode_and_old_saved_values(loader, sd15_meta, loras_dir):
+    """recommended ignores strength_model; custom uses it (negative too, as in core LoraLoader);
+    prompts saved before strength_mode existed keep their meaning: -1 = recommended, else custom."""
+    model, clip = sd15_meta
+    modules = dict(list(unet_modules(model).items())[:5])
+    save_lora(loras_dir / "strength.safetensors", make_lora(modules, "kohya"), HyperSDMetadata(base_model="sd15", strength=0.8))
+    assert strengths(run(loader, model, clip, "strength.safetensors", 0.3, mode="recommended")[0]) == {0.8}
+    assert strengths(run(loader, model, clip, "strength.safetensors", 0.3, mode="custom")[0]) == {0.3}
+    assert strengths(run(loader, model, clip, "strength.safetensors", -1.0, mode="custom")[0]) == {-1.0}
+    assert strengths(run(loader, model, clip, "strength.safetensors", -1.0, mode=None)[0]) == {0.8}
+    assert strengths(run(loader, model, clip, "strength.safetensors", 0.5, mode=None)[0]) == {0.5}
+
+
+def test_model_only_loader_skips_text_encoder_keys(comfyui, sd15_meta, loras_dir, caplog):
+    model, _ = sd15_meta
+    only = comfyui.nodes.NODE_CLASS_MAPPINGS["HyperSDLoraLoaderModelOnly"]
+    schema = only.GET_SCHEMA()
+    assert [i.id for i in schema.inputs] == ["model", "lora_name", "strength_model", "strength_mode"]
+    assert [o.display_name for o in schema.outputs] == ["MODEL", "settings"]
+    modules = dict(list(unet_modules(model).items())[:6])
+    sd = make_lora(modules, "kohya")
+    te = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
+    sd.update({f"{te}.lora_down.weight": torch.zeros(2, 768), f"{te}.lora_up.weight": torch.zeros(768, 2), f"{te}.alpha": torch.tensor(2.0)})
+    save_lora(loras_dir / "with_te.safetensors", sd, HyperSDMetadata(base_model="sd15", strength=0.9))
+    with caplog.at_level(logging.INFO):
+        patched, settings = only.execute(model, "with_te.safetensors", 1.0, "recommended").args
+    no_key_warnings(caplog)
+    assert "skipped 1 text-encoder module" in caplog.text
+    assert set(patched.patches) == {key for key, _ in modules.values()} and strengths(patched) == {0.9}
+    assert "strength 0.9" in settings
+
+
+def diffusers_lora(model_cls, config: dict, name: str, rank: int = 1):
+    """A LoRA in the official Hyper-SD3/FLUX files' layout (diffusers/peft: transformer.<module>.lora_A
+    / lora_B) on every Linear of the diffusers transformer's blocks, from its full-size shapes on meta."""
+    diffusers = pytest.importorskip("diffusers")
+    with torch.device("meta"):
+        model = getattr(diffusers, model_cls)(**config)
+    sd, gen = {}, torch.Generator().manual_seed(0)
+    for mod_name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear) and "transformer_blocks" in mod_name:
+            sd[f"transformer.{mod_name}.lora_A.weight"] = torch.randn(rank, mod.in_features, generator=gen, dtype=torch.float16)
+            sd[f"transformer.{mod_name}.lora_B.weight"] = torch.zeros(mod.out_features, rank, dtype=torch.float16)
+    return sd
+
+
+FLUX_DEV = dict(guidance_embeds=True)  # diffusers' defaults are FLUX.1-dev's shapes
+SD3_MEDIUM = dict(sample_size=128, num_layers=24, attention_head_dim=64, num_attention_heads=24, caption_projection_dim=1536,
+                  pooled_projection_dim=2048, joint_attention_dim=4096, pos_embed_max_size=192)
+
+
+@pytest.mark.parametrize("steps", [8, 16])
+def test_hyper_flux_loras_load_at_their_recommended_strength(comfyui, flux_meta, loras_dir, steps, caplog):
+    name = f"Hyper-FLUX.1-dev-{steps}steps-lora.safetensors"
+    if not (loras_dir / name).exists():
+        save_lora(loras_dir / name, diffusers_lora("FluxTransformer2DModel", FLUX_DEV, name))
+    mappings = comfyui.nodes.NODE_CLASS_MAPPINGS
+    with caplog.at_level(logging.WARNING):
+        patched, clip, settings = mappings["HyperSDLoraLoader"].execute(flux_meta, None, name, 1.0, 1.0, "recommended").args
+        patched_only, settings_only = mappings["HyperSDLoraLoaderModelOnly"].execute(flux_meta, name, 1.0, "recommended").args
+    no_key_warnings(caplog)
+    assert clip is None and settings_only == settings
+    # every one of the 19 double and 38 single blocks (diffusers' q/k/v land in ComfyUI's fused qkv slices)
+    blocks = {tuple(k.split(".")[1:3]) for k in patched.patches}
+    assert blocks == {("double_blocks", str(i)) for i in range(19)} | {("single_blocks", str(i)) for i in range(38)}
+    assert set(patched.patches) == set(patched_only.patches)
+    assert strengths(patched) == {0.125}
+    assert f"FLUX.1, steps {steps}" in settings and "FluxGuidance 3.5" in settings and "cfg 1.0" in settings
+    assert "euler" in settings and "strength 0.125" in settings
+
+
+@pytest.mark.parametrize("steps, cfg", [(4, 3), (8, 5), (16, 7)])
+def test_hyper_sd3_loras_load_at_their_recommended_strength(comfyui, sd3_meta, loras_dir, steps, cfg, caplog):
+    name = f"Hyper-SD3-{steps}steps-CFG-lora.safetensors"
+    if not (loras_dir / name).exists():
+        save_lora(loras_dir / name, diffusers_lora("SD3Transformer2DModel", SD3_MEDIUM, name))
+    only = comfyui.nodes.NODE_CLASS_MAPPINGS["HyperSDLoraLoaderModelOnly"]
+    with caplog.at_level(logging.WARNING):
+        patched, settings = only.execute(sd3_meta, name, 1.0, "recommended").args
+    no_key_warnings(caplog)
+    assert {k.split(".")[2] for k in patched.patches} == {str(i) for i in range(24)}  # joint_blocks.<i>
+    assert strengths(patched) == {0.125}
+    assert f"SD3, steps {steps}" in settings and f"cfg {cfg}" in settings and "sgm_uniform" in settings
+    patched, _ = only.execute(sd3_meta, name, 0.25, "custom").args
+    assert strengths(patched) == {0.25}
+
+
+def test_flow_and_unet_loras_on_the_wrong_model_are_refused(comfyui, flux_meta, sd3_meta, sd15_meta, loras_dir):
+    only = comfyui.nodes.NODE_CLASS_MAPPINGS["HyperSDLoraLoaderModelOnly"]
+    flux_name = "Hyper-FLUX.1-dev-8steps-lora.safetensors"
+    if not (loras_dir / flux_name).exists():
+        save_lora(loras_dir / flux_name, diffusers_lora("FluxTransformer2DModel", FLUX_DEV, flux_name))
+    with pytest.raises(ValueError, match=r"is a FLUX.1 LoRA but the model is SD1\.5"):
+        only.execute(sd15_meta[0], flux_name, 1.0, "recommended")
+    with pytest.raises(ValueError, match=r"is a FLUX.1 LoRA but the model is SD3"):
+        only.execute(sd3_meta, flux_name, 1.0, "recommended")
+    modules = {m: v for m, v in unet_modules(sd15_meta[0]).items() if "attn2.to_k" in m}
+    save_lora(loras_dir / "sd15_for_flux.safetensors", make_lora(modules, "peft"))
+    with pytest.raises(ValueError, match=r"SD1\.5 LoRA but the model is FLUX.1: load a FLUX.1 Hyper-SD LoRA \(e.g. Hyper-FLUX"):
+        only.execute(flux_meta, "sd15_for_flux.safetensors", 1.0, "recommended")

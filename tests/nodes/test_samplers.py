@@ -149,12 +149,17 @@ def test_unsupported_models_get_clear_errors(comfyui, tiny_model):
     (tscd,) = comfyui.run("HyperSDTSCDSampler", 0.3)
     (dmd,) = comfyui.run("HyperSDDMDSampler")
     (sigmas,) = comfyui.run("HyperSDScheduler", tiny_model, 2, "trailing", 1.0)
-    flow = patched(comfyui, tiny_model, "ModelSamplingSD3", 3.0)
-    for sampler in (tscd, dmd):
-        with pytest.raises(ValueError, match="uses ModelSamplingDiscreteFlow with CONST prediction"):
-            sample_custom(comfyui, flow, sampler, sigmas, torch.zeros(LATENT))
-    with pytest.raises(ValueError, match="flow-matching"):
-        comfyui.run("HyperSDScheduler", flow, 2, "trailing", 1.0)
+    flow_hint = r"flow-matching model \(Model\w+: SD3/FLUX.1-style\).*KSampler \(sampler euler"
+    sd3 = patched(comfyui, tiny_model, "ModelSamplingSD3", 3.0)
+    flux = patched(comfyui, tiny_model, "ModelSamplingFlux", 1.15, 0.5, 1024, 1024)
+    for flow in (sd3, flux):
+        for sampler in (tscd, dmd):
+            with pytest.raises(ValueError, match=flow_hint):
+                sample_custom(comfyui, flow, sampler, sigmas, torch.zeros(LATENT))
+        with pytest.raises(ValueError, match=flow_hint):
+            comfyui.run("HyperSDScheduler", flow, 2, "trailing", 1.0)
+        with pytest.raises(ValueError, match=flow_hint):
+            comfyui.run("HyperSDOneStepScheduler", flow, 999)
     edm = patched(comfyui, tiny_model, "ModelSamplingContinuousEDM", "eps", 120.0, 0.002)
     with pytest.raises(ValueError, match="discrete-timestep.*ModelSamplingContinuousEDM"):
         comfyui.run("HyperSDOneStepScheduler", edm, 999)

@@ -108,7 +108,8 @@ def test_export_lora_writes_what_the_trainer_wrote(tiny_run, tmp_path):
     cfg, last = trainer.cfg, len(trainer.cfg.stages) - 1
     stage = get_stage(cfg.stages[last].name)(None, cfg.stages[last], last)  # metadata() reads only its config
     metadata = lora_metadata(cfg, stage.metadata(), trainer.model.base_model, trainer.model.prediction_type)
-    paths = export_lora(trainer.base_unet, tmp_path, "hypersd_lora", metadata)
+    paths = export_lora(trainer.base_unet, tmp_path, "hypersd_lora", metadata, cfg.export,
+                        cfg.data.resolution or trainer.model.resolution)
     for kind in ("kohya", "diffusers"):
         assert Path(paths[kind]).name == Path(results["lora"][kind]).name
         assert _content(paths[kind]) == _content(results["lora"][kind]), kind
@@ -122,7 +123,7 @@ def test_init_from_exported_lora_round_trips(tiny_run, tmp_path, tokenizer_path)
     _, results, _ = tiny_run
     cfg = load_config("tiny-test", overrides=[
         f"output={tmp_path}", f"model.tokenizer_path={tokenizer_path}", f"lora.init_from={results['lora']['kohya']}",
-        "stage_all.steps=0", "eval.enabled=false", "sample.steps=[1]"])
+        "stage_all.steps=0", "eval.enabled=false", "sample.steps=[1]", "export.dtype=fp32"])
     again = Trainer(cfg).run()
     a, _ = load_lora(results["lora"]["kohya"])
     b, _ = load_lora(again["lora"]["kohya"])
