@@ -328,3 +328,46 @@ def test_summary_reports_skipped_samples(tiny_run):
     _, results, out = tiny_run
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data"]["skipped"] == 0 and len(summary["data"]["per_process"]) == 1
+
+
+# -- bad data: one line, or skipped and counted ----------------------------------------------
+def test_binary_txt_caption_is_skipped_and_counted(tmp_path):
+    make_folder(tmp_path, 3)
+    (tmp_path / "img0.txt").write_text("a digit 0")
+    (tmp_path / "img1.txt").write_bytes(b"\x00\xff\xfe\x89PNG garbage")
+    (tmp_path / "img2.txt").write_bytes("ein Ziffer 2 \u00e9".encode("latin-1"))
+    with pytest.warns(UserWarning, match="not UTF-8 text"):
+        rec = folder_records(str(tmp_path))
+    assert [r.caption for r in rec.records] == ["a digit 0"]
+    assert rec.skipped == {"unreadable caption": 2}
+
+
+@pytest.mark.parametrize("name, content", [("captions.jsonl", b'{"file_name": "img0.png", "text": "\xe9t\xe9"}\n'),
+                                           ("captions.csv", b"file_name,text\nimg0.png,\xe9t\xe9\n")])
+def test_caption_file_not_utf8_one_line(tmp_path, name, content):
+    make_folder(tmp_path, 1)
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DataError) as e:
+        folder_records(str(tmp_path))
+    msg = str(e.value)
+    assert name in msg and "not UTF-8 text" in msg and "save it as UTF-8" in msg and "\n" not in msg
+
+
+def test_truncated_shard_among_good_ones_is_skipped(tmp_path):
+    for i in range(2):
+        write_shard(tmp_path / f"good-{i}.tar", [(f"k{j}.png", png_bytes(10 * j)) for j in range(3)]
+                    + [(f"k{j}.txt", f"digit {j}".encode()) for j in range(3)])
+    write_shard(tmp_path / "bad.tar", [("k0.png", png_bytes(5) * 200), ("k0.txt", b"digit")])
+    data = (tmp_path / "bad.tar").read_bytes()
+    (tmp_path / "bad.tar").write_bytes(data[:700])
+    (tmp_path / "junk.tar").write_bytes(b"not a tar at all" * 10)
+    with pytest.warns(UserWarning, match="skipping shard"):
+        rec = webdataset_records(str(tmp_path / "*.tar"))
+    assert len(rec.records) == 6 and all(r.key.startswith("good-") for r in rec.records)
+    assert rec.skipped.get("unreadable shard", 0) >= 1
+
+
+def test_all_shards_unreadable_is_one_error(tmp_path):
+    (tmp_path / "a.tar").write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(DataError, match="no usable samples"), pytest.warns(UserWarning):
+        webdataset_records(str(tmp_path / "a.tar"))

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import json
 import re
 import tarfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,19 +63,39 @@ class RecordList:
     skipped: dict  # reason -> count, found while listing
 
 
+def caption_text(raw: bytes) -> str | None:
+    """A caption from raw bytes: UTF-8 text without control characters, stripped; None when the
+    bytes are not text (binary garbage, another encoding) and the sample should be skipped."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if any(ord(c) < 32 and c not in "\t\n\r" for c in text) or "\ufffd" in text:
+        return None
+    return text.strip()
+
+
+def _read_utf8(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte {e.start}: {data[e.start:e.start + 4]!r}); "
+                        "save it as UTF-8") from None
+
+
 def _caption_table(path: Path) -> dict[str, str]:
     rows: list[dict] = []
     try:
         if path.suffix == ".jsonl":
-            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for n, line in enumerate(_read_utf8(path).splitlines(), 1):
                 if line.strip():
                     try:
                         rows.append(json.loads(line))
                     except json.JSONDecodeError as e:
                         raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
         elif path.suffix == ".csv":
-            with path.open(newline="", encoding="utf-8") as f:
-                rows = list(csv.DictReader(f))
+            rows = list(csv.DictReader(io.StringIO(_read_utf8(path), newline="")))
         else:
             raise DataError(f"caption file {path} must be .jsonl or .csv")
     except OSError as e:
@@ -115,7 +137,12 @@ def folder_records(folder: str | None, captions: str | None = None) -> RecordLis
             if not txt.is_file():
                 skipped["no caption"] = skipped.get("no caption", 0) + 1
                 continue
-            records.append(Record(str(p.relative_to(root)), txt.read_text(encoding="utf-8", errors="replace").strip(), str(p)))
+            text = caption_text(txt.read_bytes())
+            if text is None:
+                skipped["unreadable caption"] = skipped.get("unreadable caption", 0) + 1
+                warnings.warn(f"skipping {p.name}: its caption {txt.name} is not UTF-8 text", stacklevel=2)
+                continue
+            records.append(Record(str(p.relative_to(root)), text, str(p)))
     if not records:
         raise DataError(f"no usable samples in {root} (skipped: {skipped or 'none found'}); expected images "
                         f"({', '.join(IMAGE_EXTS)}) with a captions.jsonl/.csv or same-stem .txt captions")
@@ -156,7 +183,7 @@ def webdataset_records(spec: str | None) -> RecordList:
                     img = next((g[e] for e in ("jpg", "jpeg", "png", "webp") if e in g), None)
                     cap = None
                     if "txt" in g:
-                        cap = tf.extractfile(g["txt"]).read().decode("utf-8", "replace").strip()
+                        cap = caption_text(tf.extractfile(g["txt"]).read())
                     elif "json" in g:
                         try:
                             meta = json.loads(tf.extractfile(g["json"]).read())
@@ -168,8 +195,10 @@ def webdataset_records(spec: str | None) -> RecordList:
                         skipped[reason] = skipped.get(reason, 0) + 1
                         continue
                     records.append(Record(f"{Path(shard).name}/{key}", cap, shard, img.offset_data, img.size))
-        except tarfile.TarError as e:
-            raise DataError(f"{shard} is not a readable tar shard ({e})") from e
+        except (tarfile.TarError, OSError, EOFError) as e:  # truncated or not a tar: skip the shard, count it
+            skipped["unreadable shard"] = skipped.get("unreadable shard", 0) + 1
+            warnings.warn(f"skipping shard {shard}: not a readable tar ({e})", stacklevel=2)
+            records = [r for r in records if not r.key.startswith(f"{Path(shard).name}/")]
     if not records:
         raise DataError(f"no usable samples in {len(shards)} shard(s) (skipped: {skipped}); members must be "
                         "<key>.jpg/.png with <key>.txt or <key>.json captions")
