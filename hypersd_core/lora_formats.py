@@ -240,6 +240,33 @@ def lora_modules(state_dict: Mapping[str, torch.Tensor]) -> set[str]:
     return out
 
 
+def kohya_pair_problem(lora: Mapping[str, torch.Tensor], target_shapes: Mapping[str, tuple]) -> str | None:
+    """First problem of a kohya-keyed LoRA against the weights it patches, or None.
+
+    ``target_shapes``: module name -> shape of the weight it patches. Checks that each module has
+    both halves, that their ranks agree, that up @ down has the weight's shape, and that alpha is
+    not 0 (ΔW = alpha/rank * up @ down would be 0: the module does nothing)."""
+    halves: dict[str, dict[str, torch.Tensor]] = {}
+    for k, v in lora.items():
+        m = _KOHYA_RE.match(k)
+        if m:
+            halves.setdefault(m["mod"], {})[m["kind"]] = v
+    for mod in sorted(halves):
+        h = halves[mod]
+        down, up, alpha = h.get("lora_down.weight"), h.get("lora_up.weight"), h.get("alpha")
+        if down is None or up is None:
+            return f"module {mod} has only its {'lora_up' if down is None else 'lora_down'} half"
+        if down.dim() < 2 or up.dim() < 2 or down.shape[0] != up.shape[1]:
+            return (f"module {mod}: lora_down {tuple(down.shape)} and lora_up {tuple(up.shape)} disagree on the rank")
+        if alpha is not None and alpha.numel() == 1 and float(alpha) == 0.0:
+            return f"module {mod} has alpha 0, so it changes nothing (ΔW = alpha/rank · up·down)"
+        shape = target_shapes.get(mod)
+        if shape is not None and (up.shape[0] != shape[0] or (len(shape) > 1 and down.shape[1] != shape[1])):
+            return (f"module {mod}: lora_up {tuple(up.shape)} · lora_down {tuple(down.shape)} does not fit the model's "
+                    f"weight {tuple(shape)}")
+    return None
+
+
 # -- metadata ---------------------------------------------------------------------------------
 @dataclass
 class HyperSDMetadata:

@@ -8,6 +8,7 @@ ComfyUI (wrapped in ``KSAMPLER``), under k-diffusion's wrappers and in our own t
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Optional
 
 import torch
@@ -163,6 +164,8 @@ def get_sigmas_tscd(steps: int, schedule: Optional[VPSchedule] = None, spacing: 
     """
     schedule = schedule or default_schedule()
     T = schedule.num_train_timesteps
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= steps <= T:
+        raise ValueError(f"steps must be an integer in [1, {T}], got {steps!r}")
     if not 0.0 < denoise <= 1.0:
         raise ValueError(f"denoise must be in (0, 1], got {denoise}")
     if onestep_timestep is not None and steps == 1 and denoise == 1.0:

@@ -9,6 +9,7 @@ from ..hypersd_core.lora_formats import (
     FLOW_BASES,
     HyperSDMetadata,
     infer_base_model,
+    kohya_pair_problem,
     load_lora,
     lora_modules,
     to_kohya,
@@ -123,6 +124,8 @@ def apply_lora(model, clip, lora_name, strength_mode, strength_model, strength_c
     if clip is None:
         lora = unet_only(lora, model, lora_name)
     check_all_keys_map(lora, model, clip, lora_name)
+    if base not in FLOW_BASES:
+        check_weights_fit(lora, model, clip, lora_name)
     strength = resolve_strength(strength_mode, strength_model, meta)
     patched_model, patched_clip = comfy.sd.load_lora_for_models(model, clip, lora, strength, strength_clip)
     if meta is not None and meta.onestep_timestep is not None:  # read by HyperSDScheduler at 1 step
@@ -178,6 +181,34 @@ def check_all_keys_map(lora, model, clip, lora_name) -> None:
             f"{len(unmapped)} module(s) of {lora_name} match nothing in this model (first: {', '.join(unmapped[:3])}); "
             "the LoRA was made for another architecture. Check that LoRA and checkpoint share a base model."
         )
+
+
+def check_weights_fit(lora, model, clip, lora_name) -> None:
+    """Refuse halves that disagree, shapes that do not fit the model, alpha 0, and a LoRA with no
+    diffusion-model weights (ComfyUI would skip such patches with only a log line)."""
+    import comfy.lora
+
+    unet_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    modules = lora_modules(lora)
+    if not modules & set(unet_map):
+        raise ValueError(f"{lora_name} holds no diffusion-model weights (only text-encoder ones): it is not a Hyper-SD "
+                         "LoRA; load text-encoder LoRAs with ComfyUI's LoraLoader")
+    weights = {k: v.shape for k, v in model.model.state_dict().items()}
+    if clip is not None:
+        weights.update({k: v.shape for k, v in clip.cond_stage_model.state_dict().items()})
+        key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, dict(unet_map))
+    else:
+        key_map = unet_map
+    shapes = {}
+    for mod in modules:
+        target = key_map.get(mod)
+        target = target[0] if isinstance(target, tuple) else target
+        if isinstance(target, str) and target in weights:
+            shapes[mod] = tuple(weights[target])
+    problem = kohya_pair_problem(lora, shapes)
+    if problem:
+        raise ValueError(f"{lora_name}: {problem}; the file is damaged or made for another model: re-download or "
+                         "re-export it")
 
 
 def describe(lora_name: str, meta: HyperSDMetadata | None, strength: float) -> str:

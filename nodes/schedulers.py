@@ -34,6 +34,9 @@ class HyperSDScheduler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, steps, spacing, denoise) -> io.NodeOutput:
+        if int(steps) < 1 or not 0.0 < float(denoise) <= 1.0:
+            raise ValueError(f"steps must be >= 1 and denoise in (0, 1] (got steps {steps}, denoise {denoise}): "
+                             "1-8 steps for Hyper-SD LoRAs, denoise 1.0 for text-to-image")
         schedule = vp_schedule(model.get_model_object("model_sampling"))
         return io.NodeOutput(get_sigmas_tscd(int(steps), schedule, spacing=spacing, denoise=float(denoise),
                                              onestep_timestep=onestep_timestep(model)))
@@ -50,7 +53,7 @@ class HyperSDOneStepScheduler(io.ComfyNode):
             "999 for the unified 1-step LoRA and DMD generators.",
             inputs=[
                 io.Model.Input("model", tooltip=MODEL_TOOLTIP),
-                io.Int.Input("timestep", default=999, min=0, max=999,
+                io.Int.Input("timestep", default=999, min=1, max=999,
                              tooltip="The timestep of the single step: 800 for Hyper-SDXL-1step-Unet, 999 for "
                              "the unified 1-step LoRA; lower values with an input image give img2img."),
             ],
@@ -59,5 +62,8 @@ class HyperSDOneStepScheduler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, timestep) -> io.NodeOutput:
+        if not 1 <= int(timestep) <= 999:
+            raise ValueError(f"timestep must be between 1 and 999 (got {timestep}): 800 for the SDXL 1-step UNet "
+                             "and our unified LoRAs, 999 for the official unified LoRA")
         schedule = vp_schedule(model.get_model_object("model_sampling"))
         return io.NodeOutput(get_sigmas_onestep(int(timestep), schedule))
