@@ -15,7 +15,6 @@ graph replays on a GPU. Without CUDA the compile request is logged and the path 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -23,14 +22,12 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .capture import strict_compile_errors
+from .capture import CUDA_GRAPH_MODES, strict_compile_errors
 from .parameterization import DiscreteVPDenoiser
 from .samplers import get_sigmas_onestep, get_sigmas_tscd, sample_dmd_onestep, sample_tscd
-from .schedule import VPSchedule
+from .schedule import VPSchedule, unit_noise_to_ve
 
 log = logging.getLogger(__name__)
-
-CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 class PromptEncoder:
@@ -148,8 +145,6 @@ class Generator:
         # its memory pool and be overwritten by later replays
         self.schedule.timestep(self.sigmas)
         self.schedule.sigma(torch.zeros((), device=self.device))
-        # diffusers starts from unit-variance VP noise: VE x = sqrt(1 + sigma0^2) * z
-        self.start_scale = math.sqrt(1.0 + float(sigmas[0]) ** 2)
         self.cache_size = cache_size
         self._cache: OrderedDict[str, dict] = OrderedDict()
         self._buffers: dict[tuple, _Buffers] = {}
@@ -246,7 +241,7 @@ class Generator:
     def sample_latents(self, noise: torch.Tensor, step_noise: Optional[torch.Tensor],
                        cond: dict[str, torch.Tensor]) -> torch.Tensor:
         """Unit-variance noise -> x0 latents (float32) with the one-step or TSCD sampler."""
-        x = noise * self.start_scale
+        x = unit_noise_to_ve(noise, self.sigmas[0])
         if self.steps == 1:
             return sample_dmd_onestep(self.denoiser, x, self.sigmas, extra_args=cond)
         draws = iter(step_noise.unbind(0))

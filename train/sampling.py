@@ -7,7 +7,7 @@ import torch
 
 from hypersd_core.parameterization import DiscreteVPDenoiser, cfg_combine
 from hypersd_core.samplers import get_sigmas_tscd, sample_dmd_onestep, sample_tscd, seeded_noise_sampler
-from hypersd_core.schedule import VPSchedule
+from hypersd_core.schedule import VPSchedule, unit_noise_to_ve
 
 
 class GuidedUNet(torch.nn.Module):
@@ -52,7 +52,7 @@ def sample_images(unet, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.T
     net = GuidedUNet(unet, cond, uncond, cfg, added_cond, added_uncond)
     model = DiscreteVPDenoiser(net, schedule, prediction_type)
     sigmas = get_sigmas_tscd(steps, schedule, spacing=spacing, onestep_timestep=onestep_timestep).to(noise.device)
-    x = noise * (sigmas[0] ** 2 + 1).sqrt()  # VP z at the first timestep -> VE x
+    x = unit_noise_to_ve(noise, sigmas[0])
     if onestep_timestep is not None and steps == 1:
         return sample_dmd_onestep(model, x, sigmas)
     noise_sampler = seeded_noise_sampler(x, seed) if eta > 0 else None

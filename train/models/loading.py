@@ -145,8 +145,8 @@ def _load_sd(cfg) -> LoadedModel:
                 f"from_single_file failed for {path.name}: {e}. Offline, diffusers needs the model's configs: set "
                 "model.config_path to a local diffusers folder of the same architecture (its model_index.json and "
                 "component configs), or convert the checkpoint to a diffusers folder first") from e
-        schedule, pred = VPSchedule.from_sigmas(((1 - pipe.scheduler.alphas_cumprod) / pipe.scheduler.alphas_cumprod).sqrt()), \
-            pipe.scheduler.config.get("prediction_type", "epsilon")
+        schedule = VPSchedule(pipe.scheduler.alphas_cumprod)
+        pred = pipe.scheduler.config.get("prediction_type", "epsilon")
     else:
         missing = [s for s in ("unet", "vae", "text_encoder", "tokenizer") if not (path / s).is_dir()]
         if missing:

@@ -57,12 +57,3 @@ def add_zero_adapter(unet: torch.nn.Module, name: str, like: str | None = None, 
     if active:
         unet.set_adapter(active[0] if len(active) == 1 else active)
     return adapter_parameters(unet, name)
-
-
-def copy_adapter(unet: torch.nn.Module, src: str, dst: str) -> None:
-    """Copy adapter ``src``'s weights into adapter ``dst`` (same shapes)."""
-    named = dict(unet.named_parameters())
-    with torch.no_grad():
-        for n, p in named.items():
-            if "lora_" in n and f".{dst}." in n:
-                p.copy_(named[n.replace(f".{dst}.", f".{src}.")])

@@ -1,7 +1,7 @@
 """DMD2-style score distillation for one-step generation, as the last part of Hyper-SD.
 
-Generator: the student LoRA at one step (t = 999, ``sample_dmd_onestep``'s model call) maps unit
-noise z to x. Per generator update, with t ~ U[t_min, t_max] and x_t = α_t x + σ_t ε:
+Generator: the student LoRA at one step (t = ``dmd.onestep_timestep``, 800 in our presets;
+``sample_dmd_onestep``'s model call) maps unit noise z to x. Per generator update, with t ~ U[t_min, t_max] and x_t = α_t x + σ_t ε:
 - real score: the teacher (the base UNet with every adapter disabled) with CFG gives μ_real;
 - fake score: a second LoRA adapter (``fake``) on the same base UNet gives μ_fake;
 - generator loss: ``hypersd_core.losses.dmd_loss(x, μ_real, μ_fake)`` (DMD2's normalised
@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 
 from hypersd_core.losses import dmd_loss
-from hypersd_core.parameterization import add_noise, to_x0_eps
+from hypersd_core.parameterization import add_noise, to_x0_eps, training_target
 from hypersd_core.schedule import VPSchedule
 
 from ..checkpoint import load_optimizer_tensors, optimizer_tensors
@@ -170,8 +170,7 @@ def fake_score_loss(unet, x: torch.Tensor, cond, opts: DMDOptions, schedule: VPS
     x_t, eps = diffuse(x, t, schedule, generator)
     out = GuidedUNet(unet, cond, added_cond=added_cond)(x_t, t)
     alpha, sigma = schedule.alpha_sigma(t, dtype=x.dtype, device=x.device)
-    a, s = alpha.view(-1, *[1] * (x.ndim - 1)), sigma.view(-1, *[1] * (x.ndim - 1))
-    target = {"epsilon": eps, "v_prediction": a * eps - s * x, "sample": x}[prediction_type]
+    target = training_target(x, eps, alpha, sigma, prediction_type)
     return F.mse_loss(out.float(), target.float())
 
 
@@ -199,11 +198,6 @@ def build_reference_bank(unet, noise: torch.Tensor, cond: torch.Tensor, uncond: 
                                  prediction_type=prediction_type, added_cond=rows(added_cond, sl),
                                  added_uncond=rows(added_uncond, sl)))
     return torch.cat(out)
-
-
-def lora_parameter_count(unet, name: str) -> int:
-    """Number of parameters of adapter ``name`` (for the memory estimate)."""
-    return sum(p.numel() for p in _params_of(unet, name))
 
 
 def _params_of(unet, name: str):

@@ -18,10 +18,10 @@ from typing import Callable, Sequence
 import torch
 
 from hypersd_core.losses import reward_hinge_loss
-from hypersd_core.parameterization import DiscreteVPDenoiser, add_noise
+from hypersd_core.parameterization import DiscreteVPDenoiser, add_noise, vp_to_ve
 from hypersd_core.rewards import score
-from hypersd_core.samplers import get_sigmas_tscd, sample_tscd, seeded_noise_sampler, tscd_jump_sigmas
-from hypersd_core.schedule import VPSchedule
+from hypersd_core.samplers import get_sigmas_tscd, sample_tscd, seeded_noise_sampler, tscd_jump_sigmas, tscd_renoise_std
+from hypersd_core.schedule import VPSchedule, unit_noise_to_ve
 
 from . import register_stage
 from .tscd import TSCDStage
@@ -66,15 +66,15 @@ def refl_x0(denoiser: Callable, noise: torch.Tensor, steps: int, stop: int, *, e
     it without gradients (exactly as ``sample_tscd`` runs them), that step with gradients."""
     schedule = schedule or VPSchedule.scaled_linear()
     sigmas = get_sigmas_tscd(steps, schedule, spacing=spacing).to(noise.device)
-    x = noise * (sigmas[0] ** 2 + 1).sqrt()  # VP z at t_max -> VE x
+    x = unit_noise_to_ve(noise, sigmas[0])
     if stop > 0:
         ns = seeded_noise_sampler(x, seed) if eta > 0 else None
         with torch.no_grad():
             head = sigmas[: stop + 1]
             x = sample_tscd(denoiser, x, head, eta=eta, noise_sampler=ns, schedule=schedule, disable=True)
             if eta > 0:  # sample_tscd does not re-noise after its own last step; the full run does
-                sig_s = tscd_jump_sigmas(head, eta, schedule)[-1]
-                x = x + (head[-1] ** 2 - sig_s**2).clamp(min=0).sqrt() * ns(head[-2], head[-1])
+                std = tscd_renoise_std(head, tscd_jump_sigmas(head, eta, schedule))[-1]
+                x = x + std * ns(head[-2], head[-1])
     return denoiser(x, sigmas[stop] * x.new_ones(x.shape[0]))
 
 
@@ -85,7 +85,7 @@ def data_x0(denoiser: Callable, clean: torch.Tensor, t: torch.Tensor, schedule: 
     alpha, sigma = schedule.alpha_sigma(t, dtype=clean.dtype, device=clean.device)
     noise = torch.randn(clean.shape, generator=generator, dtype=clean.dtype).to(clean.device)
     x_vp = add_noise(clean, noise, alpha, sigma)
-    return denoiser(x_vp / alpha.view(-1, *[1] * (clean.ndim - 1)), schedule.sigma(t).to(clean))
+    return denoiser(vp_to_ve(x_vp, alpha), schedule.sigma(t).to(clean))
 
 
 def feedback_loss(reward: Callable, decode: Callable, x0: torch.Tensor, prompts: Sequence[str],
