@@ -209,22 +209,6 @@ def _fake_params_movable():
         torch.utils.swap_tensors = orig
 
 
-@contextlib.contextmanager
-def _real_sigma_schedules():
-    """The samplers' sigma schedules (a few floats, validated with ``.item()``) are computed on
-    real tensors: a fake tensor has no values to check."""
-    import train.sampling as sampling
-    from torch._subclasses.fake_tensor import unset_fake_temporarily
-
-    def real(func):
-        def run(*args, **kwargs):
-            with unset_fake_temporarily():
-                return func(*args, **kwargs)
-        return run
-    with _wrapped(sampling, ("get_sigmas_tscd",), real):
-        yield
-
-
 def _nbytes(tensors) -> int:
     seen, total = set(), 0
     for t in tensors:
@@ -238,15 +222,6 @@ def _nbytes(tensors) -> int:
 def _opt_state(opt) -> list[torch.Tensor]:
     inner = getattr(opt, "optimizer", opt)
     return [v for s in inner.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
-
-
-def _wrap(obj, name: str, tracker: LiveTensorTracker, label: str) -> None:
-    fn = getattr(obj, name)
-
-    def wrapped(*a, **k):
-        with tracker.phase(label):
-            return fn(*a, **k)
-    setattr(obj, name, wrapped)
 
 
 PHASES = {
@@ -279,7 +254,7 @@ def measure(spec_name: str = "sdxl", *, stage: str = "dmd", rank: int = 64, grad
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     attention = sdpa_kernel({"flash": SDPBackend.FLASH_ATTENTION, "math": SDPBackend.MATH}[sdpa])
-    with _fake_params_movable(), _real_sigma_schedules(), attention, \
+    with _fake_params_movable(), attention, \
             FakeTensorMode(allow_non_fake_inputs=True), tracker, policy:
         unet = build_unet(spec, dtype=wdt)
         setup = build_context(unet, mixed_precision="bf16", weight_dtype=wdt, rank=rank,
@@ -300,10 +275,7 @@ def measure(spec_name: str = "sdxl", *, stage: str = "dmd", rank: int = 64, grad
         if emulate_cuda:  # the fake-score AdamW has no fused flag: torch picks foreach for CUDA tensors
             for g in st.fake_opt.param_groups:
                 g["foreach"] = True
-        _wrap(st, "_fake_updates", tracker, "fake_score")
-        _wrap(st, "_fill_bank", tracker, "bank")
-        _wrap(st, "_generator_loss", tracker, "gen_forward")
-        _wrap(ctx, "step_lora", tracker, "backward_step")
+        ctx.phase = tracker.phase  # the stage marks its phases (fake_score, bank, gen_forward, backward_step)
         data = random_batch(spec, batch, res, acc.device, wdt)
         static = {
             "base_weights": _nbytes([p for n, p in unet.named_parameters() if "lora_" not in n] + list(unet.buffers())),

@@ -189,9 +189,10 @@ class VPSchedule:
         """
         if final not in ("zero", "t0"):
             raise ValueError(f"final must be 'zero' or 't0', got {final!r}")
-        ts = torch.as_tensor(list(timesteps), dtype=torch.float64)
-        if len(ts) and (ts.max() >= self.num_train_timesteps or ts.min() < 0):
+        timesteps = [float(t) for t in timesteps]  # checked as numbers: no tensor values are read
+        if timesteps and (max(timesteps) >= self.num_train_timesteps or min(timesteps) < 0):
             raise ValueError(f"timesteps must lie in [0, {self.num_train_timesteps - 1}]")
+        ts = torch.tensor(timesteps, dtype=torch.float64)
         last = torch.zeros(1, dtype=torch.float64) if final == "zero" else self.sigmas[:1]
         return torch.cat([self.sigma(ts), last]).to(dtype)
 

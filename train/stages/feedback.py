@@ -10,7 +10,6 @@ The stage adds this to the TSCD distillation loss so the student does not drift.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -141,32 +140,6 @@ def build_stage_rewards(ctx, specs, default_threshold: float) -> list[tuple[str,
     return out
 
 
-@contextlib.contextmanager
-def extra_loss(ctx, compute: Callable[[], torch.Tensor]):
-    """Add ``compute()`` to the loss of the next ``ctx.step_lora`` call (one backward, one step),
-    so a stage can put its term next to the TSCD stage's loss without copying that stage.
-
-    ``compute`` runs inside ``step_lora``, after the TSCD stage's own forwards: its target pass
-    swaps EMA weights into the LoRA in place, which would invalidate a graph built earlier.
-    """
-    had = "step_lora" in vars(ctx)
-    orig = ctx.step_lora
-
-    def step_lora(loss, max_grad_norm=None):
-        with ctx.accelerator.autocast():
-            extra = compute()
-        return orig(loss + extra, max_grad_norm)
-
-    ctx.step_lora = step_lora
-    try:
-        yield
-    finally:
-        if had:
-            ctx.step_lora = orig
-        else:
-            del ctx.step_lora
-
-
 class FeedbackTerm:
     """The ReFL term for a stage: rewards built once; per call, one x̂0 batch scored by every
     reward, loss = sum_k lambda*w_k*mean(ReLU(alpha_k - r_k))."""
@@ -226,18 +199,16 @@ class FeedbackStage(TSCDStage):
         self.feedback = FeedbackTerm(self.ctx, self.fb_opts)
 
     def train_step(self, batch, step: int) -> dict[str, float]:
-        if step % self.fb_opts.every:
-            return super().train_step(batch, step)
-        fb_logs = {}
-
-        def compute():
-            loss, logs = self.feedback(batch)
-            fb_logs.update(logs)
-            return loss
-
-        with extra_loss(self.ctx, compute):
-            logs = super().train_step(batch, step)
-        return {**logs, **fb_logs}
-
-    def metadata(self) -> dict:
-        return {**super().metadata(), "stage": "feedback"}
+        ctx = self.ctx
+        with ctx.accelerator.autocast():
+            loss, logs, pieces = self.tscd_loss(batch)
+            # after the TSCD forwards: their target pass swaps EMA weights into the LoRA in place,
+            # which would invalidate a graph built before it
+            if step % self.fb_opts.every == 0:
+                l_fb, fb_logs = self.feedback(batch)
+                loss = loss + l_fb
+                logs.update(fb_logs)
+        logs["loss/total"] = loss.detach()
+        ctx.step_lora(loss, ctx.config.optim.max_grad_norm)
+        logs.update(self.after_lora_step(batch, pieces))
+        return {k: float(v) for k, v in logs.items()}
