@@ -289,7 +289,7 @@ def e2e_rows(name, parts, device, dtype, args, peaks, component_flops) -> dict:
                     floor = flops / (peaks["bf16_tflops"] * 1e12) * 1e3
                     row["flop_floor_ms"] = floor
                     row["share_of_peak"] = floor / row["fresh_prompt"]["ms"]
-                del gen
+                gen = None  # free it before the next variant
             except Exception as exc:
                 row["error"] = f"{type(exc).__name__}: {exc}"
                 row["traceback"] = traceback.format_exc(limit=4)

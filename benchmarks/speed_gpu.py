@@ -207,7 +207,7 @@ def inference_section(spec: ModelSpec, *, device, dtype, resolution: int, steps_
             rows.append(sampler_math_row(spec, resolution, steps, eta, schedule, device, warmup, iters, unet_s))
     finally:
         timer.remove()
-    del unet, pipe
+    unet = pipe = None  # free them
     return rows
 
 
