@@ -143,7 +143,7 @@ class Evaluator:
         from train.config import ModelConfig
         from train.digits import load_digit_splits
         from train.metrics import classifier_features, digit_eval_set
-        from train.models.loading import load_model
+        from hypersd_models.loading import load_model
 
         self.m = load_model(ModelConfig(kind=model))
         self.unet = self.m.unet.eval()

@@ -78,7 +78,7 @@ class ModelSpec:
 
 def embedded_spec() -> ModelSpec:
     """The embedded digits teacher's architecture (pixel space, 1x16x16, random weights)."""
-    from train.models.embedded import RESOLUTION, UNET_CONFIG
+    from hypersd_models.embedded import RESOLUTION, UNET_CONFIG
 
     return ModelSpec("embedded", dict(UNET_CONFIG), RESOLUTION, scale=1)
 

@@ -30,6 +30,12 @@ OFFICIAL_FILES = {
     "Hyper-FLUX.1-dev-16steps-lora.safetensors": ("flux", [16], 0.0, 3.5, 0.125, "flow"),
 }
 
+def lora_settings(filename: str, header=None) -> HyperSDMetadata | None:
+    """A LoRA's Hyper-SD settings: its header's ``hypersd.*`` metadata, else the official file's
+    preset by name, else None (what the ComfyUI loader and the demo both read)."""
+    return HyperSDMetadata.from_header(header) or official_preset(filename)
+
+
 def official_preset(filename: str) -> HyperSDMetadata | None:
     """Settings for an official Hyper-SD LoRA file name (case-insensitive), else None."""
     base = os.path.basename(filename).lower()

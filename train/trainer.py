@@ -17,7 +17,7 @@ from .data import build_source
 from .export import export_lora, lora_metadata
 from .grids import sample_grid_rows, save_grid, tensorboard_grid
 from .lora import add_lora, adapters_disabled, load_lora_tensors, lora_tensors
-from .models.loading import DTYPES, load_model
+from hypersd_models.loading import DTYPES, load_model
 from .optim import build_optimizer, reset_state, set_lr
 from .stages import StageContext, get_stage
 

@@ -39,7 +39,7 @@ def comfy_embedded_model(comfyui):
     import comfy.supported_models_base
     from diffusers import UNet2DConditionModel
 
-    from train.models.embedded import load_embedded
+    from hypersd_models.embedded import load_embedded
 
     class DiffusersUNet(UNet2DConditionModel):
         """The diffusers UNet under ComfyUI's diffusion_model call signature."""
