@@ -1,7 +1,7 @@
 """Peak tensor memory of the DMD and unified stages on a full-size SDXL UNet, counted without a GPU.
 
 The trainer's real ``DMDStage`` / ``UnifiedStage`` (``train/stages/dmd.py``) runs two training
-steps on a random-weight SDXL UNet (``benchmarks.unet_configs.SDXL``) built under torch's
+steps on a random-weight SDXL UNet (``hypersd_models.specs.SDXL``) built under torch's
 ``FakeTensorMode``: every tensor has its true shape, dtype and storage size but no data, and
 nothing is computed. A ``TorchDispatchMode`` sees every op's outputs and counts the bytes of each
 distinct live storage until Python and autograd release it (weak references on the storages),
@@ -242,7 +242,7 @@ def measure(spec_name: str = "sdxl", *, stage: str = "dmd", rank: int = 64, grad
     from train.config import StageConfig
 
     from .train_harness import accelerator, build_context, random_batch, uncond_fn
-    from .unet_configs import SPECS, build_unet
+    from hypersd_models.specs import SPECS, build_unet
 
     spec = SPECS[spec_name]
     res = resolution or spec.resolution

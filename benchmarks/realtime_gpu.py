@@ -38,7 +38,7 @@ from hypersd_core.generate import Generator, PromptEncoder
 
 from .machine import describe, machine_info
 from .report import RESULTS_DIR, markdown_table, write_json, write_text
-from .unet_configs import SPECS, build_unet
+from hypersd_models.specs import SPECS, build_unet
 
 TINY_NOTE = "TINY MODE: tiny random models on the CPU; the numbers verify the code path and mean nothing."
 

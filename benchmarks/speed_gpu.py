@@ -37,7 +37,7 @@ from hypersd_core.schedule import VPSchedule, unit_noise_to_ve
 
 from .machine import describe, machine_info
 from .report import RESULTS_DIR, markdown_table, write_json, write_text
-from .unet_configs import SPECS, ModelSpec, build_unet, conditioning
+from hypersd_models.specs import SPECS, ModelSpec, build_unet, conditioning
 
 TINY_NOTE = "TINY MODE: tiny random UNets on the CPU; the numbers verify the code path and mean nothing."
 

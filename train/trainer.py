@@ -22,6 +22,42 @@ from .optim import build_optimizer, reset_state, set_lr
 from .stages import StageContext, get_stage
 
 
+def init_lora_from(unet: torch.nn.Module, path: str) -> None:
+    """Load a LoRA file (kohya or peft layout) into the student's adapter."""
+    from hypersd_core.lora_formats import detect_format, kohya_to_peft, load_lora
+    from peft import set_peft_model_state_dict
+
+    sd, _ = load_lora(path)
+    if detect_format(sd) == "kohya":
+        names = [n for n, _ in unet.named_modules()]
+        sd, _ = kohya_to_peft(sd, names)
+    sd = {k[len("unet."):] if k.startswith("unet.") else k: v for k, v in sd.items()}
+    set_peft_model_state_dict(unet, sd, adapter_name="default")
+
+
+def prepare_student(unet: torch.nn.Module, cfg: TrainConfig, accelerator, weight_dtype=torch.float32):
+    """The student as the trainer builds it: ``unet`` on the accelerator's device in
+    ``weight_dtype``, the LoRA (``cfg.lora``; fp32 weights over any base dtype), gradient
+    checkpointing per ``cfg.model``, each configured stage's extra adapters, the LoRA optimizer,
+    both passed through ``accelerator.prepare``. Returns (prepared unet, LoRA params, prepared
+    optimizer); ``unet`` itself stays the unwrapped module."""
+    unet.to(accelerator.device)
+    if weight_dtype != torch.float32:
+        unet.to(dtype=weight_dtype)
+    lora_params = add_lora(unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules)
+    for p in lora_params:  # LoRA weights train in fp32 even over an fp16/bf16 base
+        p.data = p.data.float()
+    if cfg.lora.init_from:
+        init_lora_from(unet, cfg.lora.init_from)
+    if cfg.model.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    for scfg in cfg.stages:
+        get_stage(scfg.name).configure_unet(unet, scfg)
+    opt = build_optimizer(lora_params, cfg.optim, accelerator.device)
+    prepared, optimizer = accelerator.prepare(unet, opt)
+    return prepared, lora_params, optimizer
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False):
         self.cfg, self.resume = cfg, resume
@@ -29,7 +65,9 @@ class Trainer:
         self.results: dict = {}
 
     # -- setup ----------------------------------------------------------------------------------
-    def _setup(self):
+    def build(self) -> StageContext:
+        """Accelerator, models, the student LoRA and its optimizer, data and the StageContext the
+        stages train through (also ``self.ctx``); :meth:`run` calls it first."""
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
 
@@ -47,26 +85,13 @@ class Trainer:
         torch.manual_seed(cfg.seed + acc.process_index)
         self.model = m = load_model(cfg.model)
         self.weight_dtype = DTYPES[cfg.model.dtype] if acc.device.type == "cuda" else torch.float32
-        m.unet.to(acc.device)
-        if self.weight_dtype != torch.float32:
-            m.unet.to(dtype=self.weight_dtype)
         for e in m.text_encoders:
             e.to(acc.device)
         if m.vae is not None:
             m.vae.to(acc.device, self.weight_dtype)
         if m.teacher_unet is not None:
             m.teacher_unet.to(acc.device, self.weight_dtype)
-        self.lora_params = add_lora(m.unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules)
-        for p in self.lora_params:  # LoRA weights train in fp32 even over an fp16/bf16 base
-            p.data = p.data.float()
-        if cfg.lora.init_from:
-            self._init_lora(cfg.lora.init_from)
-        if cfg.model.gradient_checkpointing:
-            m.unet.enable_gradient_checkpointing()
-        for scfg in cfg.stages:
-            get_stage(scfg.name).configure_unet(m.unet, scfg)
-        opt = build_optimizer(self.lora_params, cfg.optim, acc.device)
-        self.unet, self.optimizer = acc.prepare(m.unet, opt)
+        self.unet, self.lora_params, self.optimizer = prepare_student(m.unet, cfg, acc, self.weight_dtype)
         self.base_unet = m.unet
         self.conditioner = TextConditioner(m.text_encoders, m.tokenizers, acc.device, self.weight_dtype,
                                            resolution=cfg.data.resolution or m.resolution,
@@ -88,17 +113,7 @@ class Trainer:
             uncond=self.conditioner.uncond, decode=self.decode, teacher=self.teacher, generator=self.generator,
             log=self.log, output_dir=str(self.out), weight_dtype=self.weight_dtype, extras=dict(m.extras),
             encode=self.conditioner.encode)
-
-    def _init_lora(self, path: str) -> None:
-        from hypersd_core.lora_formats import detect_format, kohya_to_peft, load_lora
-        from peft import set_peft_model_state_dict
-
-        sd, _ = load_lora(path)
-        if detect_format(sd) == "kohya":
-            names = [n for n, _ in self.model.unet.named_modules()]
-            sd, _ = kohya_to_peft(sd, names)
-        sd = {k[len("unet."):] if k.startswith("unet.") else k: v for k, v in sd.items()}
-        set_peft_model_state_dict(self.model.unet, sd, adapter_name="default")
+        return self.ctx
 
     @contextlib.contextmanager
     def teacher(self, local: bool = False):
@@ -170,7 +185,7 @@ class Trainer:
     # -- main loop ------------------------------------------------------------------------------
     def run(self) -> dict:
         t_start = time.time()
-        self._setup()
+        self.build()
         cfg, acc = self.cfg, self.acc
         state, folder = self._load_resume() if self.resume else ({"stage": 0, "step": 0, "global_step": 0}, None)
         if folder is not None:
@@ -249,7 +264,7 @@ class Trainer:
         self.acc.wait_for_everyone()
         return paths
 
-    def _grid_prompts(self) -> list[str]:
+    def grid_prompts(self) -> list[str]:
         s = self.cfg.sample
         if s.prompts:
             return list(s.prompts)[: s.num] if s.num else list(s.prompts)
@@ -258,7 +273,7 @@ class Trainer:
 
     def _grid_rows(self, stage, seed: int) -> dict:
         s, m = self.cfg.sample, self.model
-        prompts = self._grid_prompts()
+        prompts = self.grid_prompts()
         shape = (len(prompts), m.unet.config.in_channels, m.unet.config.sample_size, m.unet.config.sample_size)
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.acc.device)
         return sample_grid_rows(self.base_unet, lambda: self.teacher(local=True), stage.sampling_context, self.conditioner, prompts, noise,
