@@ -240,6 +240,7 @@ def measure(spec_name: str = "sdxl", *, stage: str = "dmd", rank: int = 64, grad
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from train.config import StageConfig
+    from train.lora import is_lora_parameter
 
     from .train_harness import accelerator, build_context, random_batch, uncond_fn
     from hypersd_models.specs import SPECS, build_unet
@@ -278,7 +279,7 @@ def measure(spec_name: str = "sdxl", *, stage: str = "dmd", rank: int = 64, grad
         ctx.phase = tracker.phase  # the stage marks its phases (fake_score, bank, gen_forward, backward_step)
         data = random_batch(spec, batch, res, acc.device, wdt)
         static = {
-            "base_weights": _nbytes([p for n, p in unet.named_parameters() if "lora_" not in n] + list(unet.buffers())),
+            "base_weights": _nbytes([p for n, p in unet.named_parameters() if not is_lora_parameter(n)] + list(unet.buffers())),
             "lora_student": _nbytes(setup.lora_params),
             "lora_fake": _nbytes(st.fake_params),
         }
