@@ -141,6 +141,10 @@ class Generator:
         self.latent_channels = latent_channels
         self.vae_scale_factor = vae_scale_factor
         self.sdxl = sdxl
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        if not 0.0 <= float(eta) <= 1.0:
+            raise ValueError(f"eta must be in [0, 1], got {eta!r}")
         self.steps = int(steps)
         self.eta = float(eta)
         self.schedule = schedule or VPSchedule.scaled_linear()
@@ -251,27 +255,33 @@ class Generator:
         """Unit-variance noise -> x0 latents (float32) with the one-step or TSCD sampler."""
         x = unit_noise_to_ve(noise, self.sigmas[0])
         if self.steps == 1:
-            return sample_dmd_onestep(self.denoiser, x, self.sigmas, extra_args=cond)
+            return sample_dmd_onestep(self.denoiser, x, self.sigmas, extra_args=cond, check_inputs=False)
         draws = iter(step_noise.unbind(0))
         return sample_tscd(self.denoiser, x, self.sigmas, extra_args=cond, eta=self.eta,
-                           noise_sampler=lambda s, s_next: next(draws), schedule=self.schedule)
+                           noise_sampler=lambda s, s_next: next(draws), schedule=self.schedule, check_inputs=False)
 
     def render_core(self, noise: torch.Tensor, step_noise: Optional[torch.Tensor],
-                    cond: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Noise + conditioning -> uint8 images (B, H, W, 3): sampler and decoder, no host syncs."""
+                    cond: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise + conditioning -> (uint8 images (B, H, W, 3), whether the decoded image was finite):
+        sampler and decoder, no host syncs."""
         with torch.no_grad():
             x0 = self.sample_latents(noise, step_noise, cond)
             img = x0 if self.decoder is None else self.decoder(x0.to(self.decoder_dtype))
+            finite = torch.isfinite(img).all()
             img = ((img.float() + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8)
             if img.shape[1] == 1:
                 img = img.expand(-1, 3, -1, -1)
-            return img.permute(0, 2, 3, 1).contiguous()
+            return img.permute(0, 2, 3, 1).contiguous(), finite
 
     # -- the public call -----------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, prompt: str, seed: int = 0, height: int = 512, width: int = 512,
                  batch_size: int = 1) -> torch.Tensor:
-        """uint8 images (batch, height, width, 3) on the CPU for ``prompt`` and ``seed``."""
+        """uint8 images (batch, height, width, 3) on the CPU for ``prompt`` and ``seed``.
+
+        Raises ValueError for unusable arguments and FloatingPointError when the model's output is
+        NaN/Inf (a broken LoRA, or fp16 overflow) instead of returning a black image."""
+        self._check_call(prompt, seed, height, width, batch_size)
         t0 = time.perf_counter()
         cond = self.prompt_embeddings(prompt)
         buf = self._buffers_for(batch_size, height, width, cond)
@@ -285,7 +295,11 @@ class Generator:
             buf.step_noise.normal_(generator=self._gen)
         if self._cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
-        img = self._run("render", buf.noise, buf.step_noise, buf.cond).cpu()
+        img, finite = self._run("render", buf.noise, buf.step_noise, buf.cond)
+        img = img.cpu()
+        if not bool(finite):
+            raise FloatingPointError("the model produced NaN/Inf for this prompt: the LoRA or model weights are broken, "
+                                     "or fp16 overflowed (try dtype float32 or bfloat16, or another LoRA)")
         ms = (time.perf_counter() - t0) * 1e3
         key = (batch_size, height, width)
         if self._compiled and buf.calls < 3:  # dynamo compile, then CUDA-graph warm-up and record
@@ -294,6 +308,18 @@ class Generator:
         self.stats.images += batch_size
         self.stats.last_ms = ms
         return img
+
+    def _check_call(self, prompt, seed, height, width, batch_size) -> None:
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not -2**63 <= seed < 2**64:
+            raise ValueError(f"seed must be an integer in [-2**63, 2**64), got {seed!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        s = self.vae_scale_factor
+        for name, v in (("height", height), ("width", width)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < s or v % s:
+                raise ValueError(f"{name} must be a positive multiple of {s}, got {v!r}")
 
     def warmup(self, height: int = 512, width: int = 512, batch_size: int = 1, runs: int = 3) -> float:
         """Compile and capture for this shape ahead of time; returns the seconds it took."""

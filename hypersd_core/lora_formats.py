@@ -266,13 +266,33 @@ def load_lora(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[st
             f"{os.path.basename(path)} is not a .safetensors file; only safetensors LoRAs are loaded "
             "(pickled .ckpt/.pt/.bin files can run code: convert them to safetensors first)"
         )
+    from .safetensors_check import SafetensorsFileError, inspect_safetensors
+
+    try:
+        info = inspect_safetensors(path)
+    except SafetensorsFileError as e:
+        raise LoraFormatError(str(e)) from None
+    if not info["tensors"]:
+        raise LoraFormatError(f"{os.path.basename(path)} holds no tensors; it is not a LoRA (re-download or re-export it)")
     try:
         with safe_open(path, framework="pt") as f:
             metadata = dict(f.metadata() or {})
         sd = load_file(path)
     except Exception as e:  # safetensors raises its own error types for corrupt headers
         raise LoraFormatError(f"{os.path.basename(path)} is not a readable safetensors file ({e}); re-download or re-export it") from e
+    check_lora_tensors(sd, os.path.basename(path))
     return sd, metadata
+
+
+def check_lora_tensors(state_dict: Mapping[str, torch.Tensor], name: str) -> None:
+    """Refuse integer tensors and NaN/Inf weights, naming ``name`` and the first bad key."""
+    for key, v in state_dict.items():
+        if not v.is_floating_point():
+            raise LoraFormatError(f"{name}: tensor {key!r} has dtype {v.dtype}, not floating point; this is not a "
+                                  "LoRA's weights (re-export it)")
+        if not bool(torch.isfinite(v).all()):
+            raise LoraFormatError(f"{name}: tensor {key!r} holds NaN or Inf values; the LoRA is broken "
+                                  "(its training diverged): use an earlier checkpoint or retrain with a lower lr")
 
 
 def save_lora(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor],
@@ -284,8 +304,15 @@ def save_lora(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor],
     header = metadata.to_header() if isinstance(metadata, HyperSDMetadata) else dict(metadata or {})
     header.setdefault("format", "pt")
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    check_lora_tensors(tensors, os.path.basename(path))
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str, write_fn) -> None:
@@ -298,6 +325,7 @@ def atomic_write(path: str, write_fn) -> None:
         write_fn(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a ComfyUI running as another user must read it
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

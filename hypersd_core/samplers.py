@@ -67,17 +67,38 @@ def tscd_renoise_std(sigmas: torch.Tensor, sig_s: torch.Tensor) -> torch.Tensor:
     return (sigmas[1:] ** 2 - sig_s**2).clamp(min=0).sqrt()
 
 
+def check_sampler_inputs(x, sigmas, values: bool = True) -> None:
+    """ValueError naming the argument for inputs a sampler cannot use.
+
+    Shapes always; with ``values``, also NaN/Inf in x and a sigma schedule that is not finite,
+    non-negative and non-increasing (a host sync: callers inside a captured graph pass False)."""
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] < 1:
+        raise ValueError(f"x must be a batch of latents shaped (batch, channels, ...), got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if not isinstance(sigmas, torch.Tensor) or sigmas.dim() != 1 or sigmas.shape[0] < 2:
+        raise ValueError(f"sigmas must be a 1-D schedule of at least 2 values (start ... end), got "
+                         f"{tuple(sigmas.shape) if isinstance(sigmas, torch.Tensor) else type(sigmas).__name__}: "
+                         "steps must be >= 1")
+    if values and not torch.compiler.is_compiling():
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("x holds NaN or Inf values; check the input latent or noise")
+        if not bool(torch.isfinite(sigmas).all()) or bool((sigmas < 0).any()) or bool((sigmas[1:] > sigmas[:-1]).any()):
+            raise ValueError(f"sigmas must be finite, >= 0 and non-increasing, got {sigmas.tolist()}")
+
+
 @torch.no_grad()
 def sample_tscd(model, x, sigmas, extra_args=None, callback=None, disable=None, eta: float = 0.3,
                 noise_sampler: Optional[NoiseSampler] = None, schedule: Optional[VPSchedule] = None,
-                rescale_start: bool = False):
+                rescale_start: bool = False, check_inputs: bool = True):
     """TSCD/TCD multistep sampling (Hyper-SD 2404.13686; TCD 2402.19159), gamma = ``eta``.
 
     Each step predicts x0, jumps deterministically down to s = floor((1-eta)*t_next), then
     re-noises up to t_next with seeded noise. eta=0 is DDIM; eta=1 is LCM-like.
+    ``check_inputs=False`` skips the value checks' host sync (see :func:`check_sampler_inputs`).
     """
     if not 0.0 <= float(eta) <= 1.0:
         raise ValueError(f"eta (gamma) must be in [0, 1], got {eta}")
+    check_sampler_inputs(x, sigmas, values=check_inputs)
     extra_args = {} if extra_args is None else extra_args
     schedule = schedule or default_schedule()
     if noise_sampler is None and eta > 0:
@@ -101,7 +122,7 @@ def sample_tscd(model, x, sigmas, extra_args=None, callback=None, disable=None, 
 
 @torch.no_grad()
 def sample_dmd_onestep(model, x, sigmas, extra_args=None, callback=None, disable=None,
-                       rescale_start: bool = False):
+                       rescale_start: bool = False, check_inputs: bool = True):
     """One-step generation (DMD / Hyper-SD 1-step): one model call at sigmas[0], return x0.
 
     Longer schedules use their first and last sigma only.
@@ -110,8 +131,7 @@ def sample_dmd_onestep(model, x, sigmas, extra_args=None, callback=None, disable
     unit-variance model input diffusers uses (needed for the 1-step UNet at t=800).
     """
     extra_args = {} if extra_args is None else extra_args
-    if len(sigmas) < 2:
-        return x
+    check_sampler_inputs(x, sigmas, values=check_inputs)
     if rescale_start:
         x = x * comfyui_start_correction(sigmas[0])
     s_in = x.new_ones([x.shape[0]], dtype=sigmas.dtype)  # sigma keeps its precision for fp16/bf16 x

@@ -13,10 +13,12 @@ import torch
 
 from hypersd_core.schedule import VPSchedule
 
+from .errors import UserError
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """The model files are missing or unusable; the message says what to provide."""
 
 

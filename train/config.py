@@ -5,15 +5,27 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from .errors import UserError
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value or file we cannot use; the message says what to change."""
+
+
+# Built-in stage names and the modules that register them (train.stages imports them on first use).
+BUILTIN_STAGES = {"tscd": "train.stages.tscd", "feedback": "train.stages.feedback", "dmd": "train.stages.dmd",
+                  "unified": "train.stages.dmd"}
+MODEL_KINDS = ("embedded", "tiny", "sd15", "sdxl", "folder")
+DATA_KINDS = ("digits", "folder", "webdataset")
+DTYPE_NAMES = ("fp32", "fp16", "bf16")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 @dataclass
@@ -144,29 +156,140 @@ class TrainConfig:
     progress: bool = True
 
     def validate(self) -> "TrainConfig":
-        if not self.stages:
-            raise ConfigError("config has no stages; add at least one under 'stages'")
-        for s in self.stages:
-            if s.segments < 1 or self.solver_steps % s.segments:
-                raise ConfigError(
-                    f"solver_steps={self.solver_steps} is not divisible by stage {s.name!r} segments={s.segments}; "
-                    "use a grid divisible by every segment count (40 or 80 for 8/4/2/1)")
-            if s.loss not in ("huber", "mse"):
-                raise ConfigError(f"stage loss must be 'huber' or 'mse', got {s.loss!r}")
-            if not 0 <= s.ema_decay < 1:
-                raise ConfigError(f"ema_decay must be in [0, 1), got {s.ema_decay}")
-            if s.cfg_min > s.cfg_max:
-                raise ConfigError(f"cfg_min ({s.cfg_min}) > cfg_max ({s.cfg_max})")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ConfigError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
-        if self.optim.name not in ("adamw", "adamw8bit"):
-            raise ConfigError(f"optim.name must be 'adamw' or 'adamw8bit', got {self.optim.name!r}")
-        if self.data.batch_size < 1 or self.grad_accum < 1:
-            raise ConfigError("data.batch_size and grad_accum must be >= 1")
+        """Raise one ConfigError listing every problem (one line each); reads no model file."""
+        problems = config_problems(self)
+        if problems:
+            raise ConfigError("\n".join(problems))
         return self
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _known_stage(name: str) -> bool:
+    import sys
+
+    reg = getattr(sys.modules.get("train.stages"), "_REGISTRY", {})  # plugins registered in this process
+    return name in BUILTIN_STAGES or name in reg
+
+
+def config_problems(cfg: TrainConfig) -> list[str]:
+    """Every problem in ``cfg``, one line each: ranges, names, and the files it points at."""
+    out: list[str] = []
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            out.append(msg)
+
+    def pos(v, name: str, zero_ok: bool = False) -> None:
+        good = isinstance(v, (int, float)) and math.isfinite(v) and (v >= 0 if zero_ok else v > 0)
+        need(good, f"{name} must be {'>= 0' if zero_ok else '> 0'}, got {v!r}")
+
+    def in_unit(v, name: str) -> None:
+        need(isinstance(v, (int, float)) and 0 <= v <= 1, f"{name} must be in [0, 1], got {v!r}")
+
+    def steps_list(v, name: str) -> None:
+        need(bool(v) and all(isinstance(k, int) and k >= 1 for k in v), f"{name} must be a list of step counts >= 1, got {v!r}")
+
+    m, d, lo, o = cfg.model, cfg.data, cfg.lora, cfg.optim
+    need(m.kind in MODEL_KINDS, f"model.kind must be one of {', '.join(MODEL_KINDS)}, got {m.kind!r}")
+    need(m.dtype in DTYPE_NAMES, f"model.dtype must be one of {', '.join(DTYPE_NAMES)}, got {m.dtype!r}")
+    need(m.prediction_type in (None, *PREDICTION_TYPES),
+         f"model.prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {m.prediction_type!r}")
+    need(d.kind in DATA_KINDS, f"data.kind must be one of {', '.join(DATA_KINDS)}, got {d.kind!r}")
+    need(d.resolution is None or (isinstance(d.resolution, int) and d.resolution >= 8),
+         f"data.resolution must be >= 8 pixels, got {d.resolution!r}")
+    need(isinstance(d.batch_size, int) and d.batch_size >= 1, f"data.batch_size must be >= 1, got {d.batch_size!r}")
+    in_unit(d.max_bad_fraction, "data.max_bad_fraction")
+    need(isinstance(lo.rank, int) and lo.rank >= 1, f"lora.rank must be an integer >= 1, got {lo.rank!r}")
+    if lo.alpha is not None:
+        pos(lo.alpha, "lora.alpha")
+    need(bool(lo.target_modules), "lora.target_modules is empty: name at least one module (e.g. to_q)")
+    need(o.name in ("adamw", "adamw8bit"), f"optim.name must be 'adamw' or 'adamw8bit', got {o.name!r}")
+    pos(o.lr, "optim.lr")
+    pos(o.disc_lr, "optim.disc_lr")
+    pos(o.eps, "optim.eps")
+    pos(o.max_grad_norm, "optim.max_grad_norm")
+    pos(o.weight_decay, "optim.weight_decay", zero_ok=True)
+    need(isinstance(o.warmup_steps, int) and o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps!r}")
+    need(len(o.betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in o.betas),
+         f"optim.betas must be two numbers in [0, 1), got {list(o.betas)!r}")
+    need(isinstance(cfg.solver_steps, int) and 1 <= cfg.solver_steps <= cfg.num_train_timesteps,
+         f"solver_steps must be in 1..num_train_timesteps ({cfg.num_train_timesteps}), got {cfg.solver_steps!r}")
+    if not cfg.stages:
+        out.append("config has no stages; add at least one under 'stages'")
+    for i, s in enumerate(cfg.stages):
+        w = f"stages[{i}] ({s.name})"
+        if not _known_stage(s.name):
+            out.append(f"{w}: unknown stage {s.name!r}; known stages: {', '.join(sorted(BUILTIN_STAGES))}")
+        if not (isinstance(s.segments, int) and s.segments >= 1) or cfg.solver_steps % s.segments:
+            out.append(f"{w}: solver_steps={cfg.solver_steps} is not divisible by segments={s.segments}; "
+                       "use a grid divisible by every segment count (40 or 80 for 8/4/2/1)")
+        least = 0 if lo.init_from else 1  # 0 steps only re-exports a LoRA given by lora.init_from
+        need(isinstance(s.steps, int) and s.steps >= least,
+             f"{w}: steps must be >= {least} (0 steps trains nothing; it only re-exports lora.init_from), got {s.steps!r}")
+        if s.lr is not None:
+            pos(s.lr, f"{w}: lr")
+        need(s.loss in ("huber", "mse"), f"{w}: loss must be 'huber' or 'mse', got {s.loss!r}")
+        pos(s.huber_c, f"{w}: huber_c")
+        pos(s.consistency_weight, f"{w}: consistency_weight", zero_ok=True)
+        pos(s.adv_weight, f"{w}: adv_weight", zero_ok=True)
+        need(s.adv_loss in ("hinge", "nonsaturating"), f"{w}: adv_loss must be 'hinge' or 'nonsaturating', got {s.adv_loss!r}")
+        need(isinstance(s.d_steps, int) and s.d_steps >= 1, f"{w}: d_steps must be >= 1, got {s.d_steps!r}")
+        need(isinstance(s.ema_decay, (int, float)) and 0 <= s.ema_decay < 1, f"{w}: ema_decay must be in [0, 1), got {s.ema_decay!r}")
+        pos(s.cfg_min, f"{w}: cfg_min", zero_ok=True)
+        need(not isinstance(s.cfg_max, (int, float)) or s.cfg_min <= s.cfg_max,
+             f"{w}: cfg_min ({s.cfg_min}) > cfg_max ({s.cfg_max})")
+        pos(s.noise_perturbation, f"{w}: noise_perturbation", zero_ok=True)
+    steps_list(cfg.sample.steps, "sample.steps")
+    steps_list(cfg.eval.steps, "eval.steps")
+    in_unit(cfg.sample.eta, "sample.eta")
+    in_unit(cfg.eval.eta, "eval.eta")
+    in_unit(cfg.export.eta, "export.eta")
+    for name, v in (("sample.teacher_steps", cfg.sample.teacher_steps), ("eval.teacher_steps", cfg.eval.teacher_steps),
+                    ("eval.reference_steps", cfg.eval.reference_steps), ("eval.per_digit", cfg.eval.per_digit)):
+        need(isinstance(v, int) and v >= 1, f"{name} must be >= 1, got {v!r}")
+    need(isinstance(cfg.sample.num, int) and cfg.sample.num >= 0, f"sample.num must be >= 0, got {cfg.sample.num!r}")
+    need(cfg.export.spacing in ("trailing", "tcd"), f"export.spacing must be 'trailing' or 'tcd', got {cfg.export.spacing!r}")
+    pos(cfg.export.strength, "export.strength")
+    if cfg.export.steps is not None:
+        steps_list(cfg.export.steps, "export.steps")
+    need(cfg.mixed_precision in ("no", "fp16", "bf16"), f"mixed_precision must be no, fp16 or bf16, got {cfg.mixed_precision!r}")
+    need(isinstance(cfg.grad_accum, int) and cfg.grad_accum >= 1, f"grad_accum must be >= 1, got {cfg.grad_accum!r}")
+    need(isinstance(cfg.checkpoint_every, int) and cfg.checkpoint_every >= 0,
+         f"checkpoint_every must be >= 0 (0: only at stage ends), got {cfg.checkpoint_every!r}")
+    need(isinstance(cfg.keep_checkpoints, int) and cfg.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {cfg.keep_checkpoints!r}")
+    need(isinstance(cfg.log_every, int) and cfg.log_every >= 1, f"log_every must be >= 1, got {cfg.log_every!r}")
+    need(cfg.threads is None or (isinstance(cfg.threads, int) and cfg.threads >= 1), f"threads must be >= 1, got {cfg.threads!r}")
+    return out
+
+
+def input_problems(cfg: TrainConfig) -> list[str]:
+    """Problems with the files and folders ``cfg`` names (checked before any model loads)."""
+    out: list[str] = []
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            out.append(msg)
+
+    m, d, lo = cfg.model, cfg.data, cfg.lora
+    if m.kind in ("sd15", "sdxl", "folder"):
+        if not m.path:
+            out.append(f"model.kind={m.kind} needs model.path: a diffusers folder or a .safetensors checkpoint "
+                       "(--set model.path=/models/...)")
+        elif not Path(m.path).exists():
+            out.append(f"model.path not found: {m.path}")
+    for key in ("teacher_path", "tokenizer_path", "config_path"):
+        v = getattr(m, key)
+        need(v is None or Path(v).exists(), f"model.{key} not found: {v}")
+    if d.kind == "folder":
+        need(bool(d.path), "data.kind=folder needs data.path: a folder of images with captions (--set data.path=...)")
+        need(not d.path or Path(d.path).is_dir(), f"data.path is not a folder: {d.path}")
+    if d.kind == "webdataset":
+        need(bool(d.path), "data.kind=webdataset needs data.path: a shard pattern like data-{000..009}.tar")
+    need(d.captions is None or Path(d.captions).is_file(), f"data.captions not found: {d.captions}")
+    need(lo.init_from is None or Path(lo.init_from).is_file(), f"lora.init_from not found: {lo.init_from}")
+    return out
 
 
 # -- building from dicts -----------------------------------------------------------------------
@@ -182,7 +305,12 @@ def _coerce(tp, value, where: str):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [_coerce(inner, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is tuple:
-        return tuple(value)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(get_args(tp), value))) \
+            if len(get_args(tp)) == len(value) else tuple(value)
+    if tp is dict and not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {value!r}")
     args = [a for a in get_args(tp) if a is not type(None)]
     if value is None:
         return None
@@ -209,6 +337,12 @@ def _coerce(tp, value, where: str):
                 return int(value)
             except ValueError:
                 raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if tp in (int, float) and not (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {'an integer' if tp is int else 'a number'}, got {value!r}")
+    if tp is str and not isinstance(value, str):
+        if isinstance(value, (int, float)):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
     return value
 
 
@@ -235,17 +369,30 @@ def read_config_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text()
+    if path.suffix not in (".yaml", ".yml", ".json"):
+        raise ConfigError(f"{path}: config files must be .yaml, .yml or .json")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (not UTF-8); a config is YAML or JSON text") from None
+    if "\x00" in text:
+        raise ConfigError(f"{path}: contains NUL bytes; a config is YAML or JSON text")
     if path.suffix in (".yaml", ".yml"):
         try:
             import yaml
         except ImportError as e:
             raise ConfigError("YAML configs need pyyaml: pip install pyyaml (or use a .json config)") from e
-        data = yaml.safe_load(text) or {}
-    elif path.suffix == ".json":
-        data = json.loads(text)
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}{at}: YAML syntax error: {getattr(e, 'problem', None) or e}") from None
     else:
-        raise ConfigError(f"{path.name}: config files must be .yaml, .yml or .json")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}:{e.lineno}:{e.colno}: JSON syntax error: {e.msg}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     return data

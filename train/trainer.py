@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from . import checkpoint as ckpt
 from .conditioning import TextConditioner
 from .config import TrainConfig
 from .data import build_source
+from .errors import TrainingDiverged
 from .export import export_lora, lora_metadata
 from .grids import sample_grid_rows, save_grid, tensorboard_grid
 from .lora import add_lora, adapters_disabled, load_lora_tensors, lora_tensors
@@ -211,6 +213,7 @@ class Trainer:
                     batch = self.source.next_batch()
                     with acc.accumulate(self.unet):
                         logs = stage.train_step(batch, step)
+                    self._check_finite(logs, idx, step, base_lr)
                 state["global_step"] += 1
                 state["step"] = step + 1
                 if bar is not None:
@@ -246,6 +249,17 @@ class Trainer:
         acc.wait_for_everyone()
         acc.end_training()
         return self.results
+
+    def _check_finite(self, logs: dict, idx: int, step: int, lr: float) -> None:
+        bad = sorted(k for k, v in logs.items() if not math.isfinite(float(v)))
+        if not bad:
+            return
+        last = ckpt.latest_checkpoint(self.out)
+        kept = f"the last good checkpoint ({last.name}) is intact" if last is not None else "no checkpoint was written yet"
+        raise TrainingDiverged(
+            f"stage {idx + 1} step {step + 1}: {', '.join(bad)} became NaN/Inf, so training stopped and nothing was saved "
+            f"past it; {kept}. Lower the learning rate (now {lr:g}) and rerun, e.g. --resume --allow-config-change "
+            f"--set optim.lr={lr / 4:g}")
 
     def _progress(self, scfg, idx: int, start: int):
         if not (self.cfg.progress and self.acc.is_local_main_process):

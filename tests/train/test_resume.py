@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from hypersd_core.lora_formats import load_lora
@@ -70,10 +69,11 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, tokenizer_path):
         torch.testing.assert_close(lora[k], ref_lora[k], rtol=1e-6, atol=1e-7, msg=k)
 
 
-def test_existing_output_needs_resume(tmp_path, tokenizer_path):
+def test_existing_output_needs_resume(tmp_path, tokenizer_path, capsys):
     from train.cli import main
 
     (tmp_path / "checkpoints" / "step-1").mkdir(parents=True)
     (tmp_path / "checkpoints" / "step-1" / "state.json").write_text("{}")
-    with pytest.raises(FileExistsError, match="--resume"):
-        main(_args(tmp_path, tokenizer_path))
+    assert main(_args(tmp_path, tokenizer_path)) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "Traceback" not in err

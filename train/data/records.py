@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..errors import UserError
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 FILE_COLS = ("file_name", "image", "file", "path")
 TEXT_COLS = ("text", "caption", "prompt")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Unusable training data; the message says what to fix."""
 
 

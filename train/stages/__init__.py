@@ -10,9 +10,9 @@ import importlib
 
 from .base import Stage, StageContext
 
+from ..config import BUILTIN_STAGES as BUILTIN_MODULES
+
 _REGISTRY: dict[str, type[Stage]] = {}
-BUILTIN_MODULES = {"tscd": "train.stages.tscd", "feedback": "train.stages.feedback", "dmd": "train.stages.dmd",
-                   "unified": "train.stages.dmd"}
 
 
 def register_stage(name: str):
