@@ -49,13 +49,15 @@ def evaluate_digits(trainer, stage) -> dict:
             if k == 1 and onestep is not None:
                 out["rows"][f"student 1 t={onestep}"] = student_row(1, onestep)
     # Each stage's own LoRA at its own step count (k segments -> k steps), as Hyper-SD ships N-step LoRAs.
+    from .trainer import init_lora_from
+
     final = lora_tensors(trainer.base_unet)
     try:
         for i, s in enumerate(trainer.cfg.stages):
             path = trainer.out / "lora" / f"stage{i + 1}_{s.name}_k{s.segments}.safetensors"
             if s.name != "tscd" or not path.is_file() or i == len(trainer.cfg.stages) - 1:
                 continue
-            trainer._init_lora(str(path))
+            init_lora_from(trainer.base_unet, str(path))
             imgs = generate(trainer.base_unet, trainer.conditioner, prompts, noise, steps=s.segments, cfg=1.0,
                             eta=e.eta, **kw)
             out["rows"][f"stage k={s.segments} LoRA {s.segments}"] = dict(
