@@ -23,7 +23,7 @@ from .machine import describe, machine_info
 from .report import RESULTS_DIR, markdown_table, write_json, write_text
 from .speed_gpu import inference_section
 from .train_harness import measure_method
-from .unet_configs import SD15, ModelSpec, embedded_spec
+from hypersd_models.specs import SD15, ModelSpec, embedded_spec
 
 # SD1.5's block layout at a fifth of its width, 256² pixels -> 32² latents: a "medium" CPU UNet.
 MEDIUM = ModelSpec("sd15-fifth-width", dict(SD15, block_out_channels=(64, 128, 256, 256), attention_head_dim=8,

@@ -29,7 +29,7 @@ def load_student(folder: str, rank: int, target_modules):
 
     from train.config import ModelConfig
     from train.lora import add_lora
-    from train.models.loading import load_model
+    from hypersd_models.loading import load_model
 
     m = load_model(ModelConfig(kind="embedded"))
     add_lora(m.unet, rank, None, target_modules)

@@ -18,7 +18,7 @@ import contextlib
 import torch
 
 from hypersd_core.losses import consistency_loss
-from hypersd_core.parameterization import add_noise, cfg_combine, jump, to_x0_eps
+from hypersd_core.parameterization import add_noise, cfg_combine, jump, per_sample, to_x0_eps
 
 
 def lcm_boundary_scalings(t: torch.Tensor, sigma_data: float = 0.5, timestep_scaling: float = 10.0):
@@ -27,10 +27,6 @@ def lcm_boundary_scalings(t: torch.Tensor, sigma_data: float = 0.5, timestep_sca
     c_skip = sigma_data**2 / (scaled**2 + sigma_data**2)
     c_out = scaled / (scaled**2 + sigma_data**2) ** 0.5
     return c_skip, c_out
-
-
-def _bc(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return c.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
 
 
 class LCMLoraStep:
@@ -69,7 +65,7 @@ class LCMLoraStep:
             out = ctx.unet(x_s.to(wd), start, encoder_hidden_states=batch.cond, **kw).sample
             c_skip_s, c_out_s = lcm_boundary_scalings(start)
             pred_x0 = to_x0_eps(out.float(), x_s, a_s, s_s, pt)[0]
-            model_pred = _bc(c_skip_s, x_s) * x_s + _bc(c_out_s, x_s) * pred_x0
+            model_pred = per_sample(c_skip_s, x_s) * x_s + per_sample(c_out_s, x_s) * pred_x0
             with torch.no_grad():
                 with self._teacher() as teacher:
                     unc, unc_added = ctx.uncond(n)
@@ -77,12 +73,12 @@ class LCMLoraStep:
                     ukw = {"added_cond_kwargs": unc_added} if unc_added else {}
                     uncond_out = teacher(x_s.to(wd), start, encoder_hidden_states=unc, **ukw).sample.float()
                 # LCM's guidance x + w (x - x_uncond) is diffusers' scale 1 + w.
-                g = cfg_combine(cond_out, uncond_out, _bc(1.0 + w, cond_out))
+                g = cfg_combine(cond_out, uncond_out, per_sample(1.0 + w, cond_out))
                 x0_g, eps_g = to_x0_eps(g, x_s, a_s, s_s, pt)
                 x_prev = jump(x0_g, eps_g, a_t, s_t)
                 target_out = ctx.unet(x_prev.to(wd), t, encoder_hidden_states=batch.cond, **kw).sample.float()
                 c_skip, c_out = lcm_boundary_scalings(t)
-                target = _bc(c_skip, x_prev) * x_prev + _bc(c_out, x_prev) * to_x0_eps(target_out, x_prev, a_t, s_t, pt)[0]
+                target = per_sample(c_skip, x_prev) * x_prev + per_sample(c_out, x_prev) * to_x0_eps(target_out, x_prev, a_t, s_t, pt)[0]
             loss = consistency_loss(model_pred.float(), target.float(), "huber", self.huber_c)
         ctx.step_lora(loss, ctx.config.optim.max_grad_norm)
         return {"loss": float(loss.detach())}

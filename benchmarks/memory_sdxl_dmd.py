@@ -1,7 +1,7 @@
 """Peak tensor memory of the DMD and unified stages on a full-size SDXL UNet, counted without a GPU.
 
 The trainer's real ``DMDStage`` / ``UnifiedStage`` (``train/stages/dmd.py``) runs two training
-steps on a random-weight SDXL UNet (``benchmarks.unet_configs.SDXL``) built under torch's
+steps on a random-weight SDXL UNet (``hypersd_models.specs.SDXL``) built under torch's
 ``FakeTensorMode``: every tensor has its true shape, dtype and storage size but no data, and
 nothing is computed. A ``TorchDispatchMode`` sees every op's outputs and counts the bytes of each
 distinct live storage until Python and autograd release it (weak references on the storages),
@@ -209,27 +209,6 @@ def _fake_params_movable():
         torch.utils.swap_tensors = orig
 
 
-@contextlib.contextmanager
-def _real_sigma_schedules():
-    """The samplers' sigma schedules (a few floats, validated with ``.item()``) are computed on
-    real tensors, and the samplers check only shapes: a fake tensor has no values to check."""
-    import train.sampling as sampling
-    from torch._subclasses.fake_tensor import unset_fake_temporarily
-
-    def real(func):
-        def run(*args, **kwargs):
-            with unset_fake_temporarily():
-                return func(*args, **kwargs)
-        return run
-    import hypersd_core.samplers as samplers
-
-    def shape_checks_only(func):  # the value checks read fake values (``.item()`` answers 1 here)
-        return lambda x, sigmas, values=True: func(x, sigmas, values=False)
-    with _wrapped(sampling, ("get_sigmas_tscd",), real), \
-            _wrapped(samplers, ("check_sampler_inputs",), shape_checks_only):
-        yield
-
-
 def _nbytes(tensors) -> int:
     seen, total = set(), 0
     for t in tensors:
@@ -243,15 +222,6 @@ def _nbytes(tensors) -> int:
 def _opt_state(opt) -> list[torch.Tensor]:
     inner = getattr(opt, "optimizer", opt)
     return [v for s in inner.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
-
-
-def _wrap(obj, name: str, tracker: LiveTensorTracker, label: str) -> None:
-    fn = getattr(obj, name)
-
-    def wrapped(*a, **k):
-        with tracker.phase(label):
-            return fn(*a, **k)
-    setattr(obj, name, wrapped)
 
 
 PHASES = {
@@ -269,8 +239,11 @@ def measure(spec_name: str = "sdxl", *, stage: str = "dmd", rank: int = 64, grad
     """Two (``steps``) train_steps of the registered ``stage`` under fake tensors; peak bytes per phase."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    from train.config import StageConfig
+    from train.lora import is_lora_parameter
+
     from .train_harness import accelerator, build_context, random_batch, uncond_fn
-    from .unet_configs import SPECS, build_unet
+    from hypersd_models.specs import SPECS, build_unet
 
     spec = SPECS[spec_name]
     res = resolution or spec.resolution
@@ -282,7 +255,7 @@ def measure(spec_name: str = "sdxl", *, stage: str = "dmd", rank: int = 64, grad
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     attention = sdpa_kernel({"flash": SDPBackend.FLASH_ATTENTION, "math": SDPBackend.MATH}[sdpa])
-    with _fake_params_movable(), _real_sigma_schedules(), attention, \
+    with _fake_params_movable(), attention, \
             FakeTensorMode(allow_non_fake_inputs=True), tracker, policy:
         unet = build_unet(spec, dtype=wdt)
         setup = build_context(unet, mixed_precision="bf16", weight_dtype=wdt, rank=rank,
@@ -299,13 +272,10 @@ def measure(spec_name: str = "sdxl", *, stage: str = "dmd", rank: int = 64, grad
         if emulate_cuda:  # the fake-score AdamW has no fused flag: torch picks foreach for CUDA tensors
             for g in st.fake_opt.param_groups:
                 g["foreach"] = True
-        _wrap(st, "_fake_updates", tracker, "fake_score")
-        _wrap(st, "_fill_bank", tracker, "bank")
-        _wrap(st, "_generator_loss", tracker, "gen_forward")
-        _wrap(ctx, "step_lora", tracker, "backward_step")
+        ctx.phase = tracker.phase  # the stage marks its phases (fake_score, bank, gen_forward, backward_step)
         data = random_batch(spec, batch, res, acc.device, wdt)
         static = {
-            "base_weights": _nbytes([p for n, p in unet.named_parameters() if "lora_" not in n] + list(unet.buffers())),
+            "base_weights": _nbytes([p for n, p in unet.named_parameters() if not is_lora_parameter(n)] + list(unet.buffers())),
             "lora_student": _nbytes(setup.lora_params),
             "lora_fake": _nbytes(st.fake_params),
         }

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
@@ -163,8 +162,8 @@ class Evaluator:
         from train.conditioning import TextConditioner
         from train.config import ModelConfig
         from train.digits import load_digit_splits
+        from hypersd_models.loading import load_model
         from train.metrics import classifier_features, digit_eval_set, digit_reader
-        from train.models.loading import load_model
 
         self.m = load_model(ModelConfig(kind=model))
         self.unet = self.m.unet.eval()

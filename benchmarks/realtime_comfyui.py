@@ -25,7 +25,7 @@ import torch
 
 from .machine import describe, machine_info
 from .report import RESULTS_DIR, markdown_table, write_json, write_text
-from .unet_configs import COMFY_SD15, COMFY_SD15_TINY
+from hypersd_models.specs import COMFY_SD15, COMFY_SD15_TINY
 
 TINY_NOTE = "TINY MODE: a tiny UNet on the CPU; our node is a no-op there. The numbers mean nothing."
 

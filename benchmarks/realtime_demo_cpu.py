@@ -1,4 +1,4 @@
-"""Images/s of the live demo's own path on this CPU: the demo server (train.demo) on a loopback
+"""Images/s of the live demo's own path on this CPU: the demo server (hypersd_demo) on a loopback
 port, sequential POST /generate requests as a typist makes them (every request a new prompt, so
 each one pays a text-encoder call), embedded digits model.
 
@@ -27,8 +27,8 @@ from .report import RESULTS_DIR, markdown_table, write_json, write_text
 
 
 def run(steps: int, threads: int, requests: int, model: str) -> dict:
-    from train.demo import DemoState, make_server
-    from train.realtime_models import build_generator, load_components
+    from hypersd_demo.server import DemoState, make_server
+    from hypersd_demo.models import build_generator, load_components
 
     torch.set_num_threads(threads)
     comp = load_components(model)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import statistics
 import sys
 import time
@@ -39,10 +38,9 @@ from hypersd_core.generate import Generator, PromptEncoder
 
 from .machine import describe, machine_info
 from .report import RESULTS_DIR, markdown_table, write_json, write_text
-from .unet_configs import SPECS, build_unet
+from hypersd_models.specs import SPECS, build_unet
 
 TINY_NOTE = "TINY MODE: tiny random models on the CPU; the numbers verify the code path and mean nothing."
-SHARED_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "data" / "clip_tokenizer"
 
 CLIP_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
               max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
@@ -66,10 +64,12 @@ PEAKS = (("H200", 989.4, 4.8), ("H100 PCIe", 756.0, 2.0), ("H100 NVL", 835.0, 3.
 def build_components(name: str, tiny: bool, device, dtype):
     """(PromptEncoder, unet, full VAE, TAESD, tokenizers, text encoders) with random weights."""
     from diffusers import AutoencoderKL, AutoencoderTiny
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from hypersd_models.embedded import load_tokenizer
 
     spec = SPECS[f"{name}-tiny" if tiny else name]
-    tok = CLIPTokenizer.from_pretrained(os.environ.get("HYPERSD_TOKENIZER", str(SHARED_TOKENIZER)))
+    tok = load_tokenizer()
     torch.manual_seed(0)
     with torch.device(device):
         if name == "sd15":
@@ -89,7 +89,7 @@ def build_components(name: str, tiny: bool, device, dtype):
 
 
 def decoder_of(vae):
-    from train.realtime_models import LatentDecoder
+    from hypersd_models.loading import LatentDecoder
 
     return LatentDecoder(vae)
 
@@ -289,7 +289,7 @@ def e2e_rows(name, parts, device, dtype, args, peaks, component_flops) -> dict:
                     floor = flops / (peaks["bf16_tflops"] * 1e12) * 1e3
                     row["flop_floor_ms"] = floor
                     row["share_of_peak"] = floor / row["fresh_prompt"]["ms"]
-                del gen
+                gen = None  # free it before the next variant
             except Exception as exc:
                 row["error"] = f"{type(exc).__name__}: {exc}"
                 row["traceback"] = traceback.format_exc(limit=4)
@@ -445,14 +445,14 @@ def main(argv=None) -> int:
         results["models"] = previous.get("models", {})
         results["commands"] = previous.get("commands", []) + [results["command"]]
     if args.tuned:
-        from train.realtime_models import inductor_tuning
+        from hypersd_models.tuning import inductor_tuning
 
         inductor_tuning()
     results["tuned"] = args.tuned
     for name in args.models:
         parts = build_components(name, args.tiny, device, dtype)
         if args.tuned:
-            from train.realtime_models import tune_modules
+            from hypersd_models.tuning import tune_modules
 
             tune_modules(parts[2], parts[3])
         r = results["models"].setdefault(name, {})

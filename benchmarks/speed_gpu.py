@@ -33,11 +33,11 @@ import torch
 from hypersd_core.generate import UNetNet
 from hypersd_core.parameterization import DiscreteVPDenoiser
 from hypersd_core.samplers import get_sigmas_tscd, sample_tscd, seeded_noise_sampler
-from hypersd_core.schedule import VPSchedule
+from hypersd_core.schedule import VPSchedule, unit_noise_to_ve
 
 from .machine import describe, machine_info
 from .report import RESULTS_DIR, markdown_table, write_json, write_text
-from .unet_configs import SPECS, ModelSpec, build_unet, conditioning
+from hypersd_models.specs import SPECS, ModelSpec, build_unet, conditioning
 
 TINY_NOTE = "TINY MODE: tiny random UNets on the CPU; the numbers verify the code path and mean nothing."
 
@@ -132,7 +132,7 @@ def hypersd_sampler(unet, spec: ModelSpec, cond, added, eta: float, schedule: VP
 
     def run(z, steps: int, noise_sampler=None):
         sigmas = get_sigmas_tscd(steps, schedule, spacing="tcd").to(z.device)
-        x = z.float() * (sigmas[0] ** 2 + 1).sqrt()  # unit VP noise at t_max -> VE x, as diffusers starts
+        x = unit_noise_to_ve(z.float(), sigmas[0])
         ns = noise_sampler(x) if noise_sampler else seeded_noise_sampler(x, 0)
         return sample_tscd(model, x, sigmas, extra_args=extra, eta=eta, noise_sampler=ns, schedule=schedule,
                            disable=True)
@@ -207,7 +207,7 @@ def inference_section(spec: ModelSpec, *, device, dtype, resolution: int, steps_
             rows.append(sampler_math_row(spec, resolution, steps, eta, schedule, device, warmup, iters, unet_s))
     finally:
         timer.remove()
-    del unet, pipe
+    unet = pipe = None  # free them
     return rows
 
 

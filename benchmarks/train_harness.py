@@ -1,6 +1,6 @@
-"""Build the trainer's StageContext around a random-weight UNet (as train.trainer.Trainer._setup
-does: LoRA via train.lora, fp32 LoRA weights over a bf16/fp16 base, the trainer's optimizer,
-accelerate) and time steps of the real TSCD stage and of the LCM-LoRA-style baseline."""
+"""Build the trainer's StageContext around a random-weight UNet (the student through
+train.trainer.prepare_student, the trainer's own LoRA/optimizer/accelerate set-up) and time steps of
+the real TSCD stage and of the LCM-LoRA-style baseline."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from dataclasses import dataclass
 import torch
 
 from hypersd_core.schedule import VPSchedule
-from train.config import LoraConfig, StageConfig, TrainConfig
-from train.lora import adapters_disabled, add_lora
-from train.optim import build_optimizer
+from train.config import StageConfig, TrainConfig
+from train.lora import adapters_disabled
 from train.stages import StageContext, get_stage
 from train.stages.base import Batch
+from train.trainer import prepare_student
 
-from .unet_configs import ModelSpec, build_unet, conditioning
+from hypersd_models.specs import ModelSpec, build_unet, conditioning
 
 _ACCELERATOR = None
 
@@ -52,15 +52,10 @@ def build_context(unet: torch.nn.Module, *, mixed_precision: str = "no", weight_
     acc = accelerator(mixed_precision)
     cfg = TrainConfig(solver_steps=solver_steps, seed=seed)
     cfg.optim.lr = lr
-    unet.to(acc.device, weight_dtype)
-    params = add_lora(unet, rank, None, LoraConfig().target_modules)
-    for p in params:  # fp32 LoRA weights over a low-precision base, as the trainer does
-        p.data = p.data.float()
-    if gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
+    cfg.lora.rank = rank
+    cfg.model.gradient_checkpointing = gradient_checkpointing
     unet.train()
-    opt = build_optimizer(params, cfg.optim, acc.device)
-    unet_p, opt_p = acc.prepare(unet, opt)
+    unet_p, params, opt_p = prepare_student(unet, cfg, acc, weight_dtype)
     ctx = StageContext(
         config=cfg, accelerator=acc, unet=unet_p, base_unet=unet, schedule=VPSchedule.scaled_linear(),
         prediction_type="epsilon", lora_params=params, optimizer=opt_p, uncond=uncond,

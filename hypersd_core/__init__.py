@@ -13,8 +13,6 @@ from .samplers import (
     seeded_noise_sampler,
 )
 
-__version__ = "0.1.0"
-
 __all__ = [
     "VPSchedule",
     "trailing_timesteps",

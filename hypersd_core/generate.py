@@ -15,7 +15,6 @@ graph replays on a GPU. Without CUDA the compile request is logged and the path 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -23,14 +22,12 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .capture import strict_compile_errors
+from .capture import CUDA_GRAPH_MODES, strict_compile_errors
 from .parameterization import DiscreteVPDenoiser
 from .samplers import get_sigmas_onestep, get_sigmas_tscd, sample_dmd_onestep, sample_tscd
-from .schedule import VPSchedule
+from .schedule import VPSchedule, unit_noise_to_ve
 
 log = logging.getLogger(__name__)
-
-CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 class PromptEncoder:
@@ -56,8 +53,8 @@ class PromptEncoder:
     def device(self) -> torch.device:
         return next(self.text_encoders[0].parameters()).device
 
-    def tokenize(self, prompt: str) -> list[torch.Tensor]:
-        """Token ids (1, max_length) per tokenizer, on the CPU."""
+    def tokenize(self, prompt: str | Sequence[str]) -> list[torch.Tensor]:
+        """Token ids (batch, max_length) per tokenizer, on the CPU (batch 1 for one prompt)."""
         return [tok(prompt, padding="max_length", max_length=tok.model_max_length, truncation=True,
                     return_tensors="pt").input_ids for tok in self.tokenizers]
 
@@ -74,18 +71,27 @@ class PromptEncoder:
         return {"encoder_hidden_states": torch.cat(hidden, dim=-1), "text_embeds": pooled}
 
 
-class UNetNet(torch.nn.Module):
-    """A diffusers-signature UNet as a VP network ``net(x, t, **cond)``: runs in the UNet's dtype,
-    returns float32 so the sampler math stays in full precision."""
+def sdxl_time_ids(height: int, width: int, batch: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """SDXL's added size conditioning per sample: original size, crop top-left (0, 0), target size
+    (diffusers' ``add_time_ids`` for an uncropped image generated at its own size)."""
+    ids = torch.tensor([height, width, 0, 0, height, width], device=device, dtype=dtype)
+    return ids.expand(batch, 6)
 
-    def __init__(self, unet: Callable, dtype: torch.dtype):
+
+class UNetNet(torch.nn.Module):
+    """A diffusers-signature UNet as a VP network ``net(x, t, **cond)``: runs in ``dtype`` (None:
+    the UNet's parameters' dtype), returns float32 so the sampler math stays in full precision.
+    The one UNet wrapper: the Generator, the trainer's sampling and the benchmarks use it."""
+
+    def __init__(self, unet: Callable, dtype: Optional[torch.dtype] = None):
         super().__init__()
         self.unet = unet
         self.dtype = dtype
 
     def forward(self, x, t, encoder_hidden_states, text_embeds=None, time_ids=None):
         added = None if text_embeds is None else {"text_embeds": text_embeds, "time_ids": time_ids}
-        out = self.unet(x.to(self.dtype), t, encoder_hidden_states=encoder_hidden_states,
+        dtype = self.dtype or next(self.unet.parameters()).dtype
+        out = self.unet(x.to(dtype), t, encoder_hidden_states=encoder_hidden_states,
                         added_cond_kwargs=added, return_dict=False)[0]
         return out.float()
 
@@ -114,8 +120,8 @@ class _Buffers:
 class Generator:
     """Prompt -> uint8 image (B, H, W, 3) with one or a few Hyper-SD steps.
 
-    ``steps=1`` runs one model call at ``timestep`` (999 for the unified LoRA / DMD, 800 for the
-    SDXL 1-step UNet) and returns x0; ``steps>1`` runs the TSCD sampler with ``eta`` and
+    ``steps=1`` runs one model call at ``timestep`` (None: 999, ByteDance's unified LoRA; 800 for
+    the SDXL 1-step UNet and for LoRAs whose header names it) and returns x0; ``steps>1`` runs the TSCD sampler with ``eta`` and
     ``spacing``. ``compile`` is a torch.compile mode (e.g. "reduce-overhead" = CUDA graphs) or
     None; on a CPU a CUDA-graph mode is logged and skipped unless ``backend`` is a CPU backend.
     """
@@ -124,7 +130,7 @@ class Generator:
                  latent_channels: int = 4, vae_scale_factor: int = 8, dtype: torch.dtype = torch.float32,
                  decoder_dtype: Optional[torch.dtype] = None, device: str | torch.device = "cpu",
                  schedule: Optional[VPSchedule] = None, prediction_type: str = "epsilon", steps: int = 1,
-                 timestep: int = 999, spacing: str = "trailing", eta: float = 1.0, sdxl: bool = False,
+                 timestep: Optional[int] = None, spacing: str = "trailing", eta: float = 1.0, sdxl: bool = False,
                  compile: Optional[str] = None, backend: str = "inductor", fullgraph: bool = False,
                  cache_size: int = 256):
         self.device = torch.device(device)
@@ -144,7 +150,7 @@ class Generator:
         self.schedule = schedule or VPSchedule.scaled_linear()
         self.denoiser = DiscreteVPDenoiser(UNetNet(unet, dtype), self.schedule, prediction_type)
         if self.steps == 1:
-            sigmas = get_sigmas_onestep(timestep, self.schedule)
+            sigmas = get_sigmas_onestep(999 if timestep is None else timestep, self.schedule)
         else:
             sigmas = get_sigmas_tscd(self.steps, self.schedule, spacing=spacing)
         self.sigmas = sigmas.to(self.device)
@@ -152,8 +158,6 @@ class Generator:
         # its memory pool and be overwritten by later replays
         self.schedule.timestep(self.sigmas)
         self.schedule.sigma(torch.zeros((), device=self.device))
-        # diffusers starts from unit-variance VP noise: VE x = sqrt(1 + sigma0^2) * z
-        self.start_scale = math.sqrt(1.0 + float(sigmas[0]) ** 2)
         self.cache_size = cache_size
         self._cache: OrderedDict[str, dict] = OrderedDict()
         self._buffers: dict[tuple, _Buffers] = {}
@@ -236,9 +240,8 @@ class Generator:
         step_noise = torch.empty((self.steps - 1,) + shape, device=self.device) if self.steps > 1 else None
         bcond = {k: torch.empty((batch,) + tuple(v.shape[1:]), device=self.device, dtype=v.dtype)
                  for k, v in cond.items()}
-        if self.sdxl:  # original size, crop top-left, target size (diffusers' add_time_ids)
-            ids = torch.tensor([height, width, 0, 0, height, width], device=self.device, dtype=self.dtype)
-            bcond["time_ids"] = ids.expand(batch, 6).clone()
+        if self.sdxl:
+            bcond["time_ids"] = sdxl_time_ids(height, width, batch, self.device, self.dtype).clone()
         if self._cudagraphs:
             for t in [noise, step_noise, *bcond.values()]:
                 if t is not None:
@@ -250,7 +253,7 @@ class Generator:
     def sample_latents(self, noise: torch.Tensor, step_noise: Optional[torch.Tensor],
                        cond: dict[str, torch.Tensor]) -> torch.Tensor:
         """Unit-variance noise -> x0 latents (float32) with the one-step or TSCD sampler."""
-        x = noise * self.start_scale
+        x = unit_noise_to_ve(noise, self.sigmas[0])
         if self.steps == 1:
             return sample_dmd_onestep(self.denoiser, x, self.sigmas, extra_args=cond, check_inputs=False)
         draws = iter(step_noise.unbind(0))

@@ -6,7 +6,6 @@ Our own LoRAs carry these in their metadata; the official ones are recognised by
 from __future__ import annotations
 
 import os
-import re
 
 from .lora_formats import HyperSDMetadata
 
@@ -31,8 +30,10 @@ OFFICIAL_FILES = {
     "Hyper-FLUX.1-dev-16steps-lora.safetensors": ("flux", [16], 0.0, 3.5, 0.125, "flow"),
 }
 
-SDXL_1STEP_UNET_FILES = ("Hyper-SDXL-1step-Unet.safetensors", "Hyper-SDXL-1step-Unet-Comfyui.fp16.safetensors")
-SDXL_1STEP_UNET_TIMESTEP = 800
+def lora_settings(filename: str, header=None) -> HyperSDMetadata | None:
+    """A LoRA's Hyper-SD settings: its header's ``hypersd.*`` metadata, else the official file's
+    preset by name, else None (what the ComfyUI loader and the demo both read)."""
+    return HyperSDMetadata.from_header(header) or official_preset(filename)
 
 
 def official_preset(filename: str) -> HyperSDMetadata | None:
@@ -47,9 +48,3 @@ def official_preset(filename: str) -> HyperSDMetadata | None:
                 stage="unified" if steps[0] == 1 else "tscd",
             )
     return None
-
-
-def steps_from_name(filename: str) -> int | None:
-    """'...-4steps-...' -> 4 for files that follow the official naming."""
-    m = re.search(r"(\d+)[-_]?steps?\b", os.path.basename(filename), re.IGNORECASE)
-    return int(m.group(1)) if m else None

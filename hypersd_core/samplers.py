@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .schedule import VPSchedule, tcd_timesteps, trailing_timesteps, start_noise_scale
+from .schedule import VPSchedule, comfyui_start_correction, tcd_timesteps, trailing_timesteps
 
 NoiseSampler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -62,6 +62,12 @@ def tscd_jump_sigmas(sigmas: torch.Tensor, eta: float, schedule: VPSchedule) -> 
     return torch.where(nxt > 0, torch.minimum(sig_s, nxt), torch.zeros_like(nxt))
 
 
+def tscd_renoise_std(sigmas: torch.Tensor, sig_s: torch.Tensor) -> torch.Tensor:
+    """Std of the noise each TSCD step adds after its jump to sigma_s to land back on the next
+    sigma: sqrt(sigma_next^2 - sigma_s^2) per step (``sig_s`` from :func:`tscd_jump_sigmas`)."""
+    return (sigmas[1:] ** 2 - sig_s**2).clamp(min=0).sqrt()
+
+
 def check_sampler_inputs(x, sigmas, values: bool = True) -> None:
     """ValueError naming the argument for inputs a sampler cannot use.
 
@@ -99,10 +105,10 @@ def sample_tscd(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     if noise_sampler is None and eta > 0:
         noise_sampler = seeded_noise_sampler(x, extra_args.get("seed"))
     if rescale_start:
-        x = x * start_noise_scale(sigmas[0])
+        x = x * comfyui_start_correction(sigmas[0])
     n = len(sigmas) - 1
     sig_s = tscd_jump_sigmas(sigmas, float(eta), schedule)
-    noise_std = (sigmas[1:] ** 2 - sig_s**2).clamp(min=0).sqrt()
+    noise_std = tscd_renoise_std(sigmas, sig_s)
     s_in = x.new_ones([x.shape[0]], dtype=sigmas.dtype)  # sigma keeps its precision for fp16/bf16 x
     for i in _progress(range(n), disable):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
@@ -128,7 +134,7 @@ def sample_dmd_onestep(model, x, sigmas, extra_args=None, callback=None, disable
     extra_args = {} if extra_args is None else extra_args
     check_sampler_inputs(x, sigmas, values=check_inputs)
     if rescale_start:
-        x = x * start_noise_scale(sigmas[0])
+        x = x * comfyui_start_correction(sigmas[0])
     s_in = x.new_ones([x.shape[0]], dtype=sigmas.dtype)  # sigma keeps its precision for fp16/bf16 x
     denoised = model(x, sigmas[0] * s_in, **extra_args)
     if callback is not None:
@@ -181,7 +187,8 @@ def get_sigmas_tscd(steps: int, schedule: Optional[VPSchedule] = None, spacing: 
 
 
 def get_sigmas_onestep(timestep: int = 999, schedule: Optional[VPSchedule] = None, dtype=torch.float32) -> torch.Tensor:
-    """[sigma(timestep), 0]: one step at t (999 for the unified LoRA / DMD, 800 for the SDXL 1-step UNet)."""
+    """[sigma(timestep), 0]: one step at t (999 for ByteDance's unified LoRA; 800 for the SDXL 1-step UNet
+    and our dmd/unified LoRAs, whose header names it as ``onestep_timestep``)."""
     schedule = schedule or default_schedule()
     if not 0 <= int(timestep) < schedule.num_train_timesteps:
         raise ValueError(f"timestep must be in [0, {schedule.num_train_timesteps - 1}], got {timestep}")

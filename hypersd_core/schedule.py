@@ -19,11 +19,25 @@ SD_BETA_END = 0.012
 SD_TIMESTEPS = 1000
 
 
-def trailing_timesteps(steps: int, num_train_timesteps: int = SD_TIMESTEPS) -> list[int]:
-    """DDIM "trailing" spacing: t_i = round(T - i*T/N) - 1 (4 steps: 999, 749, 499, 249)."""
-    _check_steps(steps, num_train_timesteps)
+def trailing_timestep(index, steps: int, num_train_timesteps: int = SD_TIMESTEPS):
+    """The ``index``-th point, counted from the low end, of the N-step DDIM "trailing" grid:
+    round(T - (N-1-index)*T/N) - 1 (N = 4: 249, 499, 749, 999); index -1 gives -1 ("time zero").
+
+    The one definition of the trailing grid: :func:`trailing_timesteps` lists it high to low and
+    :class:`~hypersd_core.segments.SegmentGrid` is the TSCD solver grid on it. Works on ints and
+    integer tensors (computed in float64, as numpy computes diffusers' grid).
+    """
     ratio = num_train_timesteps / steps
-    return [int(round(num_train_timesteps - i * ratio)) - 1 for i in range(steps)]
+    if isinstance(index, torch.Tensor):
+        pos = (steps - 1 - index).to(torch.float64)
+        return torch.round(num_train_timesteps - pos * ratio).long() - 1
+    return int(round(num_train_timesteps - (steps - 1 - index) * ratio)) - 1
+
+
+def trailing_timesteps(steps: int, num_train_timesteps: int = SD_TIMESTEPS) -> list[int]:
+    """DDIM "trailing" spacing, high to low (4 steps: 999, 749, 499, 249), as diffusers picks it."""
+    _check_steps(steps, num_train_timesteps)
+    return [trailing_timestep(steps - 1 - i, steps, num_train_timesteps) for i in range(steps)]
 
 
 def tcd_timesteps(
@@ -175,9 +189,10 @@ class VPSchedule:
         """
         if final not in ("zero", "t0"):
             raise ValueError(f"final must be 'zero' or 't0', got {final!r}")
-        ts = torch.as_tensor(list(timesteps), dtype=torch.float64)
-        if len(ts) and (ts.max() >= self.num_train_timesteps or ts.min() < 0):
+        timesteps = [float(t) for t in timesteps]  # checked as numbers: no tensor values are read
+        if timesteps and (max(timesteps) >= self.num_train_timesteps or min(timesteps) < 0):
             raise ValueError(f"timesteps must lie in [0, {self.num_train_timesteps - 1}]")
+        ts = torch.tensor(timesteps, dtype=torch.float64)
         last = torch.zeros(1, dtype=torch.float64) if final == "zero" else self.sigmas[:1]
         return torch.cat([self.sigma(ts), last]).to(dtype)
 
@@ -187,15 +202,21 @@ def ve_input_scale(sigma: torch.Tensor) -> torch.Tensor:
     return 1.0 / (sigma**2 + 1.0).sqrt()
 
 
-def start_noise_scale(sigma: float | torch.Tensor) -> float | torch.Tensor:
-    """Factor that turns sigma*z into the unit-variance VP noise diffusers starts from.
+def unit_noise_to_ve(noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The VE sample a sampler starts from at ``sigma`` given unit-variance VP noise z (the start
+    diffusers uses): x = sqrt(1 + sigma^2) * z, whose VP model input is z itself."""
+    return noise * (sigma**2 + 1).sqrt()
+
+
+def comfyui_start_correction(sigma: float | torch.Tensor) -> float | torch.Tensor:
+    """Factor that turns ComfyUI's starting noise sigma*z into the diffusers start sqrt(1+sigma^2)*z.
 
     ComfyUI scales starting noise by sqrt(1+sigma^2) only at sigma_max and by sigma below it;
-    multiplying x = sigma*z by this factor gives x = sqrt(1+sigma^2)*z, i.e. VP input z.
+    multiplying x = sigma*z by this factor gives :func:`unit_noise_to_ve` of z.
     A tensor sigma gives a tensor, without a host sync (samplers pass ``sigmas[0]``).
     """
     if isinstance(sigma, torch.Tensor):
         return (1.0 + sigma * sigma).sqrt() / sigma
     if sigma <= 0:
-        raise ValueError("start_noise_scale needs sigma > 0")
+        raise ValueError("comfyui_start_correction needs sigma > 0")
     return math.sqrt(1.0 + sigma * sigma) / sigma

@@ -1,7 +1,7 @@
 """TSCD segment arithmetic on an N-step solver grid: one implementation for training and sampling.
 
-Solver grid tau_i = round((i+1)*T/N) - 1 for i = 0..N-1 (N = 4, T = 1000: 249, 499, 749, 999),
-i.e. DDIM's N-step trailing timesteps (N = 80 gives 11, 24, 36, 49, ...; rounding half to even);
+Solver grid tau_i = DDIM's N-step trailing timesteps, low to high (``schedule.trailing_timestep``;
+N = 4, T = 1000: 249, 499, 749, 999; N = 80: 11, 24, 36, 49, ...);
 tau_{-1} is "time zero" (clean data). k segments of m = N/k grid steps each: grid index i lies
 in segment j = i // m, whose lower edge index is e = j*m and edge time tau_{e-1}.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .schedule import SD_TIMESTEPS
+from .schedule import SD_TIMESTEPS, trailing_timestep
 
 
 @dataclass(frozen=True)
@@ -40,16 +40,9 @@ class SegmentGrid:
     def steps_per_segment(self) -> int:
         return self.num_solver_steps // self.num_segments
 
-    @property
-    def step_size(self) -> float:
-        """T/N: the grid spacing in timesteps (12.5 for N = 80)."""
-        return self.num_train_timesteps / self.num_solver_steps
-
     def timestep(self, i):
         """tau_i; i = -1 gives -1 ("time zero"). Works on ints and integer tensors."""
-        if isinstance(i, torch.Tensor):
-            return torch.round((i + 1) * self.step_size).long() - 1
-        return int(round((i + 1) * self.step_size)) - 1
+        return trailing_timestep(i, self.num_solver_steps, self.num_train_timesteps)
 
     def segment_of(self, i):
         """Segment index j of grid index i."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .parameterization import cfg_combine, jump, renoise, to_x0_eps
+from .parameterization import cfg_combine, jump, per_sample, renoise, to_x0_eps
 from .schedule import VPSchedule
 from .segments import SegmentGrid
 
@@ -70,7 +70,7 @@ def consistency_target(x_prev, target_output, ts: TSCDTimesteps, schedule: VPSch
             raise ValueError("target_output is needed unless every sample is on a segment boundary")
         return x_prev
     tgt = jump_to(target_output, x_prev, ts.t_prev, ts.t_edge, schedule, prediction_type)
-    mask = ts.boundary.reshape(-1, *([1] * (x_prev.ndim - 1))).to(x_prev.device)
+    mask = per_sample(ts.boundary, x_prev, cast=False)
     return torch.where(mask, x_prev, tgt)
 
 

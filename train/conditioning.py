@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import torch
 
+from hypersd_core.generate import PromptEncoder, sdxl_time_ids
+
 
 class TextConditioner:
     def __init__(self, text_encoders: list, tokenizers: list, device, dtype=torch.float32, resolution: int = 1024,
                  memo: bool = True):
         self.encoders, self.tokenizers = text_encoders, tokenizers
+        self.prompt_encoder = PromptEncoder(tokenizers, text_encoders, "sdxl" if len(text_encoders) == 2 else "sd15")
         self.device, self.dtype, self.resolution = torch.device(device), dtype, resolution
         self.memo: dict[str, tuple] | None = {} if memo else None
 
@@ -19,17 +22,9 @@ class TextConditioner:
 
     @torch.no_grad()
     def _encode_raw(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        states, pooled = [], None
-        for enc, tok in zip(self.encoders, self.tokenizers):
-            ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                      return_tensors="pt").input_ids.to(enc.device)
-            if self.sdxl:
-                out = enc(ids, output_hidden_states=True)
-                states.append(out.hidden_states[-2])
-                pooled = out[0]  # CLIPTextModelWithProjection (the second encoder): text_embeds
-            else:
-                states.append(enc(ids)[0])
-        return torch.cat(states, dim=-1), pooled
+        ids = [i.to(enc.device) for i, enc in zip(self.prompt_encoder.tokenize(prompts), self.encoders)]
+        out = self.prompt_encoder.encode_ids(*ids)
+        return out["encoder_hidden_states"], out.get("text_embeds")
 
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, dict | None]:
         """(encoder_hidden_states, added_cond_kwargs or None) on the training device."""
@@ -49,8 +44,7 @@ class TextConditioner:
         hidden = hidden.to(self.device, self.dtype)
         if not self.sdxl:
             return hidden, None
-        r = self.resolution
-        ids = torch.tensor([r, r, 0, 0, r, r], dtype=self.dtype, device=self.device).expand(hidden.shape[0], 6)
+        ids = sdxl_time_ids(self.resolution, self.resolution, hidden.shape[0], self.device, self.dtype)
         return hidden, {"text_embeds": pooled.to(self.device, self.dtype), "time_ids": ids}
 
     def uncond(self, n: int) -> tuple[torch.Tensor, dict | None]:

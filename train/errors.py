@@ -4,8 +4,9 @@ The CLI prints such an error as one line and exits with code 2; anything else is
 traceback. Raise a subclass with a message that says what is wrong and what to do."""
 
 
-class UserError(Exception):
-    """A problem with the user's input that a message can explain; no traceback needed."""
+from hypersd_models.errors import UserError  # shared with the demo and the model loaders
+
+__all__ = ["UserError", "TrainingDiverged", "ResumeError"]
 
 
 class TrainingDiverged(UserError):

@@ -92,10 +92,12 @@ def evaluate_digits(trainer, stage, log=_log) -> dict:
                 t0 = time.time()
                 add(f"student 1 t={onestep}", student(1, onestep), 1, 1, t0, kind="student")
     # Each stage's own LoRA at its own step count (k segments -> k steps), as Hyper-SD ships N-step LoRAs.
+    from .trainer import init_lora_from
+
     final = lora_tensors(trainer.base_unet)
     try:
         for i, s in stage_loras:
-            trainer._init_lora(str(trainer.out / "lora" / f"stage{i + 1}_{s.name}_k{s.segments}.safetensors"))
+            init_lora_from(trainer.base_unet, str(trainer.out / "lora" / f"stage{i + 1}_{s.name}_k{s.segments}.safetensors"))
             t0 = time.time()
             add(f"stage k={s.segments} LoRA {s.segments}", student(s.segments), s.segments, s.segments, t0, kind="stage")
     finally:

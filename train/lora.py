@@ -34,8 +34,19 @@ def add_lora(unet: torch.nn.Module, rank: int, alpha: float | None, target_modul
     return params
 
 
+def is_lora_parameter(name: str, adapter: str | None = None) -> bool:
+    """Whether parameter ``name`` belongs to a peft LoRA (``...lora_A.<adapter>.weight``), of
+    ``adapter`` only when given."""
+    return "lora_" in name and (adapter is None or f".{adapter}." in name)
+
+
+def adapter_named_parameters(unet: torch.nn.Module, adapter: str = ADAPTER) -> dict[str, torch.nn.Parameter]:
+    """The parameters of LoRA adapter ``adapter`` by name (the student's by default)."""
+    return {n: p for n, p in unet.named_parameters() if is_lora_parameter(n, adapter)}
+
+
 def lora_named_parameters(unet: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    return {n: p for n, p in unet.named_parameters() if "lora_" in n and f".{ADAPTER}." in n}
+    return adapter_named_parameters(unet, ADAPTER)
 
 
 def lora_parameters(unet: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -62,7 +73,7 @@ def load_lora_tensors(unet: torch.nn.Module, tensors: dict[str, torch.Tensor]) -
 def adapters_disabled(unet: torch.nn.Module):
     """Run the base model (the teacher). peft's disable_adapters freezes the LoRA; the previous
     requires_grad flags are restored on exit, before any backward needs them."""
-    flags = {n: p.requires_grad for n, p in unet.named_parameters() if "lora_" in n}
+    flags = {n: p.requires_grad for n, p in unet.named_parameters() if is_lora_parameter(n)}
     unet.disable_adapters()
     try:
         yield unet

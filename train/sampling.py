@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import torch
 
+from hypersd_core.generate import UNetNet
 from hypersd_core.parameterization import DiscreteVPDenoiser, cfg_combine
 from hypersd_core.samplers import get_sigmas_tscd, sample_dmd_onestep, sample_tscd, seeded_noise_sampler
-from hypersd_core.schedule import VPSchedule
+from hypersd_core.schedule import VPSchedule, unit_noise_to_ve
 
 
 class GuidedUNet(torch.nn.Module):
-    """``net(x_vp, t)`` = the UNet's output on fixed text embeddings, with CFG when ``cfg != 1``.
+    """``net(x_vp, t)`` = the UNet's output (through hypersd_core's ``UNetNet``) on fixed text
+    embeddings, with CFG when ``cfg != 1`` (cond and uncond in one batch).
 
     ``added_cond`` holds SDXL's extra conditioning (text_embeds, time_ids) when needed.
     """
@@ -19,21 +21,17 @@ class GuidedUNet(torch.nn.Module):
     def __init__(self, unet, cond: torch.Tensor, uncond: torch.Tensor | None = None, cfg: float = 1.0,
                  added_cond: dict | None = None, added_uncond: dict | None = None):
         super().__init__()
-        self.unet, self.cond, self.uncond, self.cfg = unet, cond, uncond, float(cfg)
-        self.added_cond, self.added_uncond = added_cond, added_uncond
+        self.net = UNetNet(unet)
+        self.cond, self.uncond, self.cfg = cond, uncond, float(cfg)
+        self.added_cond, self.added_uncond = added_cond or {}, added_uncond or {}
         if self.cfg != 1.0 and uncond is None:
             raise ValueError("cfg != 1 needs unconditional embeddings")
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        dtype = next(self.unet.parameters()).dtype
         if self.cfg == 1.0:
-            kw = {"added_cond_kwargs": self.added_cond} if self.added_cond else {}
-            return self.unet(x.to(dtype), t, encoder_hidden_states=self.cond, **kw).sample.to(x.dtype)
-        emb = torch.cat([self.cond, self.uncond])
-        kw = {}
-        if self.added_cond:
-            kw["added_cond_kwargs"] = {k: torch.cat([self.added_cond[k], self.added_uncond[k]]) for k in self.added_cond}
-        out = self.unet(torch.cat([x, x]).to(dtype), torch.cat([t, t]), encoder_hidden_states=emb, **kw).sample
+            return self.net(x, t, self.cond, **self.added_cond).to(x.dtype)
+        added = {k: torch.cat([self.added_cond[k], self.added_uncond[k]]) for k in self.added_cond}
+        out = self.net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([self.cond, self.uncond]), **added)
         cond, uncond = out.to(x.dtype).chunk(2)
         return cfg_combine(cond, uncond, self.cfg)
 
@@ -52,7 +50,7 @@ def sample_images(unet, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.T
     net = GuidedUNet(unet, cond, uncond, cfg, added_cond, added_uncond)
     model = DiscreteVPDenoiser(net, schedule, prediction_type)
     sigmas = get_sigmas_tscd(steps, schedule, spacing=spacing, onestep_timestep=onestep_timestep).to(noise.device)
-    x = noise * (sigmas[0] ** 2 + 1).sqrt()  # VP z at the first timestep -> VE x
+    x = unit_noise_to_ve(noise, sigmas[0])
     if onestep_timestep is not None and steps == 1:
         return sample_dmd_onestep(model, x, sigmas)
     noise_sampler = seeded_noise_sampler(x, seed) if eta > 0 else None

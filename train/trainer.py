@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from hypersd_models.loading import DTYPES, load_model
+
 from . import checkpoint as ckpt
 from .conditioning import TextConditioner
 from .config import TrainConfig
@@ -19,10 +21,52 @@ from .errors import ResumeError, TrainingDiverged
 from .export import export_lora, lora_metadata
 from .grids import grid_image, sample_grid_rows, save_grid
 from .lora import add_lora, adapters_disabled, load_lora_tensors, lora_tensors
-from .models.loading import DTYPES, load_model
 from .optim import build_lr_scheduler, build_optimizer, build_zero_optimizer, reset_state
 from .stages import StageContext, get_stage
 from .tracking import flat_config, log_image, trackers
+
+
+def init_lora_from(unet: torch.nn.Module, path: str) -> None:
+    """Load a LoRA file (kohya or peft layout) into the student's adapter."""
+    from hypersd_core.lora_formats import detect_format, kohya_to_peft, load_lora
+    from peft import set_peft_model_state_dict
+
+    sd, _ = load_lora(path)
+    if detect_format(sd) == "kohya":
+        names = [n for n, _ in unet.named_modules()]
+        sd, _ = kohya_to_peft(sd, names)
+    sd = {k[len("unet."):] if k.startswith("unet.") else k: v for k, v in sd.items()}
+    set_peft_model_state_dict(unet, sd, adapter_name="default")
+
+
+def prepare_student(unet: torch.nn.Module, cfg: TrainConfig, accelerator, weight_dtype=torch.float32):
+    """The student as the trainer builds it: ``unet`` on the accelerator's device in
+    ``weight_dtype``, the LoRA (``cfg.lora``; fp32 weights over any base dtype), gradient
+    checkpointing per ``cfg.model``, each configured stage's extra adapters, the LoRA optimizer,
+    both passed through ``accelerator.prepare``. Returns (prepared unet, LoRA params, prepared
+    optimizer); ``unet`` itself stays the unwrapped module."""
+    unet.to(accelerator.device)
+    if weight_dtype != torch.float32:
+        unet.to(dtype=weight_dtype)
+    lora_params = add_lora(unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules)
+    for p in lora_params:  # LoRA weights train in fp32 even over an fp16/bf16 base
+        p.data = p.data.float()
+    if cfg.lora.init_from:
+        init_lora_from(unet, cfg.lora.init_from)
+    if cfg.model.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    for scfg in cfg.stages:
+        get_stage(scfg.name).configure_unet(unet, scfg)
+    if cfg.optim.zero and accelerator.num_processes > 1:  # per-process optimizer shards, saved by each process
+        from accelerate.optimizer import AcceleratedOptimizer
+
+        prepared = accelerator.prepare(unet)
+        optimizer = AcceleratedOptimizer(build_zero_optimizer(lora_params, cfg.optim, accelerator.device),
+                                         device_placement=False, scaler=accelerator.scaler)
+    else:
+        opt = build_optimizer(lora_params, cfg.optim, accelerator.device)
+        prepared, optimizer = accelerator.prepare(unet, opt)
+    return prepared, lora_params, optimizer
 
 
 class Trainer:
@@ -32,7 +76,9 @@ class Trainer:
         self.results: dict = {}
 
     # -- setup ----------------------------------------------------------------------------------
-    def _setup(self):
+    def build(self) -> StageContext:
+        """Accelerator, models, the student LoRA and its optimizer, data and the StageContext the
+        stages train through (also ``self.ctx``); :meth:`run` calls it first."""
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
@@ -52,33 +98,13 @@ class Trainer:
         torch.manual_seed(cfg.seed + acc.process_index)
         self.model = m = load_model(cfg.model)
         self.weight_dtype = DTYPES[cfg.model.dtype] if acc.device.type == "cuda" else torch.float32
-        m.unet.to(acc.device)
-        if self.weight_dtype != torch.float32:
-            m.unet.to(dtype=self.weight_dtype)
         for e in m.text_encoders:
             e.to(acc.device)
         if m.vae is not None:
             m.vae.to(acc.device, self.weight_dtype)
         if m.teacher_unet is not None:
             m.teacher_unet.to(acc.device, self.weight_dtype)
-        self.lora_params = add_lora(m.unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules)
-        for p in self.lora_params:  # LoRA weights train in fp32 even over an fp16/bf16 base
-            p.data = p.data.float()
-        if cfg.lora.init_from:
-            self._init_lora(cfg.lora.init_from)
-        if cfg.model.gradient_checkpointing:
-            m.unet.enable_gradient_checkpointing()
-        for scfg in cfg.stages:
-            get_stage(scfg.name).configure_unet(m.unet, scfg)
-        if cfg.optim.zero and acc.num_processes > 1:  # per-process optimizer shards, saved by each process (checkpoint.py)
-            from accelerate.optimizer import AcceleratedOptimizer
-
-            self.unet = acc.prepare(m.unet)
-            self.optimizer = AcceleratedOptimizer(build_zero_optimizer(self.lora_params, cfg.optim, acc.device),
-                                                  device_placement=False, scaler=acc.scaler)
-        else:
-            opt = build_optimizer(self.lora_params, cfg.optim, acc.device)
-            self.unet, self.optimizer = acc.prepare(m.unet, opt)
+        self.unet, self.lora_params, self.optimizer = prepare_student(m.unet, cfg, acc, self.weight_dtype)
         # save_state/load_state keep optimizer and RNG state; the LoRA is saved as lora.safetensors and the
         # frozen base never, so the model weights accelerate would write are dropped (DDP/CPU path).
         acc.register_save_state_pre_hook(lambda models, weights, out_dir: weights.clear())
@@ -99,17 +125,7 @@ class Trainer:
             uncond=self.conditioner.uncond, decode=self.decode, teacher=self.teacher, generator=self.generator,
             log=self.log, output_dir=str(self.out), weight_dtype=self.weight_dtype, extras=dict(m.extras),
             encode=self.conditioner.encode)
-
-    def _init_lora(self, path: str) -> None:
-        from hypersd_core.lora_formats import detect_format, kohya_to_peft, load_lora
-        from peft import set_peft_model_state_dict
-
-        sd, _ = load_lora(path)
-        if detect_format(sd) == "kohya":
-            names = [n for n, _ in self.model.unet.named_modules()]
-            sd, _ = kohya_to_peft(sd, names)
-        sd = {k[len("unet."):] if k.startswith("unet.") else k: v for k, v in sd.items()}
-        set_peft_model_state_dict(self.model.unet, sd, adapter_name="default")
+        return self.ctx
 
     @contextlib.contextmanager
     def teacher(self, local: bool = False):
@@ -196,7 +212,7 @@ class Trainer:
     # -- main loop ------------------------------------------------------------------------------
     def run(self) -> dict:
         t_start = time.time()
-        self._setup()
+        self.build()
         cfg, acc = self.cfg, self.acc
         state, folder = self._load_resume() if self.resume else ({"stage": 0, "step": 0, "global_step": 0}, None)
         if folder is not None:
@@ -292,7 +308,7 @@ class Trainer:
         self.acc.wait_for_everyone()
         return paths
 
-    def _grid_prompts(self) -> list[str]:
+    def grid_prompts(self) -> list[str]:
         s = self.cfg.sample
         if s.prompts:
             return list(s.prompts)[: s.num] if s.num else list(s.prompts)
@@ -301,7 +317,7 @@ class Trainer:
 
     def _grid_rows(self, stage, seed: int) -> dict:
         s, m = self.cfg.sample, self.model
-        prompts = self._grid_prompts()
+        prompts = self.grid_prompts()
         shape = (len(prompts), m.unet.config.in_channels, m.unet.config.sample_size, m.unet.config.sample_size)
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.acc.device)
         return sample_grid_rows(self.base_unet, lambda: self.teacher(local=True), stage.sampling_context, self.conditioner, prompts, noise,

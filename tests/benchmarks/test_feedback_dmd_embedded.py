@@ -15,7 +15,7 @@ def _export(tmp_path, name: str, onestep: int | None) -> str:
     from train.config import LoraConfig, ModelConfig
     from train.export import export_lora
     from train.lora import add_lora
-    from train.models.loading import load_model
+    from hypersd_models.loading import load_model
 
     m = load_model(ModelConfig(kind="embedded"))
     params = add_lora(m.unet, 8, None, LoraConfig().target_modules)

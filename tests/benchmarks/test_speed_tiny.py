@@ -7,7 +7,7 @@ import math
 import torch
 
 from benchmarks.speed_gpu import compile_section, main, scaling_section
-from benchmarks.unet_configs import SPECS
+from hypersd_models.specs import SPECS
 
 
 def finite(x) -> bool:

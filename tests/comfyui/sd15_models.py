@@ -74,7 +74,7 @@ def build_components(out_dir: Path, seed: int = SEED) -> dict[str, Path]:
             sd = {(k if k.startswith("text_model.") else "text_model." + k): v for k, v in sd.items()}
         paths[name] = out_dir / COMPONENT_FILES[name]
         _atomic_save(lambda tmp: save_file(sd, tmp), paths[name])
-        del sd
+        sd = None
     return paths
 
 

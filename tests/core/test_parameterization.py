@@ -12,9 +12,11 @@ from hypersd_core.parameterization import (
     jump,
     renoise,
     to_x0_eps,
+    training_target,
+    vp_to_ve,
 )
 from hypersd_core.samplers import sample_tscd, seeded_noise_sampler
-from hypersd_core.schedule import VPSchedule
+from hypersd_core.schedule import VPSchedule, unit_noise_to_ve, ve_input_scale
 
 from .models import SD, VPNet, diffusers_noise_sampler, diffusers_tcd
 
@@ -103,3 +105,42 @@ def test_tcd_parity_v_and_x0_models(unet, z, cond, prediction_type, steps, eta):
                       callback=seen.append, noise_sampler=diffusers_noise_sampler(z.shape, 9), schedule=schedule)
     assert max(float((s["denoised"] - r).abs().max()) for s, r in zip(seen, x0s)) <= 1e-5
     assert float((out - final / sch.alphas_cumprod[0].sqrt()).abs().max()) <= 1e-5
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_training_target_is_what_to_x0_eps_inverts(kind):
+    x0, eps, a, s, x_t = _sample(torch.tensor([999, 500, 0]))
+    got_x0, got_eps = to_x0_eps(training_target(x0, eps, a, s, kind), x_t, a, s, kind)
+    assert torch.allclose(got_x0, x0, atol=1e-9) and torch.allclose(got_eps, eps, atol=1e-9)
+
+
+def test_training_target_rejects_unknown_kinds():
+    x0, eps, a, s, _ = _sample(torch.tensor(10))
+    with pytest.raises(ValueError, match="prediction_type must be one of"):
+        training_target(x0, eps, a, s, "flow")
+
+
+def test_vp_to_ve_and_unit_noise_start_match_the_denoiser_input():
+    t = torch.tensor([999, 400, 3])
+    x0, eps, a, s, x_t = _sample(t)
+    sigma = SCHED.sigma(t)
+    x_ve = vp_to_ve(x_t, a)
+    torch.testing.assert_close(x_ve * ve_input_scale(sigma).reshape(-1, 1, 1, 1), x_t)  # back to VP
+    # the sampler start from unit noise z: its VP model input is z itself
+    z = eps
+    torch.testing.assert_close(unit_noise_to_ve(z, sigma.reshape(-1, 1, 1, 1)) * ve_input_scale(sigma).reshape(-1, 1, 1, 1), z)
+
+
+def test_denoiser_keeps_comfyui_seed_from_a_plain_diffusers_unet(unet, cond, z):
+    """extra_args may carry ComfyUI's ``seed`` (the samplers read it for their noise); the README's
+    wrapper around a real UNet2DConditionModel (no ``**kw`` on its forward) must not receive it."""
+    from hypersd_core import get_sigmas_tscd
+
+    denoiser = DiscreteVPDenoiser(lambda x, t, **kw: unet(x, t, **kw).sample)
+    sigmas = get_sigmas_tscd(2, spacing="tcd")
+    x = unit_noise_to_ve(z, sigmas[0])
+    out = sample_tscd(denoiser, x, sigmas, extra_args={"encoder_hidden_states": cond, "seed": 3}, eta=0.3)
+    again = sample_tscd(denoiser, x, sigmas, extra_args={"encoder_hidden_states": cond, "seed": 3}, eta=0.3)
+    other = sample_tscd(denoiser, x, sigmas, extra_args={"encoder_hidden_states": cond, "seed": 4}, eta=0.3)
+    assert out.shape == z.shape and torch.isfinite(out).all()
+    assert torch.equal(out, again) and not torch.equal(out, other)  # the seed still drives the noise

@@ -1,6 +1,6 @@
 """sample_tscd + DiscreteVPDenoiser against diffusers' TCDScheduler, step for step (CPU, fp32).
 
-What is compared (NOTES.md, "Parity with diffusers' TCDScheduler"):
+What is compared:
 - each intermediate x: diffusers' VP sample at t_i divided by alpha_{t_i} (VP -> VE) against
   the x our sampler holds before step i (from its callback);
 - each x0: diffusers' pred_original_sample at t_i against our denoised at step i; with a

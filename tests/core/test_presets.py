@@ -2,7 +2,7 @@
 
 import pytest
 
-from hypersd_core.presets import OFFICIAL_FILES, official_preset, steps_from_name
+from hypersd_core.presets import OFFICIAL_FILES, official_preset
 
 
 def test_unified_one_step_lora_is_tcd_with_eta_1():
@@ -21,11 +21,8 @@ def test_n_step_presets(name, base, steps, cfg, strength):
     p = official_preset(name)
     assert (p.base_model, p.steps, p.cfg, p.strength, p.onestep_timestep) == (base, steps, cfg, strength, None)
     assert p.prediction_type == ("flow" if base in ("sd3", "flux") else "epsilon")
-    assert steps_from_name(name) == steps[0]
 
 
 def test_every_official_name_has_a_preset_and_unknown_names_none():
     assert all(official_preset(n) is not None for n in OFFICIAL_FILES)
     assert official_preset("my-lora.safetensors") is None
-    assert steps_from_name("my-lora.safetensors") is None
-    assert steps_from_name("Hyper-SDXL-1step-Unet.safetensors") == 1

@@ -98,7 +98,7 @@ def test_fp16_and_bf16_inputs_keep_their_dtype():
 def test_output_variance_follows_the_step_rule(eta):
     """With N(0, I) data and its exact denoiser every step is linear in x plus fresh noise:
     x_s = x0 + sigma_s*eps = x*(1 + sigma_s*sigma)/(1 + sigma^2), then + sqrt(sigma'^2 - sigma_s^2)*z,
-    so the output variance follows a scalar recursion (NOTES.md's TCD step, in sigma space)."""
+    so the output variance follows a scalar recursion (sample_tscd's step, in sigma space)."""
     ts = tcd_timesteps(4)
     sigmas = get_sigmas_tscd(4, spacing="tcd")
     x = torch.randn(64, 4, 16, 16, generator=torch.Generator().manual_seed(0)) * (1 + sigmas[0] ** 2).sqrt()

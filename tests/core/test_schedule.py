@@ -10,7 +10,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, TCDScheduler
 
 from hypersd_core.schedule import (
     VPSchedule,
-    start_noise_scale,
+    comfyui_start_correction,
     tcd_timesteps,
     trailing_timesteps,
     ve_input_scale,
@@ -125,7 +125,7 @@ def test_tcd_equals_tcd_scheduler(steps, strength):
         (lambda: VPSchedule(torch.ones(2, 3) * 0.5), "1-D table"),
         (lambda: VPSchedule([0.5, 0.9]), "non-increasing"),
         (lambda: VPSchedule([1.5, 0.9]), r"\(0, 1\]"),
-        (lambda: start_noise_scale(0.0), "sigma > 0"),
+        (lambda: comfyui_start_correction(0.0), "sigma > 0"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(call, match):
@@ -138,7 +138,7 @@ def test_noise_scales(sched):
     assert torch.allclose(ve_input_scale(s), 1 / (1 + s**2).sqrt())
     # sigma*z times the start scale is sqrt(1+sigma^2)*z, whose VP model input is z itself.
     sig = float(sched.sigma(800))
-    assert sig * start_noise_scale(sig) * float(ve_input_scale(torch.tensor(sig))) == pytest.approx(1.0)
+    assert sig * comfyui_start_correction(sig) * float(ve_input_scale(torch.tensor(sig))) == pytest.approx(1.0)
 
 
 def test_float32_schedule_math_for_devices_without_float64(monkeypatch):

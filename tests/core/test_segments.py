@@ -84,3 +84,9 @@ def test_bad_grids_raise(n, k, match):
 def test_solver_grid_is_ddim_trailing(n):
     g = SegmentGrid(n, 1)
     assert [g.timestep(i) for i in reversed(range(n))] == trailing_timesteps(n)
+
+
+def test_one_trailing_grid_for_every_n():
+    """SegmentGrid's solver grid is schedule.trailing_timestep, the grid trailing_timesteps lists."""
+    for n in range(1, 1001):
+        assert SegmentGrid(n, 1).timestep(torch.arange(n)).flip(0).tolist() == trailing_timesteps(n), n

@@ -94,7 +94,7 @@ def test_options_are_checked():
 def test_feedback_term_uses_per_reward_threshold(tiny_unet, embeddings, threshold, pulls):
     from types import SimpleNamespace
 
-    from train.models.classifier import DigitClassifier
+    from hypersd_models.classifier import DigitClassifier
     from train.stages.feedback import FeedbackTerm
 
     cond, _ = embeddings

@@ -90,7 +90,7 @@ def test_digit_of_parses_every_caption_template():
 
 def test_digit_reward_prefers_captioned_digit_and_clean_images():
     from train.digits import load_digit_splits
-    from train.models.classifier import DigitClassifier
+    from hypersd_models.classifier import DigitClassifier
 
     torch.manual_seed(0)
     train, _ = load_digit_splits(16)

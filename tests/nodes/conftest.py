@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.unet_configs import COMFY_SD15, COMFY_SD15_TINY, COMFY_SDXL
+from hypersd_models.specs import COMFY_SD15, COMFY_SD15_TINY, COMFY_SDXL
 
 REPO = Path(__file__).resolve().parents[2]
 

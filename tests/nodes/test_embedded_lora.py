@@ -39,7 +39,7 @@ def comfy_embedded_model(comfyui):
     import comfy.supported_models_base
     from diffusers import UNet2DConditionModel
 
-    from train.models.embedded import load_embedded
+    from hypersd_models.embedded import load_embedded
 
     class DiffusersUNet(UNet2DConditionModel):
         """The diffusers UNet under ComfyUI's diffusion_model call signature."""
@@ -111,10 +111,10 @@ def test_comfyui_equals_the_trainers_grid(comfyui, trained, loaded, eta):
 
     trainer, _ = trained
     _, patched, _ = loaded
-    prompts = trainer._grid_prompts()
+    prompts = trainer.grid_prompts()
     labels = torch.arange(len(prompts)) % 10
     seed = trainer.cfg.sample.seed
-    noise = torch.randn(len(prompts), 1, 16, 16, generator=torch.Generator().manual_seed(seed))  # = _grid_rows
+    noise = torch.randn(len(prompts), 1, 16, 16, generator=torch.Generator().manual_seed(seed))  # = the trainer's grid noise
     cond, _ = trainer.conditioner.encode(prompts)
     clf = trainer.model.extras["classifier"]
     m = trainer.model
@@ -134,7 +134,7 @@ def test_the_lora_acts_in_comfyui(comfyui, trained, loaded):
     trainer, _ = trained
     base, patched, _ = loaded
     off, _, _ = comfyui.run("HyperSDLoraLoader", base, None, "hypersd_embedded_trained.safetensors", 0.0, 1.0)
-    cond, _ = trainer.conditioner.encode(trainer._grid_prompts()[:4])
+    cond, _ = trainer.conditioner.encode(trainer.grid_prompts()[:4])
     on_img, off_img = comfy_sample(comfyui, patched, cond, 2, 0, 0.0), comfy_sample(comfyui, off, cond, 2, 0, 0.0)
     assert (on_img - off_img).abs().max().item() > 1e-3
 

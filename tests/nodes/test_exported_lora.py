@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from benchmarks.unet_configs import SD15, SDXL
+from hypersd_models.specs import SD15, SDXL
 from hypersd_core.lora_formats import HyperSDMetadata, sgm_unet_path
 
 diffusers = pytest.importorskip("diffusers")
@@ -76,7 +76,7 @@ def test_sgm_names_are_comfyuis_own_for_every_sdxl_module(comfyui):
     """sgm_unet_path agrees with ComfyUI's diffusers -> LDM map on every resnet/attention weight."""
     import comfy.utils
 
-    from benchmarks.unet_configs import COMFY_SDXL
+    from hypersd_models.specs import COMFY_SDXL
 
     checked = 0
     for dk, lk in comfy.utils.unet_to_diffusers(dict(COMFY_SDXL)).items():

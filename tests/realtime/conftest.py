@@ -4,7 +4,7 @@ import torch
 
 @pytest.fixture
 def tiny(tokenizer_path):
-    from train.realtime_models import tiny_components
+    from hypersd_demo.models import tiny_components
 
     return tiny_components(tokenizer_path)
 

@@ -4,7 +4,7 @@ never served as a black image."""
 import pytest
 import torch
 
-from train.realtime_models import build_generator
+from hypersd_demo.models import build_generator
 
 
 @pytest.mark.parametrize("kw, needle", [

@@ -18,8 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_stale_request_is_dropped_without_generating(tiny):
-    from train.demo import DemoState
-    from train.realtime_models import build_generator
+    from hypersd_demo.server import DemoState
+    from hypersd_demo.models import build_generator
 
     gen, _ = build_generator(tiny)
     state = DemoState(gen, 32, "tiny")
@@ -39,9 +39,9 @@ def _post(url, body):
 
 @pytest.fixture(scope="module")
 def demo_url(tokenizer_path):
-    """`python -m train.demo` on a free loopback port with the embedded model (or its stand-in)."""
+    """`python -m hypersd_demo` on a free loopback port with the embedded model (or its stand-in)."""
     env = dict(os.environ, PYTHONPATH=str(REPO), HYPERSD_TOKENIZER=str(tokenizer_path))
-    proc = subprocess.Popen([sys.executable, "-m", "train.demo", "--model", "embedded", "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "hypersd_demo", "--model", "embedded", "--port", "0",
                              "--threads", "1", "--debounce-ms", "30"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines, url = [], None

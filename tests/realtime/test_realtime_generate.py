@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hypersd_core.generate import Generator
-from train.realtime_models import build_generator
+from hypersd_demo.models import build_generator
 
 
 def test_one_and_few_step_images(tiny):

@@ -1,4 +1,4 @@
-"""train/realtime_models.py: local-folder SD1.5 loading (parity with diffusers' one-step LCM
+"""hypersd_demo/models.py: local-folder SD1.5 loading (parity with diffusers' one-step LCM
 pipeline), TAESD from a folder and from ComfyUI's decoder-only file, LoRA files, clear errors."""
 
 import pytest
@@ -36,7 +36,7 @@ def test_sd15_folder_one_step_matches_diffusers_lcm(sd15_folder):
     (its c_skip at t=999 is 2.5e-9), so the start-noise and timestep conventions agree."""
     from diffusers import LCMScheduler, StableDiffusionPipeline
 
-    from train.realtime_models import build_generator, load_components
+    from hypersd_demo.models import build_generator, load_components
 
     comp = load_components("sd15", sd15_folder, dtype=torch.float32)
     assert comp.vae_scale_factor == 2 and comp.prediction_type == "epsilon"
@@ -55,15 +55,16 @@ def test_sd15_folder_one_step_matches_diffusers_lcm(sd15_folder):
 
 
 def test_missing_paths_say_what_to_do(tmp_path):
-    from train.realtime_models import load_components
+    from hypersd_demo.models import load_components
+    from hypersd_models.loading import ModelLoadError
 
-    with pytest.raises(ValueError, match="needs --path"):
+    with pytest.raises(ModelLoadError, match="needs --path"):
         load_components("sd15")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(ModelLoadError, match="not found"):
         load_components("sdxl", tmp_path / "nope")
     single = tmp_path / "model.safetensors"
     single.write_bytes(b"")
-    with pytest.raises(ValueError, match="--config"):
+    with pytest.raises(ModelLoadError, match="--config"):
         load_components("sd15", single)
 
 
@@ -79,7 +80,7 @@ def test_tiny_vae_from_folder_and_comfyui_decoder_file(tmp_path):
     from diffusers import AutoencoderTiny
     from safetensors.torch import save_file
 
-    from train.realtime_models import LatentDecoder, load_tiny_vae
+    from hypersd_models.loading import LatentDecoder, load_tiny_vae
 
     vae = _small_taesd()
     vae.save_pretrained(tmp_path / "taesd")
@@ -99,7 +100,7 @@ def test_tiny_vae_from_folder_and_comfyui_decoder_file(tmp_path):
 
 def test_lora_file_is_merged(tiny, tmp_path):
     from hypersd_core.lora_formats import save_lora
-    from train.realtime_models import build_generator
+    from hypersd_demo.models import build_generator
 
     base = build_generator(tiny)[0].generate("a cat", seed=1, height=32, width=32)
     mod = dict(tiny.unet.named_modules())["down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"]
@@ -116,7 +117,7 @@ def test_lora_file_is_merged(tiny, tmp_path):
 
 def test_tune_for_speed_keeps_the_images(sd15_folder):
     """Fused QKV + channels-last (the GPU speed tweaks) give the same images up to rounding."""
-    from train.realtime_models import build_generator, load_components
+    from hypersd_demo.models import build_generator, load_components
 
     ref = build_generator(load_components("sd15", sd15_folder, dtype=torch.float32))[0]
     fused_comp = load_components("sd15", sd15_folder, dtype=torch.float32)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.unet_configs import COMFY_SD15_TINY
+from hypersd_models.specs import COMFY_SD15_TINY
 
 NODES_CONFTEST = Path(__file__).resolve().parents[1] / "nodes" / "conftest.py"
 

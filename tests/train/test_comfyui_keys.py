@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.unet_configs import COMFY_SD15, COMFY_SDXL, SD15, SDXL
+from hypersd_models.specs import COMFY_SD15, COMFY_SDXL, SD15, SDXL
 from train.config import LoraConfig
 from train.export import kohya_state_dict
 from train.lora import add_lora

@@ -198,7 +198,6 @@ def _sd_folder(root: Path, arch: str, unet_bytes: bytes | None = None) -> Path:
 
 
 def _good_safetensors() -> bytes:
-    import io
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:

@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 
-from benchmarks.unet_configs import SDXL_TINY
+from hypersd_models.specs import SDXL_TINY
 from hypersd_core.lora_formats import HyperSDMetadata, load_lora, sgm_unet_path
 
 diffusers = pytest.importorskip("diffusers")

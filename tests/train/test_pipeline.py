@@ -59,7 +59,7 @@ def _tiny_pipeline(tokenizer_path):
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
 
     from train.config import ModelConfig
-    from train.models.loading import load_model
+    from hypersd_models.loading import load_model
 
     m = load_model(ModelConfig(kind="tiny", tokenizer_path=str(tokenizer_path)))
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from train.config import ModelConfig, load_config
-from train.models.loading import ModelLoadError, load_model
+from hypersd_models.loading import ModelLoadError, load_model
 
 
 def _save_tiny_pipeline(folder, tokenizer_path, sdxl: bool):

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from hypersd_core.parameterization import add_noise
 from hypersd_core.schedule import VPSchedule
 from train.digits import all_captions, load_digit_splits, random_captions, random_shift
-from train.models.classifier import DigitClassifier
-from train.models.embedded import (EMBEDDED_DIR, RESOLUTION, TEXT_CONFIG, UNET_CONFIG, build_text_encoder,
+from hypersd_models.classifier import DigitClassifier
+from hypersd_models.embedded import (EMBEDDED_DIR, RESOLUTION, TEXT_CONFIG, UNET_CONFIG, build_text_encoder,
                                    build_unet, encode_prompts, find_tokenizer, load_tokenizer)
 from train.sampling import sample_images
 

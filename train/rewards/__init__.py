@@ -1,7 +1,9 @@
 """Reward models for human-feedback learning, pluggable by name from the config.
 
 Each entry of a config's ``rewards`` list is ``{"name": <one of REWARDS>, "weight": w, **kwargs}``;
-:func:`build_rewards` turns the list into one callable following ``hypersd_core.rewards.Reward``.
+:func:`build_reward` builds one entry; the feedback term (``train.stages.feedback.build_stage_rewards``)
+builds its list with it, and :func:`build_rewards` gives the weighted sum as one
+``hypersd_core.rewards.Reward`` (for scoring images outside training).
 Models load from local files only (nothing is downloaded).
 """
 

@@ -51,8 +51,8 @@ class DigitReward(nn.Module):
     def from_files(cls, path: str | None = None, clean_weight: float = 1.0, hf_scale: float = 10.0,
                    device=None) -> "DigitReward":
         """From the classifier folder (default: the embedded one, train/embedded/classifier)."""
-        from train.models.classifier import DigitClassifier
-        from train.models.embedded import classifier_path
+        from hypersd_models.classifier import DigitClassifier
+        from hypersd_models.embedded import classifier_path
 
         reward = cls(DigitClassifier.load(path or classifier_path()), clean_weight, hf_scale)
         return reward.to(device) if device is not None else reward

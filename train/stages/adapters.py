@@ -13,11 +13,12 @@ from typing import Iterable
 
 import torch
 
+from ..lora import adapter_named_parameters, is_lora_parameter
+
 
 def adapter_parameters(unet: torch.nn.Module, name: str) -> list[torch.nn.Parameter]:
     """The LoRA parameters of adapter ``name`` (peft names them ``...lora_A.<name>.weight``)."""
-    tag = f".{name}."
-    params = [p for n, p in unet.named_parameters() if "lora_" in n and tag in n]
+    params = list(adapter_named_parameters(unet, name).values())
     if not params:
         raise ValueError(f"the UNet has no LoRA adapter named {name!r}")
     return params
@@ -32,7 +33,7 @@ def use_adapter(unet: torch.nn.Module, name: str | None, trainable: Iterable[tor
         unet.set_adapter(name)
     keep = {id(p) for p in trainable}
     for n, p in unet.named_parameters():
-        if "lora_" in n:
+        if is_lora_parameter(n):
             p.requires_grad_(id(p) in keep)
 
 
@@ -57,12 +58,3 @@ def add_zero_adapter(unet: torch.nn.Module, name: str, like: str | None = None, 
     if active:
         unet.set_adapter(active[0] if len(active) == 1 else active)
     return adapter_parameters(unet, name)
-
-
-def copy_adapter(unet: torch.nn.Module, src: str, dst: str) -> None:
-    """Copy adapter ``src``'s weights into adapter ``dst`` (same shapes)."""
-    named = dict(unet.named_parameters())
-    with torch.no_grad():
-        for n, p in named.items():
-            if "lora_" in n and f".{dst}." in n:
-                p.copy_(named[n.replace(f".{dst}.", f".{src}.")])

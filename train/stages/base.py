@@ -39,6 +39,8 @@ class StageContext:
     weight_dtype: torch.dtype = torch.float32
     extras: dict = field(default_factory=dict)  # e.g. "classifier" for the embedded model
     encode: Callable[[list[str]], tuple[torch.Tensor, dict | None]] | None = None  # prompts -> (cond, added cond)
+    # `with ctx.phase("name"):` marks a part of a step for profilers (memory, time); a no-op by default
+    phase: Callable[[str], contextlib.AbstractContextManager] = lambda name: contextlib.nullcontext()
 
     @property
     def device(self) -> torch.device:
@@ -46,11 +48,12 @@ class StageContext:
 
     def step_lora(self, loss: torch.Tensor, max_grad_norm: float | None = None) -> None:
         """Backward ``loss`` and take one (gradient-accumulated) step of the LoRA optimizer."""
-        self.accelerator.backward(loss)
-        if self.accelerator.sync_gradients and max_grad_norm:
-            self.accelerator.clip_grad_norm_(self.lora_params, max_grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        with self.phase("backward_step"):
+            self.accelerator.backward(loss)
+            if self.accelerator.sync_gradients and max_grad_norm:
+                self.accelerator.clip_grad_norm_(self.lora_params, max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
 
 
 class Stage:

@@ -1,7 +1,7 @@
 """DMD2-style score distillation for one-step generation, as the last part of Hyper-SD.
 
-Generator: the student LoRA at one step (t = 999, ``sample_dmd_onestep``'s model call) maps unit
-noise z to x. Per generator update, with t ~ U[t_min, t_max] and x_t = α_t x + σ_t ε:
+Generator: the student LoRA at one step (t = ``dmd.onestep_timestep``, 800 in our presets;
+``sample_dmd_onestep``'s model call) maps unit noise z to x. Per generator update, with t ~ U[t_min, t_max] and x_t = α_t x + σ_t ε:
 - real score: the teacher (the base UNet with every adapter disabled) with CFG gives μ_real;
 - fake score: a second LoRA adapter (``fake``) on the same base UNet gives μ_fake;
 - generator loss: ``hypersd_core.losses.dmd_loss(x, μ_real, μ_fake)`` (DMD2's normalised
@@ -57,21 +57,23 @@ So with model.gradient_checkpointing the DMD and unified stages fit a 24 GB card
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from hypersd_core.losses import dmd_loss
-from hypersd_core.parameterization import add_noise, to_x0_eps
+from hypersd_core.parameterization import add_noise, to_x0_eps, training_target
 from hypersd_core.schedule import VPSchedule
 
 from ..checkpoint import load_optimizer_tensors, optimizer_tensors
-from ..lora import ADAPTER
+from ..lora import ADAPTER, adapter_named_parameters
+from ..optim import build_optimizer
 from . import register_stage
 from .adapters import adapter_parameters, add_zero_adapter, use_adapter
 from .base import Stage
-from .feedback import FeedbackOptions, FeedbackTerm, extra_loss, options_from
+from .feedback import FeedbackOptions, FeedbackTerm, options_from
 
 
 @dataclass
@@ -153,7 +155,7 @@ def distribution_matching(unet, x: torch.Tensor, cond, uncond, opts: DMDOptions,
                 mu_real = unet_x0(real, x_t, t, cond, schedule, prediction_type, uncond, opts.real_cfg, added_cond, added_uncond)
         use_adapter(unet, opts.fake_adapter)
         mu_fake = unet_x0(unet, x_t, t, cond, schedule, prediction_type, added_cond=added_cond)
-    use_adapter(unet, student, _params_of(unet, student))
+    use_adapter(unet, student, adapter_parameters(unet, student))
     return dmd_loss(x, mu_real, mu_fake)
 
 
@@ -170,8 +172,7 @@ def fake_score_loss(unet, x: torch.Tensor, cond, opts: DMDOptions, schedule: VPS
     x_t, eps = diffuse(x, t, schedule, generator)
     out = GuidedUNet(unet, cond, added_cond=added_cond)(x_t, t)
     alpha, sigma = schedule.alpha_sigma(t, dtype=x.dtype, device=x.device)
-    a, s = alpha.view(-1, *[1] * (x.ndim - 1)), sigma.view(-1, *[1] * (x.ndim - 1))
-    target = {"epsilon": eps, "v_prediction": a * eps - s * x, "sample": x}[prediction_type]
+    target = training_target(x, eps, alpha, sigma, prediction_type)
     return F.mse_loss(out.float(), target.float())
 
 
@@ -201,16 +202,6 @@ def build_reference_bank(unet, noise: torch.Tensor, cond: torch.Tensor, uncond: 
     return torch.cat(out)
 
 
-def lora_parameter_count(unet, name: str) -> int:
-    """Number of parameters of adapter ``name`` (for the memory estimate)."""
-    return sum(p.numel() for p in _params_of(unet, name))
-
-
-def _params_of(unet, name: str):
-    return adapter_parameters(unet, name)
-
-
-
 # -- the stages -----------------------------------------------------------------------------------
 
 
@@ -234,10 +225,10 @@ class DMDStage(Stage):
         unet = ctx.base_unet
         name = self.opts.fake_adapter
         if name in getattr(unet, "peft_config", {}):
-            self.fake_params = [p for n, p in unet.named_parameters() if "lora_" in n and f".{name}." in n]
+            self.fake_params = adapter_parameters(unet, name)
             with torch.no_grad():  # a new stage starts its fake score at the teacher again
-                for n, p in unet.named_parameters():
-                    if f"lora_B.{name}." in n:
+                for n, p in adapter_named_parameters(unet, name).items():
+                    if "lora_B." in n:
                         p.zero_()
         else:
             self.fake_params = add_zero_adapter(unet, name, like=ADAPTER)
@@ -245,9 +236,7 @@ class DMDStage(Stage):
             p.data = p.data.float()
         o = ctx.config.optim
         lr = self.opts.fake_lr or (cfg.lr if cfg.lr is not None else o.lr)
-        fused = o.fused if o.fused is not None else torch.device(ctx.device).type == "cuda"  # as train.optim
-        self.fake_opt = torch.optim.AdamW(self.fake_params, lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay,
-                                          eps=o.eps, **({"fused": True} if fused else {}))
+        self.fake_opt = build_optimizer(self.fake_params, dataclasses.replace(o, lr=lr), torch.device(ctx.device))
         use_adapter(unet, ADAPTER, ctx.lora_params)
         self.tscd = None
         if self.use_tscd:
@@ -323,26 +312,11 @@ class DMDStage(Stage):
         added = {k[6:]: v[idx] for k, v in self.bank.items() if k.startswith("added.")} or None
         return self.bank["z"][idx], self.bank["cond"][idx], self.bank["x_ref"][idx], added
 
-    # -- the step -------------------------------------------------------------------------------
-    def train_step(self, batch, step: int) -> dict[str, float]:
-        ctx = self.ctx
-        logs = {"loss/fake_score": self._fake_updates(batch)}
-        if self.opts.reg_weight > 0:
-            self._fill_bank(batch)
-        if self.tscd is not None:
-            # The TSCD stage makes the one forward through the (possibly DDP-wrapped) UNet; the
-            # generator terms run on the bare module, inside its step_lora (after its EMA swaps).
-            with extra_loss(ctx, lambda: self._generator_loss(batch, step, ctx.base_unet, logs)):
-                logs.update(self.tscd.train_step(batch, step))
-        else:
-            with ctx.accelerator.autocast():
-                loss = self._generator_loss(batch, step, ctx.unet, logs)
-            ctx.step_lora(loss, ctx.config.optim.max_grad_norm)
-            logs["loss/total"] = float(loss.detach())
-        return logs
-
-    def _generator_loss(self, batch, step: int, gen_unet, logs: dict) -> torch.Tensor:
-        """DMD (+ regression to the bank, + ReFL) loss of one generator batch."""
+    # -- the loss terms ---------------------------------------------------------------------------
+    def generator_terms(self, batch, gen_unet) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+        """DMD's distribution-matching loss of one generator batch and, with ``reg_weight`` > 0,
+        Hyper-SD's regression of bank rows to their teacher samples (one generator forward for both):
+        (l_dm, l_reg or None, logs)."""
         ctx, o = self.ctx, self.opts
         n = batch.x0.shape[0]
         z, cond, added = self._randn(batch.x0.shape), batch.cond, batch.added_cond
@@ -356,23 +330,53 @@ class DMDStage(Stage):
         unc, unc_added = ctx.uncond(n)
         l_dm = distribution_matching(ctx.base_unet, x[:n], batch.cond, unc, o, ctx.schedule, ADAPTER,
                                      ctx.prediction_type, ctx.generator, batch.added_cond, unc_added, ctx.teacher)
-        loss = o.dm_weight * l_dm
-        logs["loss/dmd"] = float(l_dm.detach())
+        logs = {"loss/dmd": float(l_dm.detach())}
+        l_reg = None
         if m:
             l_reg = regression_loss(x[n:], bref)
-            loss = loss + o.reg_weight * l_reg
             logs["loss/regression"] = float(l_reg.detach())
-        if self.feedback is not None and step % self.feedback.opts.every == 0:
-            l_fb, fb_logs = self.feedback(batch)
-            loss = loss + l_fb
-            logs.update(fb_logs)
-        return loss
+        return l_dm, l_reg, logs
+
+    # -- the step -------------------------------------------------------------------------------
+    def train_step(self, batch, step: int) -> dict[str, float]:
+        """Fake-score updates, then one LoRA step on the weighted sum of this stage's terms:
+        [TSCD] + dm_weight * DMD + reg_weight * regression + [feedback]."""
+        ctx, o = self.ctx, self.opts
+        with ctx.phase("fake_score"):
+            logs = {"loss/fake_score": self._fake_updates(batch)}
+        if o.reg_weight > 0:
+            with ctx.phase("bank"):
+                self._fill_bank(batch)
+        pieces = None
+        with ctx.accelerator.autocast():
+            if self.tscd is not None:
+                # The TSCD terms make the one forward through the (possibly DDP-wrapped) UNet; the
+                # generator then runs on the bare module, after their EMA swaps.
+                l_tscd, tscd_logs, pieces = self.tscd.tscd_loss(batch)
+                logs.update(tscd_logs)
+            with ctx.phase("gen_forward"):
+                l_dm, l_reg, gen_logs = self.generator_terms(batch, ctx.base_unet if self.tscd is not None else ctx.unet)
+            logs.update(gen_logs)
+            loss = o.dm_weight * l_dm
+            if l_reg is not None:
+                loss = loss + o.reg_weight * l_reg
+            if self.feedback is not None and step % self.feedback.opts.every == 0:
+                l_fb, fb_logs = self.feedback(batch)
+                loss = loss + l_fb
+                logs.update(fb_logs)
+            if self.tscd is not None:
+                loss = l_tscd + loss
+        ctx.step_lora(loss, ctx.config.optim.max_grad_norm)
+        if self.tscd is not None:
+            logs.update(self.tscd.after_lora_step(batch, pieces))
+        logs["loss/total"] = float(loss.detach())
+        return {k: float(v) for k, v in logs.items()}
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
         name = self.opts.fake_adapter
         out = {"fake." + n: p.detach().float().cpu().clone()
-               for n, p in self.ctx.base_unet.named_parameters() if "lora_" in n and f".{name}." in n}
+               for n, p in adapter_named_parameters(self.ctx.base_unet, name).items()}
         out.update(optimizer_tensors(self.fake_opt, "fake_opt."))
         out.update({"bank." + k: v.detach().cpu() for k, v in self.bank.items()})
         if self.tscd is not None:
@@ -381,7 +385,7 @@ class DMDStage(Stage):
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         name = self.opts.fake_adapter
-        params = {n: p for n, p in self.ctx.base_unet.named_parameters() if "lora_" in n and f".{name}." in n}
+        params = adapter_named_parameters(self.ctx.base_unet, name)
         missing = [n for n in params if "fake." + n not in state]
         if missing:
             raise ValueError(f"checkpoint lacks the fake-score adapter ({len(missing)} tensors, e.g. {missing[0]}); "
@@ -400,8 +404,10 @@ class DMDStage(Stage):
         with (self.tscd.sampling_context() if self.tscd is not None else contextlib.nullcontext()):
             yield
 
+    steps = [1]  # the step counts the exported LoRA is for
+
     def metadata(self) -> dict:
-        return {"segments": self.cfg.segments, "steps": [1], "stage": "dmd", "onestep_timestep": self.opts.onestep_timestep}
+        return {**super().metadata(), "steps": list(self.steps), "onestep_timestep": self.opts.onestep_timestep}
 
 
 @register_stage("unified")
@@ -410,7 +416,4 @@ class UnifiedStage(DMDStage):
     segments, default on) + optional ReFL, exported as ONE LoRA for 1 to 8 steps."""
 
     unified = True
-
-    def metadata(self) -> dict:
-        return {"segments": self.cfg.segments, "steps": list(range(1, 9)), "stage": "unified",
-                "onestep_timestep": self.opts.onestep_timestep}
+    steps = list(range(1, 9))

@@ -10,7 +10,6 @@ The stage adds this to the TSCD distillation loss so the student does not drift.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -18,10 +17,10 @@ from typing import Callable, Sequence
 import torch
 
 from hypersd_core.losses import reward_hinge_loss
-from hypersd_core.parameterization import DiscreteVPDenoiser, add_noise
+from hypersd_core.parameterization import DiscreteVPDenoiser, add_noise, vp_to_ve
 from hypersd_core.rewards import score
-from hypersd_core.samplers import get_sigmas_tscd, sample_tscd, seeded_noise_sampler, tscd_jump_sigmas
-from hypersd_core.schedule import VPSchedule
+from hypersd_core.samplers import get_sigmas_tscd, sample_tscd, seeded_noise_sampler, tscd_jump_sigmas, tscd_renoise_std
+from hypersd_core.schedule import VPSchedule, unit_noise_to_ve
 
 from . import register_stage
 from .tscd import TSCDStage
@@ -66,15 +65,15 @@ def refl_x0(denoiser: Callable, noise: torch.Tensor, steps: int, stop: int, *, e
     it without gradients (exactly as ``sample_tscd`` runs them), that step with gradients."""
     schedule = schedule or VPSchedule.scaled_linear()
     sigmas = get_sigmas_tscd(steps, schedule, spacing=spacing).to(noise.device)
-    x = noise * (sigmas[0] ** 2 + 1).sqrt()  # VP z at t_max -> VE x
+    x = unit_noise_to_ve(noise, sigmas[0])
     if stop > 0:
         ns = seeded_noise_sampler(x, seed) if eta > 0 else None
         with torch.no_grad():
             head = sigmas[: stop + 1]
             x = sample_tscd(denoiser, x, head, eta=eta, noise_sampler=ns, schedule=schedule, disable=True)
             if eta > 0:  # sample_tscd does not re-noise after its own last step; the full run does
-                sig_s = tscd_jump_sigmas(head, eta, schedule)[-1]
-                x = x + (head[-1] ** 2 - sig_s**2).clamp(min=0).sqrt() * ns(head[-2], head[-1])
+                std = tscd_renoise_std(head, tscd_jump_sigmas(head, eta, schedule))[-1]
+                x = x + std * ns(head[-2], head[-1])
     return denoiser(x, sigmas[stop] * x.new_ones(x.shape[0]))
 
 
@@ -85,7 +84,7 @@ def data_x0(denoiser: Callable, clean: torch.Tensor, t: torch.Tensor, schedule: 
     alpha, sigma = schedule.alpha_sigma(t, dtype=clean.dtype, device=clean.device)
     noise = torch.randn(clean.shape, generator=generator, dtype=clean.dtype).to(clean.device)
     x_vp = add_noise(clean, noise, alpha, sigma)
-    return denoiser(x_vp / alpha.view(-1, *[1] * (clean.ndim - 1)), schedule.sigma(t).to(clean))
+    return denoiser(vp_to_ve(x_vp, alpha), schedule.sigma(t).to(clean))
 
 
 def feedback_loss(reward: Callable, decode: Callable, x0: torch.Tensor, prompts: Sequence[str],
@@ -139,32 +138,6 @@ def build_stage_rewards(ctx, specs, default_threshold: float) -> list[tuple[str,
     if not out:
         raise ValueError("the feedback term needs at least one reward in options.feedback.rewards")
     return out
-
-
-@contextlib.contextmanager
-def extra_loss(ctx, compute: Callable[[], torch.Tensor]):
-    """Add ``compute()`` to the loss of the next ``ctx.step_lora`` call (one backward, one step),
-    so a stage can put its term next to the TSCD stage's loss without copying that stage.
-
-    ``compute`` runs inside ``step_lora``, after the TSCD stage's own forwards: its target pass
-    swaps EMA weights into the LoRA in place, which would invalidate a graph built earlier.
-    """
-    had = "step_lora" in vars(ctx)
-    orig = ctx.step_lora
-
-    def step_lora(loss, max_grad_norm=None):
-        with ctx.accelerator.autocast():
-            extra = compute()
-        return orig(loss + extra, max_grad_norm)
-
-    ctx.step_lora = step_lora
-    try:
-        yield
-    finally:
-        if had:
-            ctx.step_lora = orig
-        else:
-            del ctx.step_lora
 
 
 class FeedbackTerm:
@@ -226,18 +199,16 @@ class FeedbackStage(TSCDStage):
         self.feedback = FeedbackTerm(self.ctx, self.fb_opts)
 
     def train_step(self, batch, step: int) -> dict[str, float]:
-        if step % self.fb_opts.every:
-            return super().train_step(batch, step)
-        fb_logs = {}
-
-        def compute():
-            loss, logs = self.feedback(batch)
-            fb_logs.update(logs)
-            return loss
-
-        with extra_loss(self.ctx, compute):
-            logs = super().train_step(batch, step)
-        return {**logs, **fb_logs}
-
-    def metadata(self) -> dict:
-        return {**super().metadata(), "stage": "feedback"}
+        ctx = self.ctx
+        with ctx.accelerator.autocast():
+            loss, logs, pieces = self.tscd_loss(batch)
+            # after the TSCD forwards: their target pass swaps EMA weights into the LoRA in place,
+            # which would invalidate a graph built before it
+            if step % self.fb_opts.every == 0:
+                l_fb, fb_logs = self.feedback(batch)
+                loss = loss + l_fb
+                logs.update(fb_logs)
+        logs["loss/total"] = loss.detach()
+        ctx.step_lora(loss, ctx.config.optim.max_grad_norm)
+        logs.update(self.after_lora_step(batch, pieces))
+        return {k: float(v) for k, v in logs.items()}

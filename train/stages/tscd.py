@@ -104,10 +104,10 @@ class TSCDStage(Stage):
         params = {k: v.detach() for k, v in self.disc.named_parameters()}
         return functional_call(self.disc, params, (feats,))
 
-    # -- the step -------------------------------------------------------------------------------
-    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+    # -- the loss terms ---------------------------------------------------------------------------
+    def consistency_term(self, batch: Batch) -> tuple[torch.Tensor, dict, dict]:
+        """TSCD's consistency loss: (loss, logs, the step's pieces the other terms reuse)."""
         ctx, cfg = self.ctx, self.cfg
-        acc = ctx.accelerator
         x0 = batch.x0.float()
         n = x0.shape[0]
         ts = tscd_timesteps(self.grid, self.grid.sample_indices(n, ctx.generator))
@@ -116,40 +116,63 @@ class TSCDStage(Stage):
         a, s = ctx.schedule.alpha_sigma(ts.t, device=ctx.device)
         x_t = add_noise(x0, noise, a, s)
         w = self._guidance(n)
+        x_prev = self._teacher_step(x_t.to(ctx.weight_dtype), ts, batch.cond, batch.added_cond, w)
+        target = self._target(x_prev, ts, batch.cond, batch.added_cond)
+        out = ctx.unet(x_t.to(ctx.weight_dtype), ts.t, encoder_hidden_states=batch.cond,
+                       **_unet_kw(batch.added_cond)).sample
+        pred = student_edge_prediction(out.float(), x_t, ts, ctx.schedule, ctx.prediction_type)
+        l_cd = consistency_loss(pred, target, cfg.loss, cfg.huber_c)
+        return l_cd, {"loss/consistency": l_cd.detach()}, {"x0": x0, "ts": ts, "pred": pred, "target": target}
 
-        with acc.autocast():
-            x_prev = self._teacher_step(x_t.to(ctx.weight_dtype), ts, batch.cond, batch.added_cond, w)
-            target = self._target(x_prev, ts, batch.cond, batch.added_cond)
-            out = ctx.unet(x_t.to(ctx.weight_dtype), ts.t, encoder_hidden_states=batch.cond,
-                           **_unet_kw(batch.added_cond)).sample
-            pred = student_edge_prediction(out.float(), x_t, ts, ctx.schedule, ctx.prediction_type)
-            l_cd = consistency_loss(pred, target, cfg.loss, cfg.huber_c)
-            loss = cfg.consistency_weight * l_cd
-            logs = {"loss/consistency": l_cd.detach()}
-            if self.disc is not None:
-                t_a = adversarial_timesteps(ts, self.grid, torch.rand(n, generator=ctx.generator)).to(ctx.device)
-                z = self._randn(x0)
-                fake = renoise_in_segment(pred, ts.t_edge, t_a, z, ctx.schedule)
-                l_g = adversarial_g_loss(self._disc_logits(fake, t_a, batch.cond, batch.added_cond, False).float(), cfg.adv_loss)
-                loss = loss + cfg.adv_weight * l_g
-                logs["loss/adv_g"] = l_g.detach()
-        ctx.step_lora(loss, ctx.config.optim.max_grad_norm)
+    def adversarial_term(self, batch: Batch, pieces: dict) -> tuple[torch.Tensor, dict]:
+        """The generator side of the adversarial loss on the student's edge prediction, re-noised
+        within its segment; records in ``pieces`` what the discriminator update needs."""
+        ctx, ts, n = self.ctx, pieces["ts"], pieces["x0"].shape[0]
+        t_a = adversarial_timesteps(ts, self.grid, torch.rand(n, generator=ctx.generator)).to(ctx.device)
+        z = self._randn(pieces["x0"])
+        fake = renoise_in_segment(pieces["pred"], ts.t_edge, t_a, z, ctx.schedule)
+        l_g = adversarial_g_loss(self._disc_logits(fake, t_a, batch.cond, batch.added_cond, False).float(), self.cfg.adv_loss)
+        pieces.update(t_a=t_a, z=z, fake=fake)
+        return l_g, {"loss/adv_g": l_g.detach()}
+
+    def tscd_loss(self, batch: Batch) -> tuple[torch.Tensor, dict, dict]:
+        """This stage's weighted TSCD loss (consistency + adversarial), its logs and pieces.
+        Call inside ``accelerator.autocast()``, then :meth:`after_lora_step` after the LoRA step."""
+        l_cd, logs, pieces = self.consistency_term(batch)
+        loss = self.cfg.consistency_weight * l_cd
+        if self.disc is not None:
+            l_g, g_logs = self.adversarial_term(batch, pieces)
+            loss = loss + self.cfg.adv_weight * l_g
+            logs.update(g_logs)
+        return loss, logs, pieces
+
+    def after_lora_step(self, batch: Batch, pieces: dict) -> dict:
+        """EMA update, then the discriminator's own steps (real: the target, fake: the student)."""
+        ctx, cfg, acc = self.ctx, self.cfg, self.ctx.accelerator
         if self.ema is not None and acc.sync_gradients:
             self.ema.update()
+        if self.disc is None:
+            return {}
+        ts, t_a, z = pieces["ts"], pieces["t_a"], pieces["z"]
+        real = renoise_in_segment(pieces["target"], ts.t_edge, t_a, z, ctx.schedule)
+        fake = pieces["fake"].detach()
+        both_t, both_c = torch.cat([t_a, t_a]), torch.cat([batch.cond, batch.cond])
+        both_added = _cat(batch.added_cond, batch.added_cond)
+        for _ in range(max(1, cfg.d_steps)):
+            with acc.autocast():
+                logits = self._disc_logits(torch.cat([real, fake]), both_t, both_c, both_added, True).float()
+                l_d = adversarial_d_loss(*logits.chunk(2), cfg.adv_loss)
+            acc.backward(l_d)
+            self.d_opt.step()
+            self.d_opt.zero_grad(set_to_none=True)
+        return {"loss/adv_d": l_d.detach()}
 
-        if self.disc is not None:
-            real = renoise_in_segment(target, ts.t_edge, t_a, z, ctx.schedule)
-            fake = fake.detach()
-            both_t, both_c = torch.cat([t_a, t_a]), torch.cat([batch.cond, batch.cond])
-            both_added = _cat(batch.added_cond, batch.added_cond)
-            for _ in range(max(1, cfg.d_steps)):
-                with acc.autocast():
-                    logits = self._disc_logits(torch.cat([real, fake]), both_t, both_c, both_added, True).float()
-                    l_d = adversarial_d_loss(*logits.chunk(2), cfg.adv_loss)
-                acc.backward(l_d)
-                self.d_opt.step()
-                self.d_opt.zero_grad(set_to_none=True)
-            logs["loss/adv_d"] = l_d.detach()
+    # -- the step -------------------------------------------------------------------------------
+    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+        with self.ctx.accelerator.autocast():
+            loss, logs, pieces = self.tscd_loss(batch)
+        self.ctx.step_lora(loss, self.ctx.config.optim.max_grad_norm)
+        logs.update(self.after_lora_step(batch, pieces))
         logs["loss/total"] = loss.detach()
         return {k: float(v) for k, v in logs.items()}
 
@@ -169,7 +192,3 @@ class TSCDStage(Stage):
         if self.disc is not None:
             self.disc.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("disc.")})
             load_optimizer_tensors(self.d_opt, state, "disc_opt.")
-
-    def metadata(self) -> dict:
-        k = self.cfg.segments
-        return {"segments": k, "steps": [k], "stage": "tscd"}

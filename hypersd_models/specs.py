@@ -1,7 +1,7 @@
 """UNet configs of SD1.5 and SDXL with random weights (speed and memory depend on shapes only):
 diffusers' UNet2DConditionModel configs (as in their published unet/config.json) and ComfyUI's
 (as its model detection describes the checkpoints), each with tiny versions of the same
-architecture for CPU code-path checks. The benchmarks and the tests share them."""
+architecture for CPU code-path checks. The benchmarks and the tests share them (model specs, not benchmark code)."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ class ModelSpec:
 
 def embedded_spec() -> ModelSpec:
     """The embedded digits teacher's architecture (pixel space, 1x16x16, random weights)."""
-    from train.models.embedded import RESOLUTION, UNET_CONFIG
+    from hypersd_models.embedded import RESOLUTION, UNET_CONFIG
 
     return ModelSpec("embedded", dict(UNET_CONFIG), RESOLUTION, scale=1)
 

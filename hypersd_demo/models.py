@@ -2,7 +2,8 @@
 or single .safetensors file), a TAESD/TAESDXL tiny VAE, the embedded digits model, or a tiny
 random model with the same interface (tests, and before the embedded model exists).
 
-Nothing is downloaded: every loader passes ``local_files_only=True``.
+Loading is ``hypersd_models``' (nothing is downloaded); a merged LoRA's header settings (its
+one-step timestep) are read as the ComfyUI nodes read them.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -18,25 +18,16 @@ import torch
 from hypersd_core.generate import Generator, PromptEncoder
 from hypersd_core.lora_formats import load_lora
 from hypersd_core.lora_merge import LoraMerge
+from hypersd_core.presets import lora_settings
+from hypersd_core.schedule import VPSchedule
+from hypersd_models.embedded import load_tokenizer
+from hypersd_models.loading import LatentDecoder, ModelLoadError, load_sd_pipeline, schedule_from_config
+from hypersd_models.tuning import tune_modules
 
 log = logging.getLogger(__name__)
 
-SHARED_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "data" / "clip_tokenizer"
 KINDS = ("embedded", "tiny", "sd15", "sdxl")
 DEFAULT_SIZE = {"embedded": 16, "tiny": 32, "sd15": 512, "sdxl": 1024}
-
-
-class LatentDecoder(torch.nn.Module):
-    """VAE decode as a plain module: latents (as the UNet sees them) -> image in [-1, 1]."""
-
-    def __init__(self, vae: torch.nn.Module):
-        super().__init__()
-        self.vae = vae
-        self.scaling_factor = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
-        self.shift_factor = float(getattr(vae.config, "shift_factor", 0.0) or 0.0)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(z / self.scaling_factor + self.shift_factor, return_dict=False)[0]
 
 
 @dataclass
@@ -51,15 +42,7 @@ class Components:
     size: int
     prediction_type: str = "epsilon"
     description: str = ""
-
-
-def _tokenizer(path: Optional[str | os.PathLike] = None):
-    from transformers import CLIPTokenizer
-
-    path = Path(path or os.environ.get("HYPERSD_TOKENIZER", SHARED_TOKENIZER))
-    if not (path / "vocab.json").is_file():
-        raise FileNotFoundError(f"no CLIP tokenizer at {path} (vocab.json + merges.txt); pass --tokenizer")
-    return CLIPTokenizer.from_pretrained(str(path))
+    schedule: Optional[VPSchedule] = None  # None: SD's scaled-linear schedule
 
 
 def tiny_components(tokenizer_path=None, seed: int = 0, pixel_space: bool = False) -> Components:
@@ -83,7 +66,7 @@ def tiny_components(tokenizer_path=None, seed: int = 0, pixel_space: bool = Fals
         vae = AutoencoderTiny(encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
                               num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1), latent_channels=4)
         decoder, scale = LatentDecoder(vae.eval().requires_grad_(False)), 2
-    enc = PromptEncoder([_tokenizer(tokenizer_path)], [text.eval().requires_grad_(False)], "sd15")
+    enc = PromptEncoder([load_tokenizer(tokenizer_path)], [text.eval().requires_grad_(False)], "sd15")
     return Components("tiny", unet.eval().requires_grad_(False), enc, decoder, ch, scale,
                       16 if pixel_space else 32, description="tiny random model")
 
@@ -95,7 +78,7 @@ def embedded_components(folder=None, tokenizer_path=None) -> Components:
     while the embedded files are absent.
     """
     try:
-        from train.models.embedded import load_embedded
+        from hypersd_models.embedded import load_embedded
         teacher = load_embedded(folder, tokenizer_path)
     except (ImportError, FileNotFoundError) as exc:
         log.warning("embedded digits model not available (%s); using a tiny random stand-in", exc)
@@ -107,59 +90,21 @@ def embedded_components(folder=None, tokenizer_path=None) -> Components:
                       teacher.resolution, description="embedded digits model")
 
 
-def load_tiny_vae(path: str | os.PathLike, dtype=torch.float32, config: Optional[dict] = None) -> torch.nn.Module:
-    """AutoencoderTiny from a TAESD/TAESDXL diffusers folder, or a decoder-only .safetensors file
-    in the original layout ComfyUI keeps in models/vae_approx (``taesd_decoder.safetensors``,
-    ``taesdxl_decoder.safetensors``: same architecture, so the default config fits both)."""
-    from diffusers import AutoencoderTiny
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if path.is_dir():
-        return AutoencoderTiny.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
-    if path.suffix != ".safetensors":
-        raise ValueError(f"{path}: give a diffusers AutoencoderTiny folder or a .safetensors file")
-    sd = load_file(str(path))
-    if not any(k.startswith("decoder.") for k in sd):
-        sd = {f"decoder.layers.{k}": v for k, v in sd.items()}  # original taesd_decoder layout
-    vae = AutoencoderTiny.from_config(config) if config else AutoencoderTiny()
-    missing, unexpected = vae.load_state_dict(sd, strict=False)
-    missing_dec = [k for k in missing if k.startswith("decoder.")]
-    if missing_dec or unexpected:
-        raise ValueError(f"{path} is not a TAESD decoder: missing {missing_dec[:3]}, unexpected {unexpected[:3]}")
-    return vae.to(dtype)
-
-
 def sd_components(kind: str, path: str | os.PathLike, dtype=torch.float16, config: Optional[str] = None,
                   tiny_vae: Optional[str] = None) -> Components:
     """SD1.5 or SDXL from a local diffusers folder or a single-file checkpoint (``config``: a local
     diffusers folder with the matching model_index/config files, needed offline for single files)."""
-    import diffusers
-
     if kind not in ("sd15", "sdxl"):
         raise ValueError(f"kind must be 'sd15' or 'sdxl', got {kind!r}")
-    cls = diffusers.StableDiffusionPipeline if kind == "sd15" else diffusers.StableDiffusionXLPipeline
-    path = Path(path)
-    common = dict(torch_dtype=dtype, local_files_only=True, safety_checker=None) if kind == "sd15" else \
-        dict(torch_dtype=dtype, local_files_only=True)
-    if tiny_vae:
-        common["vae"] = load_tiny_vae(tiny_vae, dtype)
-    if path.is_dir():
-        pipe = cls.from_pretrained(str(path), **common)
-    elif path.is_file():
-        if config is None:
-            raise ValueError(f"loading the single file {path} offline needs --config: a local diffusers "
-                             f"folder of the same model type ({kind}) with its config files")
-        pipe = cls.from_single_file(str(path), config=str(config), **common)
-    else:
-        raise FileNotFoundError(f"{path} does not exist; give a diffusers folder or a .safetensors checkpoint")
+    pipe, kind = load_sd_pipeline(path, kind, dtype, config, tiny_vae)
     if kind == "sd15":
         enc = PromptEncoder([pipe.tokenizer], [pipe.text_encoder], "sd15")
     else:
         enc = PromptEncoder([pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2], "sdxl")
     pred = pipe.scheduler.config.get("prediction_type", "epsilon")
     return Components(kind, pipe.unet, enc, LatentDecoder(pipe.vae), pipe.unet.config.in_channels,
-                      pipe.vae_scale_factor, DEFAULT_SIZE[kind], pred, description=f"{kind} from {path}")
+                      pipe.vae_scale_factor, DEFAULT_SIZE[kind], pred, description=f"{kind} from {path}",
+                      schedule=schedule_from_config(pipe.scheduler.config))
 
 
 def load_components(kind: str, path=None, dtype=torch.float16, config=None, tiny_vae=None,
@@ -169,19 +114,8 @@ def load_components(kind: str, path=None, dtype=torch.float16, config=None, tiny
     if kind == "tiny":
         return tiny_components(tokenizer_path)
     if path is None:
-        raise ValueError(f"--model {kind} needs --path (a diffusers folder or a .safetensors file)")
+        raise ModelLoadError(f"--model {kind} needs --path (a diffusers folder or a .safetensors file)")
     return sd_components(kind, path, dtype, config, tiny_vae)
-
-
-def tune_modules(*modules) -> None:
-    """GPU speed tweaks from diffusers' torch.compile guide, in place: fused QKV projections and
-    channels-last layout (UNets, VAEs; None entries are skipped)."""
-    for m in modules:
-        if m is None:
-            continue
-        if hasattr(m, "fuse_qkv_projections"):
-            m.fuse_qkv_projections()
-        m.to(memory_format=torch.channels_last)
 
 
 def tune_for_speed(comp: Components) -> None:
@@ -190,20 +124,12 @@ def tune_for_speed(comp: Components) -> None:
     tune_modules(comp.unet, getattr(comp.decoder, "vae", None))
 
 
-def inductor_tuning() -> None:
-    """Inductor settings diffusers recommends for UNets (global; call before compiling)."""
-    import torch._inductor.config as cfg
-
-    cfg.conv_1x1_as_mm = True
-    cfg.coordinate_descent_tuning = True
-    cfg.coordinate_descent_check_all_directions = True
-    cfg.epilogue_fusion = False
-
-
 def build_generator(comp: Components, device="cpu", dtype=torch.float32, lora: Optional[str] = None,
                     lora_strength: float = 1.0, tune: bool = False, **kwargs) -> tuple[Generator, Optional[LoraMerge]]:
     """Move the components to ``device``/``dtype``, merge a LoRA file if given, build the Generator.
 
+    One step without an explicit ``timestep`` runs at the one the LoRA's settings name (our
+    dmd/unified LoRAs: 800), as the ComfyUI scheduler node does, else at 999.
     ``tune=True`` applies :func:`tune_for_speed` after the LoRA merge; the returned LoraMerge is
     then None, as its strength can no longer change."""
     for m in (comp.unet, comp.decoder, *comp.prompt_encoder.text_encoders):
@@ -217,10 +143,15 @@ def build_generator(comp: Components, device="cpu", dtype=torch.float32, lora: O
         sd, meta = load_lora(lora)
         merged = LoraMerge(comp.unet, sd, lora_strength, metadata=meta)
         log.info("merged %d LoRA modules from %s at strength %s", len(merged), lora, lora_strength)
+        settings = lora_settings(os.path.basename(str(lora)), meta)
+        if kwargs.get("timestep") is None and settings is not None and settings.onestep_timestep is not None:
+            kwargs["timestep"] = int(settings.onestep_timestep)
+            log.info("one-step timestep %d from the LoRA's settings", kwargs["timestep"])
     if tune:
         tune_for_speed(comp)
         merged = None
     gen = Generator(comp.unet, comp.prompt_encoder, comp.decoder, latent_channels=comp.latent_channels,
                     vae_scale_factor=comp.vae_scale_factor, dtype=dtype, device=device,
-                    prediction_type=comp.prediction_type, sdxl=comp.kind == "sdxl", **kwargs)
+                    prediction_type=comp.prediction_type, sdxl=comp.kind == "sdxl", schedule=comp.schedule,
+                    **kwargs)
     return gen, merged

@@ -1,7 +1,7 @@
 """Live demo: a local web page whose image follows the prompt as it is typed.
 
-    python -m train.demo                                   # embedded digits model, CPU
-    python -m train.demo --model sd15 --path /models/sd15 --device cuda --dtype bf16 \
+    python -m hypersd_demo                                 # embedded digits model, CPU
+    python -m hypersd_demo --model sd15 --path /models/sd15 --device cuda --dtype bf16 \
         --tiny-vae /models/taesd --compile reduce-overhead --lora hyper-sd15-1step-lora.safetensors
 
 Serves on 127.0.0.1 only (``--port 0`` picks a free port; the URL is printed on stdout).
@@ -21,14 +21,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import torch
 
-from train.demo_page import render_page
-from train.realtime_models import DEFAULT_SIZE, KINDS, build_generator, load_components
+from hypersd_models.loading import DTYPES, ModelLoadError
+from hypersd_models.tuning import inductor_tuning
 
-log = logging.getLogger("train.demo")
+from .models import DEFAULT_SIZE, KINDS, build_generator, load_components
+from .page import render_page
+
+log = logging.getLogger("hypersd_demo")
 
 HOST = "127.0.0.1"
 MAX_PROMPT_CHARS = 2000
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def encode_image(img: torch.Tensor) -> str:
@@ -142,7 +144,7 @@ def make_server(state: DemoState, port: int = 0, debounce_ms: int = 40) -> Threa
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m train.demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m hypersd_demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=KINDS, default="embedded")
     p.add_argument("--path", help="sd15/sdxl: diffusers folder or .safetensors file; embedded: its folder")
     p.add_argument("--config", help="single-file checkpoints: a local diffusers folder with the configs")
@@ -152,7 +154,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lora-strength", type=float, default=1.0)
     p.add_argument("--steps", type=int, default=None,
                    help="default 1; 4 for the embedded teacher without --lora (it is not distilled)")
-    p.add_argument("--timestep", type=int, default=999, help="one-step start timestep (800: SDXL 1-step UNet)")
+    p.add_argument("--timestep", type=int, default=None,
+                   help="one-step start timestep (default: the LoRA header's, else 999; 800: SDXL 1-step UNet)")
     p.add_argument("--eta", type=float, default=None, help="TSCD gamma for steps > 1 (default 0.3; 0 for the teacher)")
     p.add_argument("--size", type=int, help="image side in pixels (default: the model's native size)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -172,7 +175,10 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    comp = load_components(args.model, args.path, dtype, args.config, args.tiny_vae, args.tokenizer)
+    try:
+        comp = load_components(args.model, args.path, dtype, args.config, args.tiny_vae, args.tokenizer)
+    except (ModelLoadError, FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
     steps, eta = args.steps, args.eta
     if steps is None:
         teacher = args.model == "embedded" and not args.lora
@@ -185,8 +191,6 @@ def main(argv=None) -> None:
                              steps=steps, timestep=args.timestep, eta=0.3 if eta is None else eta,
                              compile=args.compile, tune=args.tuned)
     if args.tuned and args.compile:
-        from train.realtime_models import inductor_tuning
-
         inductor_tuning()
     size = args.size or comp.size or DEFAULT_SIZE[args.model]
     if args.compile:

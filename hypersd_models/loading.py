@@ -1,9 +1,11 @@
-"""Load the teacher to distil: the embedded digit model, a tiny random one (tests), or SD1.5 / SDXL
-from a diffusers folder (``from_pretrained``) or a single .safetensors checkpoint (``from_single_file``)."""
+"""Load models from local files: the embedded digit model, a tiny random one (tests), SD1.5 / SDXL
+from a diffusers folder (``from_pretrained``) or a single .safetensors checkpoint
+(``from_single_file``), TAESD decoders; dtypes by name. Shared by the trainer, the demo and the
+benchmarks; nothing is downloaded."""
 
 from __future__ import annotations
 
-import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import torch
 
 from hypersd_core.schedule import VPSchedule
 
-from ..errors import UserError
+from .errors import UserError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -110,15 +112,91 @@ def _load_unet(path: str):
         raise ModelLoadError(f"cannot load a UNet from {path}: {e}") from e
 
 
-def _schedule_from_folder(folder: Path) -> tuple[VPSchedule, str]:
-    cfg_file = folder / "scheduler" / "scheduler_config.json"
-    if not cfg_file.is_file():
-        return VPSchedule.scaled_linear(), "epsilon"
-    sc = json.loads(cfg_file.read_text())
-    if sc.get("beta_schedule", "scaled_linear") != "scaled_linear":
-        raise ModelLoadError(f"{cfg_file}: only the scaled_linear beta schedule of SD1.5/SDXL is supported")
-    sched = VPSchedule.scaled_linear(sc.get("beta_start", 0.00085), sc.get("beta_end", 0.012), sc.get("num_train_timesteps", 1000))
-    return sched, sc.get("prediction_type", "epsilon")
+def schedule_from_config(config: dict) -> VPSchedule:
+    """The VP schedule a diffusers scheduler config describes (SD1.5/SDXL: scaled_linear)."""
+    if config.get("beta_schedule", "scaled_linear") != "scaled_linear":
+        raise ModelLoadError("only the scaled_linear beta schedule of SD1.5/SDXL is supported, got "
+                             f"{config.get('beta_schedule')!r}")
+    return VPSchedule.scaled_linear(config.get("beta_start", 0.00085), config.get("beta_end", 0.012),
+                                    config.get("num_train_timesteps", 1000))
+
+
+def load_tiny_vae(path: str | os.PathLike, dtype=torch.float32, config: dict | None = None) -> torch.nn.Module:
+    """AutoencoderTiny from a TAESD/TAESDXL diffusers folder, or a decoder-only .safetensors file
+    in the original layout ComfyUI keeps in models/vae_approx (``taesd_decoder.safetensors``,
+    ``taesdxl_decoder.safetensors``: same architecture, so the default config fits both)."""
+    from diffusers import AutoencoderTiny
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_dir():
+        return AutoencoderTiny.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: give a diffusers AutoencoderTiny folder or a .safetensors file")
+    sd = load_file(str(path))
+    if not any(k.startswith("decoder.") for k in sd):
+        sd = {f"decoder.layers.{k}": v for k, v in sd.items()}  # original taesd_decoder layout
+    vae = AutoencoderTiny.from_config(config) if config else AutoencoderTiny()
+    missing, unexpected = vae.load_state_dict(sd, strict=False)
+    missing_dec = [k for k in missing if k.startswith("decoder.")]
+    if missing_dec or unexpected:
+        raise ValueError(f"{path} is not a TAESD decoder: missing {missing_dec[:3]}, unexpected {unexpected[:3]}")
+    return vae.to(dtype)
+
+
+class LatentDecoder(torch.nn.Module):
+    """VAE decode as a plain module: latents (as the UNet sees them) -> image in [-1, 1]."""
+
+    def __init__(self, vae: torch.nn.Module):
+        super().__init__()
+        self.vae = vae
+        self.scaling_factor = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
+        self.shift_factor = float(getattr(vae.config, "shift_factor", 0.0) or 0.0)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z / self.scaling_factor + self.shift_factor, return_dict=False)[0]
+
+
+def load_sd_pipeline(path: str | os.PathLike, kind: str | None = None, dtype=torch.float32,
+                     config_path: str | os.PathLike | None = None, tiny_vae: str | os.PathLike | None = None):
+    """(pipeline, "sd15" | "sdxl") from a local diffusers folder or a single .safetensors checkpoint;
+    nothing is downloaded. ``kind`` None: SDXL when the folder has text_encoder_2/. Single files
+    need ``config_path`` offline: a local diffusers folder of the same architecture."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"model path not found: {path}; give a diffusers folder or a .safetensors checkpoint")
+    sdxl = kind == "sdxl" or (path.is_dir() and (path / "text_encoder_2").is_dir())
+    try:
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    except ImportError as e:
+        raise ModelLoadError("SD models need diffusers: pip install 'hypersd-comfyui[train]'") from e
+    cls = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
+    common = dict(torch_dtype=dtype, local_files_only=True)
+    if not sdxl:
+        common["safety_checker"] = None
+    if tiny_vae:
+        common["vae"] = load_tiny_vae(tiny_vae, dtype)
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise ModelLoadError(f"{path.name}: only .safetensors checkpoints are loaded (no pickled .ckpt files)")
+        if config_path is None:
+            raise ModelLoadError(
+                f"loading the single file {path.name} offline needs its configs: set model.config_path (--config "
+                "in the demo) to a local diffusers folder of the same architecture, or convert the checkpoint to a "
+                "diffusers folder first")
+        try:
+            pipe = cls.from_single_file(str(path), config=str(config_path), **common)
+        except Exception as e:
+            raise ModelLoadError(f"from_single_file failed for {path.name}: {e}") from e
+    else:
+        missing = [s for s in ("unet", "vae", "text_encoder", "tokenizer") if not (path / s).is_dir()]
+        if missing:
+            raise ModelLoadError(f"{path} is not a diffusers SD folder: missing {', '.join(missing)}/")
+        try:
+            pipe = cls.from_pretrained(str(path), **common)
+        except Exception as e:
+            raise ModelLoadError(f"cannot load the diffusers folder {path}: {e}") from e
+    return pipe, "sdxl" if sdxl else "sd15"
 
 
 def _load_sd(cfg) -> LoadedModel:
@@ -126,39 +204,10 @@ def _load_sd(cfg) -> LoadedModel:
     if not cfg.path:
         raise ModelLoadError(f"model.kind={cfg.kind} needs model.path: a diffusers folder (with unet/, vae/, "
                              "text_encoder/, tokenizer/) or a .safetensors checkpoint")
-    path = Path(cfg.path)
-    if not path.exists():
-        raise ModelLoadError(f"model.path not found: {path}")
-    dtype = DTYPES[cfg.dtype]
-    sdxl = cfg.kind == "sdxl" or (path.is_dir() and (path / "text_encoder_2").is_dir())
-    try:
-        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-    except ImportError as e:
-        raise ModelLoadError("training SD models needs diffusers: pip install 'hypersd-comfyui[train]'") from e
-    cls = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
-    if path.is_file():
-        if path.suffix != ".safetensors":
-            raise ModelLoadError(f"{path.name}: only .safetensors checkpoints are loaded (no pickled .ckpt files)")
-        try:
-            kw = {"config": cfg.config_path} if getattr(cfg, "config_path", None) else {}
-            pipe = cls.from_single_file(str(path), torch_dtype=dtype, **kw)
-        except Exception as e:
-            raise ModelLoadError(
-                f"from_single_file failed for {path.name}: {e}. Offline, diffusers needs the model's configs: set "
-                "model.config_path to a local diffusers folder of the same architecture (its model_index.json and "
-                "component configs), or convert the checkpoint to a diffusers folder first") from e
-        schedule, pred = VPSchedule.from_sigmas(((1 - pipe.scheduler.alphas_cumprod) / pipe.scheduler.alphas_cumprod).sqrt()), \
-            pipe.scheduler.config.get("prediction_type", "epsilon")
-    else:
-        missing = [s for s in ("unet", "vae", "text_encoder", "tokenizer") if not (path / s).is_dir()]
-        if missing:
-            raise ModelLoadError(f"{path} is not a diffusers SD folder: missing {', '.join(missing)}/")
-        try:
-            pipe = cls.from_pretrained(str(path), torch_dtype=dtype, safety_checker=None) if not sdxl else \
-                cls.from_pretrained(str(path), torch_dtype=dtype)
-        except Exception as e:
-            raise ModelLoadError(f"cannot load the diffusers folder {path}: {e}") from e
-        schedule, pred = _schedule_from_folder(path)
+    pipe, kind = load_sd_pipeline(cfg.path, cfg.kind, DTYPES[cfg.dtype], getattr(cfg, "config_path", None))
+    sdxl = kind == "sdxl"
+    schedule = schedule_from_config(pipe.scheduler.config)
+    pred = pipe.scheduler.config.get("prediction_type", "epsilon")
     unet = pipe.unet
     unet.requires_grad_(False)
     encs = [pipe.text_encoder] + ([pipe.text_encoder_2] if sdxl else [])
@@ -167,6 +216,5 @@ def _load_sd(cfg) -> LoadedModel:
         e.requires_grad_(False).eval()
     vae = pipe.vae.requires_grad_(False).eval()
     res = unet.config.sample_size * (2 ** (len(vae.config.block_out_channels) - 1))
-    return LoadedModel(cfg.kind if cfg.kind != "folder" else ("sdxl" if sdxl else "sd15"), unet, encs, toks, schedule, pred,
-                       res, unet.config.in_channels, vae=vae, scaling_factor=vae.config.scaling_factor,
-                       base_model="sdxl" if sdxl else "sd15")
+    return LoadedModel(kind, unet, encs, toks, schedule, pred, res, unet.config.in_channels, vae=vae,
+                       scaling_factor=vae.config.scaling_factor, base_model=kind)

@@ -1,6 +1,7 @@
 """The embedded default teacher: a pixel-space diffusers UNet2DConditionModel (no VAE; decoding is
 the identity), a small random-init frozen CLIP text encoder, the real CLIP tokenizer, and the
-digit classifier, all stored under train/embedded/."""
+digit classifier, all stored under train/embedded/ (data only: this module imports nothing from
+train/). Also the one CLIP tokenizer lookup every loader uses."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from pathlib import Path
 
 import torch
 
-EMBEDDED_DIR = Path(__file__).resolve().parents[1] / "embedded"
-SHARED_TOKENIZER = Path(__file__).resolve().parents[3] / "shared" / "data" / "clip_tokenizer"
+from hypersd_core.generate import PromptEncoder
+
+EMBEDDED_DIR = Path(__file__).resolve().parents[1] / "train" / "embedded"
+TOKENIZER_ENV = "HYPERSD_TOKENIZER"
 
 RESOLUTION = 16
 TEXT_CONFIG = dict(
@@ -42,13 +45,16 @@ def build_text_encoder(config: dict | None = None, seed: int = 0):
 
 
 def find_tokenizer(folder: str | os.PathLike | None = None) -> Path:
-    """The CLIP tokenizer folder: ``folder``, else the embedded copy, else ../shared/data."""
-    for cand in ([Path(folder)] if folder else []) + [EMBEDDED_DIR / "tokenizer", SHARED_TOKENIZER]:
+    """The CLIP tokenizer folder: ``folder`` if given, else $HYPERSD_TOKENIZER, else the copy
+    committed with the embedded model. A given folder that lacks the files is an error."""
+    env = os.environ.get(TOKENIZER_ENV)
+    cands = [Path(folder)] if folder else ([Path(env)] if env else []) + [EMBEDDED_DIR / "tokenizer"]
+    for cand in cands:
         if (cand / "vocab.json").is_file() and (cand / "merges.txt").is_file():
             return cand
     raise FileNotFoundError(
-        "no CLIP tokenizer found (looked for vocab.json + merges.txt in "
-        f"{folder or '-'}, {EMBEDDED_DIR / 'tokenizer'}, {SHARED_TOKENIZER}); pass tokenizer_path in the config"
+        f"no CLIP tokenizer (vocab.json + merges.txt) in {', '.join(map(str, cands))}; "
+        f"pass a tokenizer folder (tokenizer_path / --tokenizer) or set {TOKENIZER_ENV}"
     )
 
 
@@ -59,12 +65,10 @@ def load_tokenizer(folder: str | os.PathLike | None = None):
 
 
 @torch.no_grad()
-def encode_prompts(text_encoder, tokenizer, prompts: list[str], device=None) -> torch.Tensor:
+def encode_prompts(text_encoder, tokenizer, prompts: list[str]) -> torch.Tensor:
     """last_hidden_state of the padded (77-token) prompts, as SD1.5 conditions its UNet."""
-    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids
-    device = device or next(text_encoder.parameters()).device
-    return text_encoder(ids.to(device))[0]
+    enc = PromptEncoder([tokenizer], [text_encoder], "sd15")
+    return enc.encode_ids(*[i.to(enc.device) for i in enc.tokenize(prompts)])["encoder_hidden_states"]
 
 
 @dataclass
