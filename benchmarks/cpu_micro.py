@@ -26,8 +26,11 @@ from .train_harness import measure_method
 from hypersd_models.specs import SD15, ModelSpec, embedded_spec
 
 # SD1.5's block layout at a fifth of its width, 256² pixels -> 32² latents: a "medium" CPU UNet.
-MEDIUM = ModelSpec("sd15-fifth-width", dict(SD15, block_out_channels=(64, 128, 256, 256), attention_head_dim=8,
-                                              cross_attention_dim=768), 256)
+MEDIUM = ModelSpec(
+    "sd15-fifth-width",
+    dict(SD15, block_out_channels=(64, 128, 256, 256), attention_head_dim=8, cross_attention_dim=768),
+    256,
+)
 
 
 def run(quick: bool, threads: int) -> dict:
@@ -37,15 +40,33 @@ def run(quick: bool, threads: int) -> dict:
     t0 = time.time()
     for spec, resolution in ((embedded_spec(), 16), (MEDIUM, 64 if quick else 256)):
         print(f"inference {spec.name}", flush=True)
-        res["inference"] += inference_section(spec, device=torch.device("cpu"), dtype=torch.float32,
-                                              resolution=resolution, steps_list=(1, 2) if quick else (1, 2, 4, 8),
-                                              eta=0.3, warmup=warmup, iters=iters)
+        res["inference"] += inference_section(
+            spec,
+            device=torch.device("cpu"),
+            dtype=torch.float32,
+            resolution=resolution,
+            steps_list=(1, 2) if quick else (1, 2, 4, 8),
+            eta=0.3,
+            warmup=warmup,
+            iters=iters,
+        )
     batch = 4 if quick else 32  # the embedded preset's batch size
     for method in ("tscd", "lcm_shared", "lcm_copy"):
         print(f"training {method}", flush=True)
-        r = measure_method(method, embedded_spec(), batch=batch, resolution=16, device="cpu", mixed_precision="no",
-                           weight_dtype=torch.float32, rank=8, gradient_checkpointing=False, warmup=warmup,
-                           iters=iters, segments=8)
+        r = measure_method(
+            method,
+            embedded_spec(),
+            batch=batch,
+            resolution=16,
+            device="cpu",
+            mixed_precision="no",
+            weight_dtype=torch.float32,
+            rank=8,
+            gradient_checkpointing=False,
+            warmup=warmup,
+            iters=iters,
+            segments=8,
+        )
         res["training"].append(r)
     res["seconds"] = round(time.time() - t0, 1)
     return res
@@ -57,24 +78,68 @@ def markdown(res: dict) -> str:
         md.append("**QUICK MODE: one iteration; the numbers check the code path and mean nothing.**\n\n")
     inf = [r for r in res["inference"] if "seconds_per_image" in r]
     md.append("Sampling, batch 1, cfg 1, eta 0.3 (TCD timesteps):\n\n")
-    md.append(markdown_table(["model", "steps", "path", "ms/image", "UNet calls", "overhead ms", "overhead share"],
-                             [[r["model"], r["steps"], r["path"], 1e3 * r["seconds_per_image"], r["unet_calls_per_image"],
-                               1e3 * r["overhead_seconds_per_image"], f"{100 * r['overhead_share']:.2f}%"] for r in inf]))
+    md.append(
+        markdown_table(
+            ["model", "steps", "path", "ms/image", "UNet calls", "overhead ms", "overhead share"],
+            [
+                [
+                    r["model"],
+                    r["steps"],
+                    r["path"],
+                    1e3 * r["seconds_per_image"],
+                    r["unet_calls_per_image"],
+                    1e3 * r["overhead_seconds_per_image"],
+                    f"{100 * r['overhead_share']:.2f}%",
+                ]
+                for r in inf
+            ],
+        )
+    )
     sm = [r for r in res["inference"] if "sampler_seconds_per_step" in r]
     md.append("\nSampler math alone per step (zero-cost model) vs one isolated UNet call:\n\n")
-    md.append(markdown_table(["model", "steps", "sampler µs/step", "sampler+wrapper µs/step", "UNet ms/call",
-                              "sampler share", "sampler+wrapper share"],
-                             [[r["model"], r["steps"], 1e6 * r["sampler_seconds_per_step"],
-                               1e6 * r["sampler_plus_wrapper_seconds_per_step"], 1e3 * r["unet_call_seconds_isolated"],
-                               f"{100 * r['sampler_share_of_step']:.3f}%",
-                               f"{100 * r['sampler_plus_wrapper_share_of_step']:.3f}%"] for r in sm]))
+    md.append(
+        markdown_table(
+            [
+                "model",
+                "steps",
+                "sampler µs/step",
+                "sampler+wrapper µs/step",
+                "UNet ms/call",
+                "sampler share",
+                "sampler+wrapper share",
+            ],
+            [
+                [
+                    r["model"],
+                    r["steps"],
+                    1e6 * r["sampler_seconds_per_step"],
+                    1e6 * r["sampler_plus_wrapper_seconds_per_step"],
+                    1e3 * r["unet_call_seconds_isolated"],
+                    f"{100 * r['sampler_share_of_step']:.3f}%",
+                    f"{100 * r['sampler_plus_wrapper_share_of_step']:.3f}%",
+                ]
+                for r in sm
+            ],
+        )
+    )
     md.append("\nOne LoRA training step on the embedded model (fp32, rank 8, cfg 3-8 teacher guidance):\n\n")
     tr = res["training"]
     base = next((r for r in tr if r["method"] == "lcm_shared" and "samples_per_s" in r), None)
-    md.append(markdown_table(["method", "batch", "s/step", "samples/s", "vs LCM (shared teacher)"],
-                             [[r["method"], r["batch"], r.get("seconds_per_step"), r.get("samples_per_s"),
-                               f"{r['samples_per_s'] / base['samples_per_s']:.2f}x" if base and "samples_per_s" in r else "-"]
-                              for r in tr]))
+    md.append(
+        markdown_table(
+            ["method", "batch", "s/step", "samples/s", "vs LCM (shared teacher)"],
+            [
+                [
+                    r["method"],
+                    r["batch"],
+                    r.get("seconds_per_step"),
+                    r.get("samples_per_s"),
+                    f"{r['samples_per_s'] / base['samples_per_s']:.2f}x" if base and "samples_per_s" in r else "-",
+                ]
+                for r in tr
+            ],
+        )
+    )
     return "".join(md)
 
 

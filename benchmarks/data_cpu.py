@@ -30,10 +30,14 @@ import numpy as np
 from .report import RESULTS_DIR, markdown_table, write_json, write_text
 
 # What one GPU consumes, samples/s per GPU at batch 4 (the issue's anchors; see RESULTS.md §5).
-GPU_ANCHORS = {"sd15": ("SD1.5 512², batch 4, H100 (figure quoted by issue #16)", 7.08),
-               "sdxl": ("SDXL 1024², batch 4, H100 (figure quoted by issue #16)", 3.06)}
-GPU_ESTIMATES = {"sd15": ("SD1.5 512², H100 at 35 % MFU (RESULTS.md §4 estimate)", 73.0),
-                 "sdxl": ("SDXL 1024², H100 at 35 % MFU (RESULTS.md §4 estimate)", 8.7)}
+GPU_ANCHORS = {
+    "sd15": ("SD1.5 512², batch 4, H100 (figure quoted by issue #16)", 7.08),
+    "sdxl": ("SDXL 1024², batch 4, H100 (figure quoted by issue #16)", 3.06),
+}
+GPU_ESTIMATES = {
+    "sd15": ("SD1.5 512², H100 at 35 % MFU (RESULTS.md §4 estimate)", 73.0),
+    "sdxl": ("SDXL 1024², H100 at 35 % MFU (RESULTS.md §4 estimate)", 8.7),
+}
 
 
 def make_data(root: Path, n: int, size=(768, 576), per_shard: int = 1000, distinct: int = 500) -> tuple[Path, Path]:
@@ -88,8 +92,14 @@ def measure(kind: str, path: Path, workers: int, resolution: int, batch: int, ba
     from train.config import DataConfig
     from train.data import build_source
 
-    cfg = DataConfig(kind="folder" if kind == "folder" else "webdataset", path=str(path), batch_size=batch,
-                     resolution=resolution, num_workers=workers, streaming=kind == "webdataset-stream")
+    cfg = DataConfig(
+        kind="folder" if kind == "folder" else "webdataset",
+        path=str(path),
+        batch_size=batch,
+        resolution=resolution,
+        num_workers=workers,
+        streaming=kind == "webdataset-stream",
+    )
     model = SimpleNamespace(channels=3, vae=None, resolution=resolution, base_model="bench", scaling_factor=1.0)
     t_list = time.perf_counter()
     src = build_source(cfg, model, conditioner=None, device=torch.device("cpu"))
@@ -101,9 +111,17 @@ def measure(kind: str, path: Path, workers: int, resolution: int, batch: int, ba
         n += src.next_raw()["n"]
     dt = time.perf_counter() - t0
     src._iter = None  # stops the workers
-    return {"source": kind, "workers": workers, "resolution": resolution, "batch": batch, "samples": n,
-            "seconds": round(dt, 3), "samples_per_s": round(n / dt, 2), "ms_per_sample_wall": round(1000 * dt / n, 3),
-            "listing_seconds": round(list_s, 2)}
+    return {
+        "source": kind,
+        "workers": workers,
+        "resolution": resolution,
+        "batch": batch,
+        "samples": n,
+        "seconds": round(dt, 3),
+        "samples_per_s": round(n / dt, 2),
+        "ms_per_sample_wall": round(1000 * dt / n, 3),
+        "listing_seconds": round(list_s, 2),
+    }
 
 
 def verdicts(rows: list[dict]) -> list[dict]:
@@ -116,10 +134,17 @@ def verdicts(rows: list[dict]) -> list[dict]:
         cost = max(r["ms_per_sample_wall"] for r in base) / 1000  # the slowest source
         best = max((r for r in rows if r["resolution"] == res), key=lambda r: r["samples_per_s"])
         for label, rate in (GPU_ANCHORS[model], GPU_ESTIMATES[model]):
-            out.append({"gpu": label, "gpu_samples_per_s": rate, "cpu_ms_per_sample": round(cost * 1000, 2),
-                        "cores_busy_per_gpu": round(rate * cost, 2), "workers_per_gpu": max(1, math.ceil(rate * cost)),
-                        "best_measured_samples_per_s": best["samples_per_s"],
-                        "best_config": f"{best['source']}, {best['workers']} workers"})
+            out.append(
+                {
+                    "gpu": label,
+                    "gpu_samples_per_s": rate,
+                    "cpu_ms_per_sample": round(cost * 1000, 2),
+                    "cores_busy_per_gpu": round(rate * cost, 2),
+                    "workers_per_gpu": max(1, math.ceil(rate * cost)),
+                    "best_measured_samples_per_s": best["samples_per_s"],
+                    "best_config": f"{best['source']}, {best['workers']} workers",
+                }
+            )
     return out
 
 
@@ -143,8 +168,13 @@ def main(argv=None) -> int:
         args.images, args.batches, args.warmup, args.resolutions = 40, 3, 1, "64"
     root = Path(args.data_dir) / ("tiny" if args.tiny else "full")
     t0 = time.perf_counter()
-    folder, shards = make_data(root, args.images, (96, 72) if args.tiny else (768, 576),
-                               per_shard=10 if args.tiny else 1000, distinct=40 if args.tiny else 500)
+    folder, shards = make_data(
+        root,
+        args.images,
+        (96, 72) if args.tiny else (768, 576),
+        per_shard=10 if args.tiny else 1000,
+        distinct=40 if args.tiny else 500,
+    )
     build_s = time.perf_counter() - t0
     load_before = os.getloadavg()
     rows = []
@@ -153,29 +183,63 @@ def main(argv=None) -> int:
             for w in map(int, args.workers.split(",")):
                 r = measure(kind, folder if kind == "folder" else shards, w, res, args.batch, args.batches, args.warmup)
                 rows.append(r)
-                print(f"{kind:18s} {res:5d}px workers {w}: {r['samples_per_s']:8.1f} samples/s "
-                      f"({r['ms_per_sample_wall']:.1f} ms/sample wall)", flush=True)
+                print(
+                    f"{kind:18s} {res:5d}px workers {w}: {r['samples_per_s']:8.1f} samples/s "
+                    f"({r['ms_per_sample_wall']:.1f} ms/sample wall)",
+                    flush=True,
+                )
     from .machine import machine_info
 
-    res = {"command": "python -m benchmarks.data_cpu " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "tiny": args.tiny, "machine": machine_info(), "images": args.images, "distinct_images": 500 if not args.tiny else 40, "image_size": "768x576 / 576x768 JPEG q90"
-           if not args.tiny else "96x72", "build_seconds": round(build_s, 1),
-           "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-           "rows": rows, "verdicts": verdicts(rows)}
+    res = {
+        "command": "python -m benchmarks.data_cpu " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "tiny": args.tiny,
+        "machine": machine_info(),
+        "images": args.images,
+        "distinct_images": 500 if not args.tiny else 40,
+        "image_size": "768x576 / 576x768 JPEG q90" if not args.tiny else "96x72",
+        "build_seconds": round(build_s, 1),
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "rows": rows,
+        "verdicts": verdicts(rows),
+    }
     out = Path(args.out)
     write_json(out, res)
-    md = [f"Command: `{res['command']}`; {res['machine'].get('cpu_model')}, {res['machine'].get('cpu_cores')} cores, "
-          f"{res['machine'].get('date_utc')}; load average before {res['loadavg_before']}, after {res['loadavg_after']} "
-          "(1/5/15 min).", ""]
+    md = [
+        f"Command: `{res['command']}`; {res['machine'].get('cpu_model')}, {res['machine'].get('cpu_cores')} cores, "
+        f"{res['machine'].get('date_utc')}; load average before {res['loadavg_before']}, after {res['loadavg_after']} "
+        "(1/5/15 min).",
+        "",
+    ]
     if args.tiny:
         md += ["TINY MODE: the numbers verify the code path and mean nothing.", ""]
-    md.append(markdown_table(["source", "crop", "workers", "samples/s", "ms/sample (wall)"],
-                             [[r["source"], r["resolution"], r["workers"], r["samples_per_s"], r["ms_per_sample_wall"]]
-                              for r in rows]))
-    md.append(markdown_table(["GPU consumer", "GPU samples/s", "CPU ms/sample (0 workers, slowest source)",
-                              "cores busy per GPU", "workers per GPU"],
-                             [[v["gpu"], v["gpu_samples_per_s"], v["cpu_ms_per_sample"], v["cores_busy_per_gpu"],
-                               v["workers_per_gpu"]] for v in res["verdicts"]]))
+    md.append(
+        markdown_table(
+            ["source", "crop", "workers", "samples/s", "ms/sample (wall)"],
+            [[r["source"], r["resolution"], r["workers"], r["samples_per_s"], r["ms_per_sample_wall"]] for r in rows],
+        )
+    )
+    md.append(
+        markdown_table(
+            [
+                "GPU consumer",
+                "GPU samples/s",
+                "CPU ms/sample (0 workers, slowest source)",
+                "cores busy per GPU",
+                "workers per GPU",
+            ],
+            [
+                [
+                    v["gpu"],
+                    v["gpu_samples_per_s"],
+                    v["cpu_ms_per_sample"],
+                    v["cores_busy_per_gpu"],
+                    v["workers_per_gpu"],
+                ]
+                for v in res["verdicts"]
+            ],
+        )
+    )
     write_text(out.with_suffix(".md"), "\n".join(md) + "\n")
     print("\n".join(md))
     return 0

@@ -31,10 +31,32 @@ def _train_args(tiny: bool, out: Path, tokenizer: str | None) -> list[str]:
         args = ["--preset", "tiny-test", "--set", "stage_all.steps=6", "--set", "checkpoint_every=2"]
         args += ["--set", f"model.tokenizer_path={tokenizer or REPO / 'train' / 'embedded' / 'tokenizer'}"]
     else:
-        args = ["--preset", "embedded", "--set", "stage_all.steps=8", "--set", "checkpoint_every=3",
-                "--set", "sample.num=4", "--set", "sample.teacher_steps=4"]
-    return [sys.executable, "-m", "train", *args, "--set", "eval.enabled=false", "--set", "threads=1",
-            "--set", "keep_checkpoints=2", "--output", str(out)]
+        args = [
+            "--preset",
+            "embedded",
+            "--set",
+            "stage_all.steps=8",
+            "--set",
+            "checkpoint_every=3",
+            "--set",
+            "sample.num=4",
+            "--set",
+            "sample.teacher_steps=4",
+        ]
+    return [
+        sys.executable,
+        "-m",
+        "train",
+        *args,
+        "--set",
+        "eval.enabled=false",
+        "--set",
+        "threads=1",
+        "--set",
+        "keep_checkpoints=2",
+        "--output",
+        str(out),
+    ]
 
 
 def _env() -> dict:
@@ -107,22 +129,36 @@ def kills(tiny: bool, work: Path, tokenizer: str | None, ref: dict, ref_seconds:
         if proc.returncode != -signal.SIGKILL:
             raise RuntimeError(f"killed run failed by itself (exit {proc.returncode}):\n{err[-3000:]}")
         ckpts = sorted(p.name for p in (out / "checkpoints").iterdir()) if (out / "checkpoints").is_dir() else []
-        log.append({"after_s": round(time.time() - t0, 2), "inside_checkpoint_write": inside,
-                    "partial_files_left": _partials(out), "checkpoints": ckpts})
+        log.append(
+            {
+                "after_s": round(time.time() - t0, 2),
+                "inside_checkpoint_write": inside,
+                "partial_files_left": _partials(out),
+                "checkpoints": ckpts,
+            }
+        )
     t0 = time.time()
-    res = subprocess.run(_train_args(tiny, out, tokenizer) + ["--resume"], cwd=REPO, env=_env(), capture_output=True, text=True)
+    res = subprocess.run(
+        _train_args(tiny, out, tokenizer) + ["--resume"], cwd=REPO, env=_env(), capture_output=True, text=True
+    )
     if res.returncode != 0:
         raise RuntimeError(f"final resume failed:\n{res.stderr[-3000:]}")
     equal, diff = _same(_lora(out), ref)
-    return {"kills": log, "final_resume_s": round(time.time() - t0, 1), "lora_bit_identical": equal,
-            "max_abs_diff": diff, "partial_files_after_resume": _partials(out),
-            "any_kill_inside_checkpoint_write": any(k["inside_checkpoint_write"] for k in log)}
+    return {
+        "kills": log,
+        "final_resume_s": round(time.time() - t0, 1),
+        "lora_bit_identical": equal,
+        "max_abs_diff": diff,
+        "partial_files_after_resume": _partials(out),
+        "any_kill_inside_checkpoint_write": any(k["inside_checkpoint_write"] for k in log),
+    }
 
 
 def _mount(path: Path, mb: float) -> str | None:
     path.mkdir(parents=True, exist_ok=True)
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(mb * 1024)}k", "tmpfs", str(path)],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={int(mb * 1024)}k", "tmpfs", str(path)], capture_output=True, text=True
+    )
     return None if res.returncode == 0 else (res.stderr.strip() or "mount failed")
 
 
@@ -141,45 +177,79 @@ def disk_full(tiny: bool, work: Path, tokenizer: str | None, ref: dict) -> dict:
         out = mnt / "run"
         res = subprocess.run(_train_args(tiny, out, tokenizer), cwd=REPO, env=_env(), capture_output=True, text=True)
         err_lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-        committed = sorted(p for p in (out / "checkpoints").iterdir() if p.name.startswith("step-")) \
-            if (out / "checkpoints").is_dir() else []
+        committed = (
+            sorted(p for p in (out / "checkpoints").iterdir() if p.name.startswith("step-"))
+            if (out / "checkpoints").is_dir()
+            else []
+        )
         damaged = {p.name: verify_checkpoint(p) for p in committed if verify_checkpoint(p)}
         subprocess.run(["mount", "-o", "remount,size=512m", str(mnt)], check=True)
-        again = subprocess.run(_train_args(tiny, out, tokenizer) + ["--resume"], cwd=REPO, env=_env(),
-                               capture_output=True, text=True)
+        again = subprocess.run(
+            _train_args(tiny, out, tokenizer) + ["--resume"], cwd=REPO, env=_env(), capture_output=True, text=True
+        )
         equal, diff = _same(_lora(out), ref) if again.returncode == 0 else (False, float("nan"))
-        return {"run": True, "tmpfs_mb": round(size_mb, 2), "checkpoint_mb": round(ckpt_mb, 2),
-                "exit_code": res.returncode, "stderr_lines": err_lines[-3:], "one_line": len(err_lines) == 1,
-                "traceback": "Traceback" in res.stderr, "committed_checkpoints": [p.name for p in committed],
-                "damaged_committed": damaged, "resume_exit_code": again.returncode, "lora_bit_identical": equal,
-                "max_abs_diff": diff, "partial_files_after_resume": _partials(out)}
+        return {
+            "run": True,
+            "tmpfs_mb": round(size_mb, 2),
+            "checkpoint_mb": round(ckpt_mb, 2),
+            "exit_code": res.returncode,
+            "stderr_lines": err_lines[-3:],
+            "one_line": len(err_lines) == 1,
+            "traceback": "Traceback" in res.stderr,
+            "committed_checkpoints": [p.name for p in committed],
+            "damaged_committed": damaged,
+            "resume_exit_code": again.returncode,
+            "lora_bit_identical": equal,
+            "max_abs_diff": diff,
+            "partial_files_after_resume": _partials(out),
+        }
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
 def markdown(r: dict) -> str:
     k, d = r["kills"], r["disk_full"]
-    lines = [f"# Faults during training ({r['model']} model)", "",
-             f"`{r['command']}`; {r['when']}; load average before {r['load_before']}, after {r['load_after']}.",
-             f"Uninterrupted reference run: {r['reference_s']:.1f} s.", "",
-             "## SIGKILLs", "", "| kill | after (s) | inside a checkpoint write | half-written files at that moment |",
-             "|---|---|---|---|"]
+    lines = [
+        f"# Faults during training ({r['model']} model)",
+        "",
+        f"`{r['command']}`; {r['when']}; load average before {r['load_before']}, after {r['load_after']}.",
+        f"Uninterrupted reference run: {r['reference_s']:.1f} s.",
+        "",
+        "## SIGKILLs",
+        "",
+        "| kill | after (s) | inside a checkpoint write | half-written files at that moment |",
+        "|---|---|---|---|",
+    ]
     for i, e in enumerate(k["kills"], 1):
-        lines.append(f"| {i} | {e['after_s']} | {'yes' if e['inside_checkpoint_write'] else 'no'} | "
-                     f"{', '.join(e['partial_files_left']) or 'none'} |")
-    lines += ["", f"Final `--resume`: LoRA bit-identical to the uninterrupted run: **{k['lora_bit_identical']}** "
-              f"(max abs diff {k['max_abs_diff']:g}); half-written files left: "
-              f"{', '.join(k['partial_files_after_resume']) or 'none'}.", "", "## Disk full", ""]
+        lines.append(
+            f"| {i} | {e['after_s']} | {'yes' if e['inside_checkpoint_write'] else 'no'} | "
+            f"{', '.join(e['partial_files_left']) or 'none'} |"
+        )
+    lines += [
+        "",
+        f"Final `--resume`: LoRA bit-identical to the uninterrupted run: **{k['lora_bit_identical']}** "
+        f"(max abs diff {k['max_abs_diff']:g}); half-written files left: "
+        f"{', '.join(k['partial_files_after_resume']) or 'none'}.",
+        "",
+        "## Disk full",
+        "",
+    ]
     if not d.get("run"):
         lines.append(f"Not run: {d.get('reason')}.")
     else:
-        lines += [f"Output on a {d['tmpfs_mb']} MB tmpfs (one checkpoint is {d['checkpoint_mb']} MB): exit code "
-                  f"{d['exit_code']}, one line: {d['one_line']}, traceback: {d['traceback']}.",
-                  "", "```", *d["stderr_lines"], "```", "",
-                  f"Committed checkpoints {', '.join(d['committed_checkpoints']) or 'none'}, damaged: "
-                  f"{d['damaged_committed'] or 'none'}. After remounting larger, `--resume` exit {d['resume_exit_code']}, "
-                  f"LoRA bit-identical: **{d['lora_bit_identical']}**, half-written files left: "
-                  f"{', '.join(d['partial_files_after_resume']) or 'none'}."]
+        lines += [
+            f"Output on a {d['tmpfs_mb']} MB tmpfs (one checkpoint is {d['checkpoint_mb']} MB): exit code "
+            f"{d['exit_code']}, one line: {d['one_line']}, traceback: {d['traceback']}.",
+            "",
+            "```",
+            *d["stderr_lines"],
+            "```",
+            "",
+            f"Committed checkpoints {', '.join(d['committed_checkpoints']) or 'none'}, damaged: "
+            f"{d['damaged_committed'] or 'none'}. After remounting larger, `--resume` exit {d['resume_exit_code']}, "
+            f"LoRA bit-identical: **{d['lora_bit_identical']}**, half-written files left: "
+            f"{', '.join(d['partial_files_after_resume']) or 'none'}.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -199,9 +269,16 @@ def main(argv=None) -> int:
         ref, ref_s = reference(args.tiny, work, args.tokenizer)
         k = kills(args.tiny, work, args.tokenizer, ref, ref_s, args.kills, args.seed)
         d = disk_full(args.tiny, work, args.tokenizer, ref)
-    res = {"model": "tiny" if args.tiny else "embedded", "command": "python -m benchmarks.faults" + (" --tiny" if args.tiny else ""),
-           "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_before": round(load_before, 2),
-           "load_after": round(os.getloadavg()[0], 2), "reference_s": ref_s, "kills": k, "disk_full": d}
+    res = {
+        "model": "tiny" if args.tiny else "embedded",
+        "command": "python -m benchmarks.faults" + (" --tiny" if args.tiny else ""),
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_before": round(load_before, 2),
+        "load_after": round(os.getloadavg()[0], 2),
+        "reference_s": ref_s,
+        "kills": k,
+        "disk_full": d,
+    }
     out = Path(args.out)
     atomic_write(str(out.with_suffix(".json")), lambda p: Path(p).write_text(json.dumps(res, indent=1, default=str)))
     atomic_write(str(out.with_suffix(".md")), lambda p: Path(p).write_text(markdown(res)))

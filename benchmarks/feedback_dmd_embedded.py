@@ -80,8 +80,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--per-digit", type=int, default=20)
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--seed", type=int, default=4321)
-    ap.add_argument("--onestep-timestep", type=int, default=None,
-                    help="also score the one-step sampler at this timestep (default: the LoRA header's, if any)")
+    ap.add_argument(
+        "--onestep-timestep",
+        type=int,
+        default=None,
+        help="also score the one-step sampler at this timestep (default: the LoRA header's, if any)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/results/feedback_dmd_embedded.json")
     a = ap.parse_args(argv)
@@ -103,15 +107,22 @@ def main(argv=None) -> dict:
     def row(images, ref, **extra):
         r = reward(images, prompts)
         out = score_images(clf, images, labels, real, ref)
-        out["independent_adherence"] = float((torch.as_tensor(reader.predict(images.flatten(1).numpy())) == labels).float().mean())
+        out["independent_adherence"] = float(
+            (torch.as_tensor(reader.predict(images.flatten(1).numpy())) == labels).float().mean()
+        )
         out["digit_reward"] = float(r.mean())
         out["hf_energy"] = float(high_frequency_energy(images).mean())
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in {**out, **extra}.items()}
 
-    result = {"n_samples": len(labels), "independent_reader_test_accuracy": round(reader_acc, 4),
-              "real_digits": {"hf_energy": round(float(high_frequency_energy(test.images).mean()), 4),
-                              "independent_adherence": round(reader_acc, 4)},
-              "rows": {}}
+    result = {
+        "n_samples": len(labels),
+        "independent_reader_test_accuracy": round(reader_acc, 4),
+        "real_digits": {
+            "hf_energy": round(float(high_frequency_energy(test.images).mean()), 4),
+            "independent_adherence": round(reader_acc, 4),
+        },
+        "rows": {},
+    }
     with torch.no_grad():
         base.unet.disable_adapters()
         ref = generate(base.unet, cond, prompts, noise, steps=50, cfg=3.0, eta=0.0, **kw)
@@ -130,15 +141,20 @@ def main(argv=None) -> dict:
                 t0 = time.time()
                 imgs = generate(m.unet, cond, prompts, noise, steps=1, cfg=1.0, eta=0.0, onestep_timestep=onestep, **kw)
                 result["rows"][f"{name} 1 step t={onestep}"] = row(imgs, ref, nfe=1, seconds=round(time.time() - t0, 2))
-                grid[f"{name} 1 step t={onestep}"] = generate(m.unet, cond, grid_prompts, grid_noise, steps=1, cfg=1.0,
-                                                              eta=0.0, onestep_timestep=onestep, **kw)
+                grid[f"{name} 1 step t={onestep}"] = generate(
+                    m.unet, cond, grid_prompts, grid_noise, steps=1, cfg=1.0, eta=0.0, onestep_timestep=onestep, **kw
+                )
             for eta in a.eta:
                 for k in a.steps:
                     t0 = time.time()
                     imgs = generate(m.unet, cond, prompts, noise, steps=k, cfg=1.0, eta=eta, seed=a.seed, **kw)
-                    result["rows"][f"{name} {k} step eta {eta:g}"] = row(imgs, ref, nfe=k, seconds=round(time.time() - t0, 2))
+                    result["rows"][f"{name} {k} step eta {eta:g}"] = row(
+                        imgs, ref, nfe=k, seconds=round(time.time() - t0, 2)
+                    )
                     if eta == a.eta[0]:
-                        grid[f"{name} {k} step"] = generate(m.unet, cond, grid_prompts, grid_noise, steps=k, cfg=1.0, eta=eta, **kw)
+                        grid[f"{name} {k} step"] = generate(
+                            m.unet, cond, grid_prompts, grid_noise, steps=k, cfg=1.0, eta=eta, **kw
+                        )
             save_grid(grid, Path(a.out).with_name(f"{Path(a.out).stem}_{name}.png"))
     result["seconds"] = round(time.time() - t_start, 1)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -43,26 +43,63 @@ class Task:
 
 # Priority order: the figures the README quotes first.
 TASKS = (
-    Task("speed_inference", "benchmarks.speed_gpu", ("--sections", "inference"),
-         ("--tiny", "--sections", "inference", "--models", "sd15-tiny", "--steps", "1,2"), 150,
-         "SD1.5/SDXL 1-8 step latency: hypersd_core sampler vs diffusers + TCDScheduler"),
-    Task("realtime_gpu", "benchmarks.realtime_gpu", (), ("--tiny", "--no-compile", "--models", "sd15"), 180,
-         "real-time generation latency, eager vs compiled (CUDA graphs)"),
-    Task("speed_training", "benchmarks.speed_gpu", ("--sections", "training"),
-         ("--tiny", "--sections", "training", "--models", "sd15-tiny"), 150,
-         "TSCD vs LCM-LoRA training step: samples/s and peak memory"),
-    Task("memory_sdxl_dmd", "benchmarks.memory_sdxl_dmd",
-         ("--cuda", "--stages", "dmd,unified", "--ranks", "64", "--gc", "on"),
-         ("--tiny", "--stages", "dmd", "--ranks", "8", "--gc", "on"), 120,
-         "SDXL DMD / unified stage peak memory (checks the fake-tensor count)"),
-    Task("realtime_comfyui", "benchmarks.realtime_comfyui", (), ("--tiny",), 120,
-         "the real-time node inside ComfyUI vs TorchCompileModel", needs_comfyui=True),
-    Task("speed_compile", "benchmarks.speed_gpu", ("--sections", "compile"),
-         ("--tiny", "--sections", "compile", "--models", "sd15-tiny"), 150,
-         "torch.compile of the sampling loop: graph breaks, reduce-overhead latency, sync-debug run"),
-    Task("speed_scaling", "benchmarks.speed_gpu", ("--sections", "scaling"),
-         ("--tiny", "--sections", "scaling", "--models", "sd15-tiny"), 150,
-         "TSCD step samples/s and peak memory over batch x resolution"),
+    Task(
+        "speed_inference",
+        "benchmarks.speed_gpu",
+        ("--sections", "inference"),
+        ("--tiny", "--sections", "inference", "--models", "sd15-tiny", "--steps", "1,2"),
+        150,
+        "SD1.5/SDXL 1-8 step latency: hypersd_core sampler vs diffusers + TCDScheduler",
+    ),
+    Task(
+        "realtime_gpu",
+        "benchmarks.realtime_gpu",
+        (),
+        ("--tiny", "--no-compile", "--models", "sd15"),
+        180,
+        "real-time generation latency, eager vs compiled (CUDA graphs)",
+    ),
+    Task(
+        "speed_training",
+        "benchmarks.speed_gpu",
+        ("--sections", "training"),
+        ("--tiny", "--sections", "training", "--models", "sd15-tiny"),
+        150,
+        "TSCD vs LCM-LoRA training step: samples/s and peak memory",
+    ),
+    Task(
+        "memory_sdxl_dmd",
+        "benchmarks.memory_sdxl_dmd",
+        ("--cuda", "--stages", "dmd,unified", "--ranks", "64", "--gc", "on"),
+        ("--tiny", "--stages", "dmd", "--ranks", "8", "--gc", "on"),
+        120,
+        "SDXL DMD / unified stage peak memory (checks the fake-tensor count)",
+    ),
+    Task(
+        "realtime_comfyui",
+        "benchmarks.realtime_comfyui",
+        (),
+        ("--tiny",),
+        120,
+        "the real-time node inside ComfyUI vs TorchCompileModel",
+        needs_comfyui=True,
+    ),
+    Task(
+        "speed_compile",
+        "benchmarks.speed_gpu",
+        ("--sections", "compile"),
+        ("--tiny", "--sections", "compile", "--models", "sd15-tiny"),
+        150,
+        "torch.compile of the sampling loop: graph breaks, reduce-overhead latency, sync-debug run",
+    ),
+    Task(
+        "speed_scaling",
+        "benchmarks.speed_gpu",
+        ("--sections", "scaling"),
+        ("--tiny", "--sections", "scaling", "--models", "sd15-tiny"),
+        150,
+        "TSCD step samples/s and peak memory over batch x resolution",
+    ),
 )
 
 
@@ -81,14 +118,22 @@ def run_task(task: Task, out_dir: Path, tiny: bool, timeout: float) -> dict:
     cmd = [sys.executable, "-m", task.module, *(task.tiny_args if tiny else task.gpu_args), "--out", str(out)]
     row = {"task": task.name, "what": task.what, "command": " ".join(["python", *cmd[1:]]), "result": str(out)}
     if task.needs_comfyui and not (Path(os.environ.get("COMFYUI_PATH", "")) / "nodes.py").is_file():
-        return {**row, "status": "skipped", "detail": "COMFYUI_PATH is not set to a ComfyUI tree with this pack linked in"}
+        return {
+            **row,
+            "status": "skipped",
+            "detail": "COMFYUI_PATH is not set to a ComfyUI tree with this pack linked in",
+        }
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     t0 = time.perf_counter()
     try:
         res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {**row, "status": "timed out", "seconds": round(time.perf_counter() - t0, 1),
-                "detail": f"stopped after {timeout:.0f} s (the budget left or the task's cap)"}
+        return {
+            **row,
+            "status": "timed out",
+            "seconds": round(time.perf_counter() - t0, 1),
+            "detail": f"stopped after {timeout:.0f} s (the budget left or the task's cap)",
+        }
     row["seconds"] = round(time.perf_counter() - t0, 1)
     if res.returncode != 0 or not out.is_file():
         tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -98,9 +143,12 @@ def run_task(task: Task, out_dir: Path, tiny: bool, timeout: float) -> dict:
 
 def render(manifest: dict) -> str:
     """The markdown that goes between the markers: a status table, then each finished task's table."""
-    lines = [f"`python -m benchmarks.gpu_all{' --tiny' if manifest['tiny'] else ''} --budget {manifest['budget_s']}` "
-             f"on {manifest['device']}, {manifest['date']} (commit {manifest['commit']}); "
-             f"{manifest['seconds']} s of the budget used.", ""]
+    lines = [
+        f"`python -m benchmarks.gpu_all{' --tiny' if manifest['tiny'] else ''} --budget {manifest['budget_s']}` "
+        f"on {manifest['device']}, {manifest['date']} (commit {manifest['commit']}); "
+        f"{manifest['seconds']} s of the budget used.",
+        "",
+    ]
     if manifest["tiny"]:
         lines += ["TINY MODE: tiny models on the CPU; the numbers verify the code paths and mean nothing.", ""]
     lines += ["| task | status | seconds | what |", "|---|---|---|---|"]
@@ -128,9 +176,11 @@ def replace_between_markers(path: Path, body: str) -> bool:
 def readme_summary(manifest: dict) -> str:
     done = [r["task"] for r in manifest["tasks"] if r["status"] == "ok"]
     missing = [f"{r['task']} ({r['status']})" for r in manifest["tasks"] if r["status"] != "ok"]
-    return (f"Measured on {manifest['device']} with `python -m benchmarks.gpu_all` ({manifest['date']}): "
-            f"{', '.join(done) or 'nothing'} finished; {', '.join(missing) or 'none'} missing. Tables: "
-            "`benchmarks/RESULTS.md` §3a.\n")
+    return (
+        f"Measured on {manifest['device']} with `python -m benchmarks.gpu_all` ({manifest['date']}): "
+        f"{', '.join(done) or 'nothing'} finished; {', '.join(missing) or 'none'} missing. Tables: "
+        "`benchmarks/RESULTS.md` §3a.\n"
+    )
 
 
 def main(argv=None) -> int:
@@ -139,8 +189,11 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="CPU, tiny models: checks the code paths only")
     ap.add_argument("--only", default=None, help="comma list of task names (default: all, in priority order)")
     ap.add_argument("--out-dir", default=None, help="result folder (default benchmarks/results/gpu_all[_tiny])")
-    ap.add_argument("--results-md", default=None, help="markdown file with gpu_all markers to update "
-                    "(default benchmarks/RESULTS.md; --tiny: none)")
+    ap.add_argument(
+        "--results-md",
+        default=None,
+        help="markdown file with gpu_all markers to update (default benchmarks/RESULTS.md; --tiny: none)",
+    )
     ap.add_argument("--readme", default=None, help="README with gpu_all markers (default README.md; --tiny: none)")
     args = ap.parse_args(argv)
     names = [t.name for t in TASKS]
@@ -159,15 +212,27 @@ def main(argv=None) -> int:
     from .machine import machine_info
 
     info = machine_info()
-    manifest = {"tiny": args.tiny, "budget_s": args.budget, "device": device_name(args.tiny), "machine": info,
-                "date": str(info.get("date_utc", ""))[:10], "commit": str(info.get("git_commit", "unknown"))[:12],
-                "seconds": 0.0, "tasks": []}
+    manifest = {
+        "tiny": args.tiny,
+        "budget_s": args.budget,
+        "device": device_name(args.tiny),
+        "machine": info,
+        "date": str(info.get("date_utc", ""))[:10],
+        "commit": str(info.get("git_commit", "unknown"))[:12],
+        "seconds": 0.0,
+        "tasks": [],
+    }
     t_start = time.perf_counter()
     for task in (t for t in TASKS if t.name in wanted):
         left = args.budget - (time.perf_counter() - t_start)
         if left < MIN_START_S:
-            row = {"task": task.name, "what": task.what, "result": str(out_dir / f"{task.name}.json"),
-                   "status": "not run", "detail": f"budget spent ({left:.0f} s left)"}
+            row = {
+                "task": task.name,
+                "what": task.what,
+                "result": str(out_dir / f"{task.name}.json"),
+                "status": "not run",
+                "detail": f"budget spent ({left:.0f} s left)",
+            }
         else:
             row = run_task(task, out_dir, args.tiny, timeout=left if args.tiny else min(left, task.cap_s))
         manifest["tasks"].append(row)

@@ -32,8 +32,15 @@ def lcm_boundary_scalings(t: torch.Tensor, sigma_data: float = 0.5, timestep_sca
 class LCMLoraStep:
     """One optimizer step of LCM-LoRA distillation on a peft-LoRA UNet (see the module docstring)."""
 
-    def __init__(self, ctx, teacher_unet: torch.nn.Module | None = None, num_ddim_timesteps: int = 50,
-                 w_min: float = 3.0, w_max: float = 15.0, huber_c: float = 0.001):
+    def __init__(
+        self,
+        ctx,
+        teacher_unet: torch.nn.Module | None = None,
+        num_ddim_timesteps: int = 50,
+        w_min: float = 3.0,
+        w_max: float = 15.0,
+        huber_c: float = 0.001,
+    ):
         self.ctx, self.teacher_unet = ctx, teacher_unet
         T = ctx.schedule.num_train_timesteps
         self.topk = T // num_ddim_timesteps
@@ -78,7 +85,10 @@ class LCMLoraStep:
                 x_prev = jump(x0_g, eps_g, a_t, s_t)
                 target_out = ctx.unet(x_prev.to(wd), t, encoder_hidden_states=batch.cond, **kw).sample.float()
                 c_skip, c_out = lcm_boundary_scalings(t)
-                target = per_sample(c_skip, x_prev) * x_prev + per_sample(c_out, x_prev) * to_x0_eps(target_out, x_prev, a_t, s_t, pt)[0]
+                target = (
+                    per_sample(c_skip, x_prev) * x_prev
+                    + per_sample(c_out, x_prev) * to_x0_eps(target_out, x_prev, a_t, s_t, pt)[0]
+                )
             loss = consistency_loss(model_pred.float(), target.float(), "huber", self.huber_c)
         ctx.step_lora(loss, ctx.config.optim.max_grad_norm)
         return {"loss": float(loss.detach())}

@@ -139,9 +139,14 @@ class LiveTensorTracker(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is torch.ops.aten._local_scalar_dense.default and _is_fake(args[0]):
             t = args[0]
-            return bool(self.item) if t.dtype == torch.bool else (float(self.item) if t.is_floating_point() else int(self.item))
-        if func in _MASK_INDEX_OPS and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool and _is_fake(i)
-                                           for i in (args[1] or ())):
+            return (
+                bool(self.item)
+                if t.dtype == torch.bool
+                else (float(self.item) if t.is_floating_point() else int(self.item))
+            )
+        if func in _MASK_INDEX_OPS and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool and _is_fake(i) for i in (args[1] or ())
+        ):
             args = (args[0], [_all_rows(i) for i in args[1]], *args[2:])
         out = func(*args, **(kwargs or {}))
         for t in tree_leaves(out):
@@ -181,9 +186,12 @@ def cuda_autocast_fp32_policy():
 
             def up(v):
                 return v.float() if isinstance(v, torch.Tensor) and v.dtype in (torch.bfloat16, torch.float16) else v
+
             with torch.autocast("cpu", enabled=False):
                 return func(*[up(a) for a in args], **{k: up(v) for k, v in kwargs.items()})
+
         return run
+
     with _wrapped(F, CUDA_FP32_OPS, fp32):
         yield
 
@@ -202,6 +210,7 @@ def _fake_params_movable():
             t1.data = t2.data
         else:
             orig(t1, t2)
+
     torch.utils.swap_tensors = swap
     try:
         yield
@@ -233,13 +242,23 @@ PHASES = {
 }
 
 
-def measure(spec_name: str = "sdxl", *, stage: str = "dmd", rank: int = 64, gradient_checkpointing: bool = True,
-            batch: int = 1, resolution: int | None = None, steps: int = 2, fake_updates: int = 1,
-            reg_steps: int = 2, emulate_cuda: bool = True, sdpa: str = "flash") -> dict:
+def measure(
+    spec_name: str = "sdxl",
+    *,
+    stage: str = "dmd",
+    rank: int = 64,
+    gradient_checkpointing: bool = True,
+    batch: int = 1,
+    resolution: int | None = None,
+    steps: int = 2,
+    fake_updates: int = 1,
+    reg_steps: int = 2,
+    emulate_cuda: bool = True,
+    sdpa: str = "flash",
+) -> dict:
     """Two (``steps``) train_steps of the registered ``stage`` under fake tensors; peak bytes per phase."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from train.config import StageConfig
     from train.lora import is_lora_parameter
 
     from .train_harness import accelerator, build_context, random_batch, uncond_fn
@@ -255,12 +274,16 @@ def measure(spec_name: str = "sdxl", *, stage: str = "dmd", rank: int = 64, grad
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     attention = sdpa_kernel({"flash": SDPBackend.FLASH_ATTENTION, "math": SDPBackend.MATH}[sdpa])
-    with _fake_params_movable(), attention, \
-            FakeTensorMode(allow_non_fake_inputs=True), tracker, policy:
+    with _fake_params_movable(), attention, FakeTensorMode(allow_non_fake_inputs=True), tracker, policy:
         unet = build_unet(spec, dtype=wdt)
-        setup = build_context(unet, mixed_precision="bf16", weight_dtype=wdt, rank=rank,
-                              gradient_checkpointing=gradient_checkpointing,
-                              uncond=uncond_fn(spec, res, acc.device, wdt))
+        setup = build_context(
+            unet,
+            mixed_precision="bf16",
+            weight_dtype=wdt,
+            rank=rank,
+            gradient_checkpointing=gradient_checkpointing,
+            uncond=uncond_fn(spec, res, acc.device, wdt),
+        )
         ctx = setup.ctx
         if emulate_cuda:  # train.optim fuses the LoRA AdamW on CUDA
             for g in getattr(ctx.optimizer, "optimizer", ctx.optimizer).param_groups:
@@ -275,7 +298,9 @@ def measure(spec_name: str = "sdxl", *, stage: str = "dmd", rank: int = 64, grad
         ctx.phase = tracker.phase  # the stage marks its phases (fake_score, bank, gen_forward, backward_step)
         data = random_batch(spec, batch, res, acc.device, wdt)
         static = {
-            "base_weights": _nbytes([p for n, p in unet.named_parameters() if not is_lora_parameter(n)] + list(unet.buffers())),
+            "base_weights": _nbytes(
+                [p for n, p in unet.named_parameters() if not is_lora_parameter(n)] + list(unet.buffers())
+            ),
             "lora_student": _nbytes(setup.lora_params),
             "lora_fake": _nbytes(st.fake_params),
         }
@@ -285,8 +310,15 @@ def measure(spec_name: str = "sdxl", *, stage: str = "dmd", rank: int = 64, grad
             start = tracker.current
             with tracker.phase("other"):
                 st.train_step(data, i)
-            per_step.append({"live_before": start, "live_after": tracker.current, "peak": tracker.peak,
-                             "phase_peaks": dict(tracker.peaks), "phase_peak_op": dict(tracker.peak_op)})
+            per_step.append(
+                {
+                    "live_before": start,
+                    "live_after": tracker.current,
+                    "peak": tracker.peak,
+                    "phase_peaks": dict(tracker.peaks),
+                    "phase_peak_op": dict(tracker.peak_op),
+                }
+            )
         static["adamw_student"] = _nbytes(_opt_state(ctx.optimizer))
         static["adamw_fake"] = _nbytes(_opt_state(st.fake_opt))
         tscd = getattr(st, "tscd", None)
@@ -294,11 +326,22 @@ def measure(spec_name: str = "sdxl", *, stage: str = "dmd", rank: int = 64, grad
         static["reference_bank"] = _nbytes(st.bank.values()) if st.bank else 0
         static["batch"] = _nbytes([data.x0, data.cond, *(data.added_cond or {}).values()])
     return {
-        "model": spec_name, "stage": stage, "lora_rank": rank, "gradient_checkpointing": gradient_checkpointing,
-        "batch": batch, "resolution": res, "latent": spec.latent_size(res), "fake_updates": fake_updates,
-        "reg_steps": reg_steps, "generator_batch": batch * 2,  # + one bank row per sample (reg_weight > 0)
-        "lora_params_per_adapter": setup.lora_param_count, "emulate_cuda": emulate_cuda, "sdpa": sdpa,
-        "static_bytes": static, "steps": per_step, "seconds": round(time.perf_counter() - t0, 1),
+        "model": spec_name,
+        "stage": stage,
+        "lora_rank": rank,
+        "gradient_checkpointing": gradient_checkpointing,
+        "batch": batch,
+        "resolution": res,
+        "latent": spec.latent_size(res),
+        "fake_updates": fake_updates,
+        "reg_steps": reg_steps,
+        "generator_batch": batch * 2,  # + one bank row per sample (reg_weight > 0)
+        "lora_params_per_adapter": setup.lora_param_count,
+        "emulate_cuda": emulate_cuda,
+        "sdpa": sdpa,
+        "static_bytes": static,
+        "steps": per_step,
+        "seconds": round(time.perf_counter() - t0, 1),
     }
 
 
@@ -306,15 +349,38 @@ def stage_config(stage: str, fake_updates: int, reg_steps: int):
     """The measured stage's settings (train/configs/sdxl-unified.yaml's unified stage, reduced)."""
     from train.config import StageConfig
 
-    return StageConfig(name=stage, segments=1, cfg_min=3.0, cfg_max=8.0, ema_decay=0.95, loss="huber",
-                       consistency_weight=0.2,
-                       options={"dmd": {"real_cfg": 7.5, "fake_updates": fake_updates, "reg_weight": 0.25,
-                                        "reg_steps": reg_steps, "reg_pairs": 256}})
+    return StageConfig(
+        name=stage,
+        segments=1,
+        cfg_min=3.0,
+        cfg_max=8.0,
+        ema_decay=0.95,
+        loss="huber",
+        consistency_weight=0.2,
+        options={
+            "dmd": {
+                "real_cfg": 7.5,
+                "fake_updates": fake_updates,
+                "reg_weight": 0.25,
+                "reg_steps": reg_steps,
+                "reg_pairs": 256,
+            }
+        },
+    )
 
 
-def measure_cuda(spec_name: str = "sdxl", *, stage: str = "dmd", rank: int = 64, gradient_checkpointing: bool = True,
-                 batch: int = 1, resolution: int | None = None, steps: int = 2, fake_updates: int = 1,
-                 reg_steps: int = 2) -> dict:
+def measure_cuda(
+    spec_name: str = "sdxl",
+    *,
+    stage: str = "dmd",
+    rank: int = 64,
+    gradient_checkpointing: bool = True,
+    batch: int = 1,
+    resolution: int | None = None,
+    steps: int = 2,
+    fake_updates: int = 1,
+    reg_steps: int = 2,
+) -> dict:
     """The same train_steps with real tensors on a GPU: ``torch.cuda.max_memory_allocated`` per step,
     the measurement the fake-tensor count stands in for."""
     from train.stages import get_stage
@@ -329,8 +395,14 @@ def measure_cuda(spec_name: str = "sdxl", *, stage: str = "dmd", rank: int = 64,
     acc = accelerator("bf16")
     t0 = time.perf_counter()
     unet = build_unet(spec, dtype=wdt)
-    setup = build_context(unet, mixed_precision="bf16", weight_dtype=wdt, rank=rank,
-                          gradient_checkpointing=gradient_checkpointing, uncond=uncond_fn(spec, res, acc.device, wdt))
+    setup = build_context(
+        unet,
+        mixed_precision="bf16",
+        weight_dtype=wdt,
+        rank=rank,
+        gradient_checkpointing=gradient_checkpointing,
+        uncond=uncond_fn(spec, res, acc.device, wdt),
+    )
     st = get_stage(stage)(setup.ctx, stage_config(stage, fake_updates, reg_steps), 0)
     st.setup()
     data = random_batch(spec, batch, res, acc.device, wdt)
@@ -341,11 +413,27 @@ def measure_cuda(spec_name: str = "sdxl", *, stage: str = "dmd", rank: int = 64,
         before = torch.cuda.memory_allocated()
         st.train_step(data, i)
         torch.cuda.synchronize()
-        per_step.append({"live_before": before, "live_after": torch.cuda.memory_allocated(),
-                         "peak": torch.cuda.max_memory_allocated(), "reserved_peak": torch.cuda.max_memory_reserved()})
-    return {"model": spec_name, "stage": stage, "lora_rank": rank, "gradient_checkpointing": gradient_checkpointing,
-            "batch": batch, "resolution": res, "fake_updates": fake_updates, "reg_steps": reg_steps,
-            "device": torch.cuda.get_device_name(), "steps": per_step, "seconds": round(time.perf_counter() - t0, 1)}
+        per_step.append(
+            {
+                "live_before": before,
+                "live_after": torch.cuda.memory_allocated(),
+                "peak": torch.cuda.max_memory_allocated(),
+                "reserved_peak": torch.cuda.max_memory_reserved(),
+            }
+        )
+    return {
+        "model": spec_name,
+        "stage": stage,
+        "lora_rank": rank,
+        "gradient_checkpointing": gradient_checkpointing,
+        "batch": batch,
+        "resolution": res,
+        "fake_updates": fake_updates,
+        "reg_steps": reg_steps,
+        "device": torch.cuda.get_device_name(),
+        "steps": per_step,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def summary_row(r: dict, unit: int = GIB) -> dict:
@@ -353,20 +441,32 @@ def summary_row(r: dict, unit: int = GIB) -> dict:
     last = r["steps"][-1]
     p = last["phase_peaks"]
     gen = max(p.get("gen_forward", 0), p.get("backward_step", 0), p.get("other", 0))
-    return {"batch": r["batch"], "stage": r["stage"], "rank": r["lora_rank"], "gc": r["gradient_checkpointing"], "sdpa": r["sdpa"],
-            "persistent": last["live_before"] / unit, "fake_score": p.get("fake_score", 0) / unit,
-            "generator": gen / unit, "bank": p.get("bank", 0) / unit, "peak": last["peak"] / unit,
-            "first_step_peak": r["steps"][0]["peak"] / unit}
+    return {
+        "batch": r["batch"],
+        "stage": r["stage"],
+        "rank": r["lora_rank"],
+        "gc": r["gradient_checkpointing"],
+        "sdpa": r["sdpa"],
+        "persistent": last["live_before"] / unit,
+        "fake_score": p.get("fake_score", 0) / unit,
+        "generator": gen / unit,
+        "bank": p.get("bank", 0) / unit,
+        "peak": last["peak"] / unit,
+        "first_step_peak": r["steps"][0]["peak"] / unit,
+    }
 
 
 def table(rows: list[dict], unit: int = GIB) -> str:
     name = "GiB" if unit == GIB else "MiB"
-    head = (f"| batch | stage | LoRA rank | grad. ckpt | attention | persistent {name} | fake-score update | "
-            "generator step | reference bank | step peak |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    head = (
+        f"| batch | stage | LoRA rank | grad. ckpt | attention | persistent {name} | fake-score update | "
+        "generator step | reference bank | step peak |\n|---|---|---|---|---|---|---|---|---|---|\n"
+    )
     return head + "".join(
         f"| {s['batch']} | {s['stage']} | {s['rank']} | {'on' if s['gc'] else 'off'} | {s['sdpa']} | {s['persistent']:.2f} | "
         f"{s['fake_score']:.2f} | {s['generator']:.2f} | {s['bank']:.2f} | {s['peak']:.2f} |\n"
-        for s in (summary_row(r, unit) for r in rows))
+        for s in (summary_row(r, unit) for r in rows)
+    )
 
 
 def markdown(res: dict) -> str:
@@ -374,34 +474,52 @@ def markdown(res: dict) -> str:
 
     r0 = res["runs"][0]
     unit, name = (MIB, "MiB") if res["tiny"] else (GIB, "GiB")
-    emulated = "CUDA autocast's float32 policy for group_norm, layer_norm, upsampling and mse_loss emulated" \
-        if r0["emulate_cuda"] else "plain CPU autocast (norms in bf16) and CPU optimizer defaults (no CUDA emulation)"
-    lines = [f"# Peak memory of the DMD / unified stages, {res['model']} at {r0['resolution']}²: {NOTE}", "",
-             f"Command: `{res['command']}`", "", f"Machine: {describe(res['machine'])}", "",
-             f"{name} of live tensors (every distinct storage, counted by `benchmarks/memory_sdxl_dmd.py` under "
-             "FakeTensorMode on the CPU) at the peak of each phase of the second train_step of the real "
-             "`train/stages/dmd.py` stage. bf16 base weights, fp32 LoRA weights and AdamW moments, "
-             f"mixed_precision bf16; {emulated}. 'persistent' = live between steps (base weights, both LoRA "
-             "adapters, AdamW moments, EMA, regression bank, batch). Fake-score update = one generator forward "
-             "without grad + the fake adapter's denoising loss forward/backward + its AdamW step. Generator step "
-             "= the highest of: the generator-loss forward (the one-step generator with grad on batch + as many "
-             "bank rows, then the teacher with CFG as one pass on 2 × batch rows and the fake adapter, both without grad), its "
-             "backward + LoRA AdamW step, and for unified the TSCD forwards that share that backward. "
-             "Reference bank = filling the regression bank (teacher DDIM with CFG, no grad).", "",
-             table(res["runs"], unit), "", f"Static bytes ({name}):", ""]
+    emulated = (
+        "CUDA autocast's float32 policy for group_norm, layer_norm, upsampling and mse_loss emulated"
+        if r0["emulate_cuda"]
+        else "plain CPU autocast (norms in bf16) and CPU optimizer defaults (no CUDA emulation)"
+    )
+    lines = [
+        f"# Peak memory of the DMD / unified stages, {res['model']} at {r0['resolution']}²: {NOTE}",
+        "",
+        f"Command: `{res['command']}`",
+        "",
+        f"Machine: {describe(res['machine'])}",
+        "",
+        f"{name} of live tensors (every distinct storage, counted by `benchmarks/memory_sdxl_dmd.py` under "
+        "FakeTensorMode on the CPU) at the peak of each phase of the second train_step of the real "
+        "`train/stages/dmd.py` stage. bf16 base weights, fp32 LoRA weights and AdamW moments, "
+        f"mixed_precision bf16; {emulated}. 'persistent' = live between steps (base weights, both LoRA "
+        "adapters, AdamW moments, EMA, regression bank, batch). Fake-score update = one generator forward "
+        "without grad + the fake adapter's denoising loss forward/backward + its AdamW step. Generator step "
+        "= the highest of: the generator-loss forward (the one-step generator with grad on batch + as many "
+        "bank rows, then the teacher with CFG as one pass on 2 × batch rows and the fake adapter, both without grad), its "
+        "backward + LoRA AdamW step, and for unified the TSCD forwards that share that backward. "
+        "Reference bank = filling the regression bank (teacher DDIM with CFG, no grad).",
+        "",
+        table(res["runs"], unit),
+        "",
+        f"Static bytes ({name}):",
+        "",
+    ]
     keys = list(r0["static_bytes"])
     lines.append("| batch | stage | rank | gc | " + " | ".join(keys) + " |")
     lines.append("|---" * (len(keys) + 4) + "|")
     for r in res["runs"]:
-        lines.append(f"| {r['batch']} | {r['stage']} | {r['lora_rank']} | {'on' if r['gradient_checkpointing'] else 'off'} | "
-                     + " | ".join(f"{r['static_bytes'][k] / unit:.3f}" for k in keys) + " |")
+        lines.append(
+            f"| {r['batch']} | {r['stage']} | {r['lora_rank']} | {'on' if r['gradient_checkpointing'] else 'off'} | "
+            + " | ".join(f"{r['static_bytes'][k] / unit:.3f}" for k in keys)
+            + " |"
+        )
     lines += ["", "Not counted: " + res["not_counted"], ""]
     return "\n".join(lines)
 
 
-NOT_COUNTED = ("CUDA context (~0.5-1 GiB), caching-allocator rounding and fragmentation, cuDNN/cuBLAS and "
-               "flash-attention workspaces, text encoders and VAE (the trainer uses cached latents and "
-               "embeddings), the feedback/reward term, DDP buckets (multi-GPU).")
+NOT_COUNTED = (
+    "CUDA context (~0.5-1 GiB), caching-allocator rounding and fragmentation, cuDNN/cuBLAS and "
+    "flash-attention workspaces, text encoders and VAE (the trainer uses cached latents and "
+    "embeddings), the feedback/reward term, DDP buckets (multi-GPU)."
+)
 
 
 def main(argv=None) -> int:
@@ -413,33 +531,69 @@ def main(argv=None) -> int:
     ap.add_argument("--gc", default="on,off", help="gradient checkpointing settings: on,off")
     ap.add_argument("--batches", default="1", help="data batch sizes, e.g. 1,2 (the SDXL preset uses 2)")
     ap.add_argument("--resolution", type=int, default=None)
-    ap.add_argument("--fake-updates", type=int, default=1,
-                    help="per train_step (the presets use 5; every update after the first AdamW step has the same peak)")
-    ap.add_argument("--sdpa", default="flash", choices=("flash", "math"),
-                    help="attention kernel: flash keeps out + logsumexp for backward (as CUDA flash/mem-efficient "
-                         "attention); math materialises the attention matrix")
+    ap.add_argument(
+        "--fake-updates",
+        type=int,
+        default=1,
+        help="per train_step (the presets use 5; every update after the first AdamW step has the same peak)",
+    )
+    ap.add_argument(
+        "--sdpa",
+        default="flash",
+        choices=("flash", "math"),
+        help="attention kernel: flash keeps out + logsumexp for backward (as CUDA flash/mem-efficient "
+        "attention); math materialises the attention matrix",
+    )
     ap.add_argument("--no-emulate-cuda", action="store_true", help="plain CPU autocast and CPU optimizer defaults")
-    ap.add_argument("--cuda", action="store_true",
-                    help="measure on the GPU instead (max_memory_allocated of real tensors): checks the count")
+    ap.add_argument(
+        "--cuda",
+        action="store_true",
+        help="measure on the GPU instead (max_memory_allocated of real tensors): checks the count",
+    )
     args = ap.parse_args(argv)
     spec = "sdxl-tiny" if args.tiny else "sdxl"
     if args.cuda:
         return _main_cuda(args, spec, argv)
     runs = []
-    grid = [(b, s, r, g == "on") for b in args.batches.split(",") for s in args.stages.split(",")
-            for r in args.ranks.split(",") for g in args.gc.split(",")]
+    grid = [
+        (b, s, r, g == "on")
+        for b in args.batches.split(",")
+        for s in args.stages.split(",")
+        for r in args.ranks.split(",")
+        for g in args.gc.split(",")
+    ]
     for batch, stage, rank, gc in grid:
-        runs.append(measure(spec, stage=stage, rank=int(rank), gradient_checkpointing=gc, batch=int(batch),
-                            resolution=args.resolution, fake_updates=args.fake_updates,
-                            emulate_cuda=not args.no_emulate_cuda, sdpa=args.sdpa))
+        runs.append(
+            measure(
+                spec,
+                stage=stage,
+                rank=int(rank),
+                gradient_checkpointing=gc,
+                batch=int(batch),
+                resolution=args.resolution,
+                fake_updates=args.fake_updates,
+                emulate_cuda=not args.no_emulate_cuda,
+                sdpa=args.sdpa,
+            )
+        )
         s = summary_row(runs[-1], MIB if args.tiny else GIB)
-        print(f"batch {batch} {stage} rank {rank} gc {gc}: peak {s['peak']:.2f} {'MiB' if args.tiny else 'GiB'} "
-              f"({runs[-1]['seconds']} s)", file=sys.stderr)
+        print(
+            f"batch {batch} {stage} rank {rank} gc {gc}: peak {s['peak']:.2f} {'MiB' if args.tiny else 'GiB'} "
+            f"({runs[-1]['seconds']} s)",
+            file=sys.stderr,
+        )
     from .machine import machine_info
 
-    res = {"note": NOTE, "model": spec, "tiny": args.tiny, "command": "python -m benchmarks.memory_sdxl_dmd "
-           + " ".join(argv if argv is not None else sys.argv[1:]), "machine": machine_info(),
-           "not_counted": NOT_COUNTED, "phases": PHASES, "runs": runs}
+    res = {
+        "note": NOTE,
+        "model": spec,
+        "tiny": args.tiny,
+        "command": "python -m benchmarks.memory_sdxl_dmd " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine_info(),
+        "not_counted": NOT_COUNTED,
+        "phases": PHASES,
+        "runs": runs,
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(str(out), lambda tmp: Path(tmp).write_text(json.dumps(res, indent=1)))
@@ -457,27 +611,50 @@ def _main_cuda(args, spec: str, argv) -> int:
             for rank in args.ranks.split(","):
                 for gc in args.gc.split(","):
                     try:
-                        r = measure_cuda(spec, stage=stage, rank=int(rank), gradient_checkpointing=gc == "on",
-                                         batch=int(b), resolution=args.resolution, fake_updates=args.fake_updates)
+                        r = measure_cuda(
+                            spec,
+                            stage=stage,
+                            rank=int(rank),
+                            gradient_checkpointing=gc == "on",
+                            batch=int(b),
+                            resolution=args.resolution,
+                            fake_updates=args.fake_updates,
+                        )
                     except torch.cuda.OutOfMemoryError as e:
-                        r = {"stage": stage, "lora_rank": int(rank), "gradient_checkpointing": gc == "on",
-                             "batch": int(b), "error": f"out of memory: {str(e).splitlines()[0]}"}
+                        r = {
+                            "stage": stage,
+                            "lora_rank": int(rank),
+                            "gradient_checkpointing": gc == "on",
+                            "batch": int(b),
+                            "error": f"out of memory: {str(e).splitlines()[0]}",
+                        }
                     torch.cuda.empty_cache()
                     runs.append(r)
-                    print(f"batch {b} {stage} rank {rank} gc {gc}: "
-                          + (f"peak {r['steps'][-1]['peak'] / GIB:.2f} GiB" if "steps" in r else r["error"]),
-                          file=sys.stderr)
-    res = {"note": "measured on a GPU: torch.cuda.max_memory_allocated of the second train_step", "model": spec,
-           "command": "python -m benchmarks.memory_sdxl_dmd " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "machine": machine_info(), "runs": runs}
+                    print(
+                        f"batch {b} {stage} rank {rank} gc {gc}: "
+                        + (f"peak {r['steps'][-1]['peak'] / GIB:.2f} GiB" if "steps" in r else r["error"]),
+                        file=sys.stderr,
+                    )
+    res = {
+        "note": "measured on a GPU: torch.cuda.max_memory_allocated of the second train_step",
+        "model": spec,
+        "command": "python -m benchmarks.memory_sdxl_dmd " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine_info(),
+        "runs": runs,
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(str(out), lambda tmp: Path(tmp).write_text(json.dumps(res, indent=1)))
-    rows = ["| stage | batch | rank | grad. ckpt | peak allocated, GiB | peak reserved, GiB |", "|---|---|---|---|---|---|"]
+    rows = [
+        "| stage | batch | rank | grad. ckpt | peak allocated, GiB | peak reserved, GiB |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in runs:
         last = r["steps"][-1] if "steps" in r else None
-        rows.append(f"| {r['stage']} | {r['batch']} | {r['lora_rank']} | {'on' if r['gradient_checkpointing'] else 'off'} | "
-                    + (f"{last['peak'] / GIB:.2f} | {last['reserved_peak'] / GIB:.2f} |" if last else f"{r['error']} | |"))
+        rows.append(
+            f"| {r['stage']} | {r['batch']} | {r['lora_rank']} | {'on' if r['gradient_checkpointing'] else 'off'} | "
+            + (f"{last['peak'] / GIB:.2f} | {last['reserved_peak'] / GIB:.2f} |" if last else f"{r['error']} | |")
+        )
     atomic_write(str(out.with_suffix(".md")), lambda tmp: Path(tmp).write_text("\n".join(rows) + "\n"))
     return 0
 

@@ -33,7 +33,9 @@ def main(argv=None) -> dict:
     from .feedback_dmd_embedded import load_student
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lora", required=True, help="diffusers LoRA folder of a TSCD run (its 1-step images start check 2)")
+    ap.add_argument(
+        "--lora", required=True, help="diffusers LoRA folder of a TSCD run (its 1-step images start check 2)"
+    )
     ap.add_argument("--timesteps", type=int, nargs="+", default=[999, 900, 800, 700])
     ap.add_argument("--per-digit", type=int, default=5)
     ap.add_argument("--iters", type=int, default=300)
@@ -81,7 +83,9 @@ def main(argv=None) -> dict:
 
     def record(i):
         with torch.no_grad():
-            out["dmd_on_pixels"].append({"iter": i, "hf_energy": hf(x), "digit_reward": round(float(reward(x, prompts).mean()), 4)})
+            out["dmd_on_pixels"].append(
+                {"iter": i, "hf_energy": hf(x), "digit_reward": round(float(reward(x, prompts).mean()), 4)}
+            )
 
     record(0)
     for i in range(1, a.iters + 1):

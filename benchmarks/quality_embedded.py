@@ -109,9 +109,21 @@ def baseline_stage(tscd: list[dict]) -> dict:
 
 def feedback_stage(tscd: list[dict], quick: bool) -> dict:
     last = dict(tscd[-1])
-    last.update(name="feedback", steps=int(last["steps"]),
-                options={"feedback": {"rewards": [{"name": "digits"}], "weight": 0.05, "threshold": -0.05,
-                                      "steps": [1, 2, 4, 8], "eta": 0.0, "every": 1, "batch_size": 8}})
+    last.update(
+        name="feedback",
+        steps=int(last["steps"]),
+        options={
+            "feedback": {
+                "rewards": [{"name": "digits"}],
+                "weight": 0.05,
+                "threshold": -0.05,
+                "steps": [1, 2, 4, 8],
+                "eta": 0.0,
+                "every": 1,
+                "batch_size": 8,
+            }
+        },
+    )
     return last
 
 
@@ -134,8 +146,9 @@ def preset_dmd_options() -> dict:
     return next(s for s in stages if s["name"] == "unified")["options"]["dmd"]
 
 
-def train_run(data: dict, stages: list[dict], out: Path, seed: int, init_from: str | None = None,
-              export_eta: float = 0.0) -> dict:
+def train_run(
+    data: dict, stages: list[dict], out: Path, seed: int, init_from: str | None = None, export_eta: float = 0.0
+) -> dict:
     """One trainer run; returns its summary (exported LoRA paths, stage seconds)."""
     from train.config import load_config
     from train.trainer import Trainer
@@ -168,8 +181,9 @@ class Evaluator:
         self.m = load_model(ModelConfig(kind=model))
         self.unet = self.m.unet.eval()
         self.clf = self.m.extras["classifier"]
-        self.cond = TextConditioner(self.m.text_encoders, self.m.tokenizers, "cpu", torch.float32,
-                                    resolution=self.m.resolution, memo=True)
+        self.cond = TextConditioner(
+            self.m.text_encoders, self.m.tokenizers, "cpu", torch.float32, resolution=self.m.resolution, memo=True
+        )
         res, ch = self.unet.config.sample_size, self.unet.config.in_channels
         _, test = load_digit_splits(res)
         self.reader = digit_reader(res)
@@ -187,8 +201,19 @@ class Evaluator:
         from train.grids import generate
 
         labels, prompts, noise = self.sets[seed]
-        return generate(self.unet, self.cond, prompts, noise, steps=steps, cfg=cfg, eta=eta, schedule=self.m.schedule,
-                        prediction_type=self.m.prediction_type, seed=seed, onestep_timestep=onestep)
+        return generate(
+            self.unet,
+            self.cond,
+            prompts,
+            noise,
+            steps=steps,
+            cfg=cfg,
+            eta=eta,
+            schedule=self.m.schedule,
+            prediction_type=self.m.prediction_type,
+            seed=seed,
+            onestep_timestep=onestep,
+        )
 
     def score(self, seed: int, images: torch.Tensor) -> dict:
         from train.metrics import score_images
@@ -240,7 +265,7 @@ def summarise(values: list[float]) -> dict:
     if n > 1:
         from scipy import stats
 
-        ci = float(stats.t.ppf(0.975, n - 1) * std / n ** 0.5)
+        ci = float(stats.t.ppf(0.975, n - 1) * std / n**0.5)
     return {"mean": statistics.fmean(values), "std": std, "ci95": ci, "n": n, "values": values}
 
 
@@ -271,11 +296,18 @@ def run(args) -> dict:
     teacher_steps = sorted({k // 2 for k in steps if k > 1} | ({2, 4} if quick else {25, 50}))
     cfg1_steps = list(steps)
     result: dict = {
-        "machine": machine_info(), "quick": quick, "model": args.model, "train_seeds": seeds,
-        "eval_seeds": eval_seeds, "samples_per_eval_seed": len(ev.sets[eval_seeds[0]][0]), "real_samples": ev.n_real,
+        "machine": machine_info(),
+        "quick": quick,
+        "model": args.model,
+        "train_seeds": seeds,
+        "eval_seeds": eval_seeds,
+        "samples_per_eval_seed": len(ev.sets[eval_seeds[0]][0]),
+        "real_samples": ev.n_real,
         "reference": f"teacher DDIM {ev.ref_steps} steps, cfg {teacher_cfg:g}",
         "student_sampler": "TSCD sampler, trailing timesteps, cfg 1, eta from the LoRA metadata (1 step = one call at t=999)",
-        "stages": {m: methods_cfg[m]["stages"] for m in methods}, "runs": {}, "rows": {},
+        "stages": {m: methods_cfg[m]["stages"] for m in methods},
+        "runs": {},
+        "rows": {},
         "init_from": {m: methods_cfg[m].get("init") for m in methods},
     }
     t_rows = {}
@@ -298,21 +330,30 @@ def run(args) -> dict:
                 raise ValueError(f"{m!r} starts from {init!r}: run that method too (--methods)")
             out = work / f"seed{seed}" / _slug(m)
             print(f"[{time.time() - t_start:6.0f}s] training {m} (seed {seed}) -> {out}", flush=True)
-            summary = train_run(data, spec["stages"], out, seed, init_from=loras.get(init),
-                                export_eta=spec.get("eta", 0.0))
+            summary = train_run(
+                data, spec["stages"], out, seed, init_from=loras.get(init), export_eta=spec.get("eta", 0.0)
+            )
             loras[m] = summary["lora"]["kohya"]
             result["runs"].setdefault(m, []).append(
-                {"seed": seed, "lora": Path(loras[m]).name, "train_seconds": summary["train_seconds"],
-                 "optimizer_steps": summary["optimizer_steps"], "batch_size": summary["batch_size"],
-                 "stage_seconds": summary.get("stage_seconds")})
+                {
+                    "seed": seed,
+                    "lora": Path(loras[m]).name,
+                    "train_seconds": summary["train_seconds"],
+                    "optimizer_steps": summary["optimizer_steps"],
+                    "batch_size": summary["batch_size"],
+                    "stage_seconds": summary.get("stage_seconds"),
+                }
+            )
             eta = lora_eta(loras[m])
             print(f"[{time.time() - t_start:6.0f}s] evaluating {m} (eta {eta:g})", flush=True)
             for k, v in ev.rows(loras[m], list(per_method[m]), 1.0, eta).items():
                 per_method[m][k] += v
             if m in (TSCD, TSCD21):  # each stage's own LoRA at its own step count
                 name = TSCD_PER_STEP if m == TSCD else TSCD21_PER_STEP
-                paths = {int(s["segments"]): str(out / "lora" / f"stage{i + 1}_tscd_k{s['segments']}.safetensors")
-                         for i, s in enumerate(spec["stages"][:-1])}
+                paths = {
+                    int(s["segments"]): str(out / "lora" / f"stage{i + 1}_tscd_k{s['segments']}.safetensors")
+                    for i, s in enumerate(spec["stages"][:-1])
+                }
                 paths[int(spec["stages"][-1]["segments"])] = loras[m]
                 for k, v in ev.per_step_rows(paths, eta).items():
                     per_step[name].setdefault(k, []).extend(v)
@@ -337,7 +378,7 @@ def _agg(scores: list[dict], nfe: int, group: int | None = None) -> dict:
     for k in METRICS:
         vals = [float(s[k]) for s in scores]
         if group and len(vals) > group:
-            vals = [statistics.fmean(vals[i:i + group]) for i in range(0, len(vals), group)]
+            vals = [statistics.fmean(vals[i : i + group]) for i in range(0, len(vals), group)]
         out[k] = summarise(vals)
     return out
 
@@ -355,11 +396,16 @@ def equal_calls(result: dict, cfg: float) -> dict:
             base = rows[TEACHER_CFG1].get("1") if c == 1 else rows[TEACHER].get(str(c // 2)) if c % 2 == 0 else None
             if base is None:
                 continue
-            label = f"teacher DDIM 1 cfg 1" if c == 1 else f"teacher DDIM {c // 2} cfg {cfg:g}"
-            d = {m: (base[m]["mean"] - r[m]["mean"]) if m != "adherence" else (r[m]["mean"] - base[m]["mean"])
-                 for m in ("trajectory_error", "frechet_teacher", "adherence")}
-            out.setdefault(name, {})[k] = {"teacher": label, "better": d,
-                                           "lora_wins": {m: v > 0 if m != "adherence" else v >= 0 for m, v in d.items()}}
+            label = "teacher DDIM 1 cfg 1" if c == 1 else f"teacher DDIM {c // 2} cfg {cfg:g}"
+            d = {
+                m: (base[m]["mean"] - r[m]["mean"]) if m != "adherence" else (r[m]["mean"] - base[m]["mean"])
+                for m in ("trajectory_error", "frechet_teacher", "adherence")
+            }
+            out.setdefault(name, {})[k] = {
+                "teacher": label,
+                "better": d,
+                "lora_wins": {m: v > 0 if m != "adherence" else v >= 0 for m, v in d.items()},
+            }
     return out
 
 
@@ -377,9 +423,12 @@ def verdict(result: dict) -> dict:
             if b is None:
                 continue
             rel = lambda m: (b[m]["mean"] - r[m]["mean"]) / b[m]["mean"] if b[m]["mean"] else 0.0  # noqa: E731
-            per[k] = {"frechet_teacher_rel_improvement": rel("frechet_teacher"), "frechet_rel_improvement": rel("frechet"),
-                      "adherence_diff": r["adherence"]["mean"] - b["adherence"]["mean"],
-                      "trajectory_error_rel_improvement": rel("trajectory_error")}
+            per[k] = {
+                "frechet_teacher_rel_improvement": rel("frechet_teacher"),
+                "frechet_rel_improvement": rel("frechet"),
+                "adherence_diff": r["adherence"]["mean"] - b["adherence"]["mean"],
+                "trajectory_error_rel_improvement": rel("trajectory_error"),
+            }
         out[name] = per
     return out
 
@@ -390,13 +439,15 @@ def _pm(s: dict, scale: float = 1.0, digits: int = 3) -> str:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"Machine: {describe(result['machine'])}\n\n",
-             f"{result['samples_per_eval_seed']} samples per eval seed x {len(result['eval_seeds'])} eval seeds x "
-             f"{len(result['train_seeds'])} training seed(s). Judge: the independent reader (sklearn MLP on the training "
-             f"digits); Fréchet → teacher = distance to the teacher's {result['reference']} samples (fidelity), "
-             f"→ real = to {result['real_samples']} held-out digits; trajectory error vs {result['reference']}; "
-             f"reward adh. = the embedded classifier (the feedback reward). Mean ± 95% CI over training seeds "
-             f"(over eval seeds for the teacher).\n\n"]
+    lines = [
+        f"Machine: {describe(result['machine'])}\n\n",
+        f"{result['samples_per_eval_seed']} samples per eval seed x {len(result['eval_seeds'])} eval seeds x "
+        f"{len(result['train_seeds'])} training seed(s). Judge: the independent reader (sklearn MLP on the training "
+        f"digits); Fréchet → teacher = distance to the teacher's {result['reference']} samples (fidelity), "
+        f"→ real = to {result['real_samples']} held-out digits; trajectory error vs {result['reference']}; "
+        f"reward adh. = the embedded classifier (the feedback reward). Mean ± 95% CI over training seeds "
+        f"(over eval seeds for the teacher).\n\n",
+    ]
     if result.get("quick"):
         lines.append("**QUICK MODE: a few training steps; the numbers check the script and mean nothing.**\n\n")
     rows = []
@@ -404,29 +455,66 @@ def markdown(result: dict) -> str:
         for k, r in by_steps.items():
             teacher = method.startswith("teacher")
             label = f"{method} {k}" if teacher else method
-            rows.append([label, "-" if teacher else int(k), r["nfe"], _pm(r["trajectory_error"]),
-                         _pm(r["frechet_teacher"]), _pm(r["adherence"]), _pm(r["frechet"]), _pm(r["adherence_reward"])])
-    lines.append(markdown_table(["method", "steps", "calls", "traj. error (↓)", "Fréchet → teacher (↓)", "adherence (↑)",
-                                 "Fréchet → real (↓)", "reward adh."], rows))
+            rows.append(
+                [
+                    label,
+                    "-" if teacher else int(k),
+                    r["nfe"],
+                    _pm(r["trajectory_error"]),
+                    _pm(r["frechet_teacher"]),
+                    _pm(r["adherence"]),
+                    _pm(r["frechet"]),
+                    _pm(r["adherence_reward"]),
+                ]
+            )
+    lines.append(
+        markdown_table(
+            [
+                "method",
+                "steps",
+                "calls",
+                "traj. error (↓)",
+                "Fréchet → teacher (↓)",
+                "adherence (↑)",
+                "Fréchet → real (↓)",
+                "reward adh.",
+            ],
+            rows,
+        )
+    )
     eq = result.get("equal_calls", {})
     if eq:
-        lines.append("\nEach student row vs the untrained teacher at the same model calls (1 call: 1 step cfg 1; "
-                     "2k calls: k steps at the guided cfg). Cells: who is better on traj. error / Fréchet → teacher / "
-                     "adherence (ties on adherence go to the LoRA).\n\n")
+        lines.append(
+            "\nEach student row vs the untrained teacher at the same model calls (1 call: 1 step cfg 1; "
+            "2k calls: k steps at the guided cfg). Cells: who is better on traj. error / Fréchet → teacher / "
+            "adherence (ties on adherence go to the LoRA).\n\n"
+        )
         erows = []
         for name, by_k in eq.items():
             for k, c in by_k.items():
                 w = c["lora_wins"]
-                erows.append([name, k, c["teacher"]] + ["LoRA" if w[m] else "teacher"
-                                                         for m in ("trajectory_error", "frechet_teacher", "adherence")])
-        lines.append(markdown_table(["LoRA", "calls", "teacher at equal calls", "traj. error", "Fréchet → teacher",
-                                     "adherence"], erows))
+                erows.append(
+                    [name, k, c["teacher"]]
+                    + ["LoRA" if w[m] else "teacher" for m in ("trajectory_error", "frechet_teacher", "adherence")]
+                )
+        lines.append(
+            markdown_table(
+                ["LoRA", "calls", "teacher at equal calls", "traj. error", "Fréchet → teacher", "adherence"], erows
+            )
+        )
     runs = result.get("runs", {})
     if runs:
         lines.append("\nTraining runs (optimizer steps x batch, CPU seconds):\n\n")
-        lines.append(markdown_table(["method", "seed", "steps", "batch", "train s"],
-                                    [[m, r["seed"], r["optimizer_steps"], r["batch_size"], r["train_seconds"]]
-                                     for m, rs in runs.items() for r in rs]))
+        lines.append(
+            markdown_table(
+                ["method", "seed", "steps", "batch", "train s"],
+                [
+                    [m, r["seed"], r["optimizer_steps"], r["batch_size"], r["train_seconds"]]
+                    for m, rs in runs.items()
+                    for r in rs
+                ],
+            )
+        )
     lines.append("\n" + verdict_text(result) + "\n")
     return "".join(lines)
 
@@ -439,17 +527,31 @@ def verdict_text(result: dict) -> str:
     for name, per in v.items():
         parts = []
         for k, d in per.items():
-            parts.append(f"{k} step{'s' if k != '1' else ''}: trajectory error {100 * d['trajectory_error_rel_improvement']:+.0f}%, "
-                         f"Fréchet → teacher {100 * d['frechet_teacher_rel_improvement']:+.0f}%, "
-                         f"adherence {100 * d['adherence_diff']:+.1f} pts")
-        wins = sum((d["frechet_teacher_rel_improvement"] > 0) + (d["adherence_diff"] > 0)
-                   + (d["trajectory_error_rel_improvement"] > 0) for d in per.values())
-        target = [k for k in ("2", "4") if k in per and per[k]["trajectory_error_rel_improvement"] >= 0.2
-                  and per[k]["frechet_teacher_rel_improvement"] >= 0.2]
-        out.append(f"**{name} vs {BASELINE}** (same optimizer steps and batch; + = {name} better): better on {wins} of "
-                   f"{3 * len(per)} metric x step-count cells; the >=20% target (traj. error and Fréchet → teacher) "
-                   f"is met at {', '.join(target) + ' steps' if target else 'no step count of 2 and 4'}. "
-                   + "; ".join(parts) + ".")
+            parts.append(
+                f"{k} step{'s' if k != '1' else ''}: trajectory error {100 * d['trajectory_error_rel_improvement']:+.0f}%, "
+                f"Fréchet → teacher {100 * d['frechet_teacher_rel_improvement']:+.0f}%, "
+                f"adherence {100 * d['adherence_diff']:+.1f} pts"
+            )
+        wins = sum(
+            (d["frechet_teacher_rel_improvement"] > 0)
+            + (d["adherence_diff"] > 0)
+            + (d["trajectory_error_rel_improvement"] > 0)
+            for d in per.values()
+        )
+        target = [
+            k
+            for k in ("2", "4")
+            if k in per
+            and per[k]["trajectory_error_rel_improvement"] >= 0.2
+            and per[k]["frechet_teacher_rel_improvement"] >= 0.2
+        ]
+        out.append(
+            f"**{name} vs {BASELINE}** (same optimizer steps and batch; + = {name} better): better on {wins} of "
+            f"{3 * len(per)} metric x step-count cells; the >=20% target (traj. error and Fréchet → teacher) "
+            f"is met at {', '.join(target) + ' steps' if target else 'no step count of 2 and 4'}. "
+            + "; ".join(parts)
+            + "."
+        )
     return "\n\n".join(out)
 
 
@@ -462,15 +564,23 @@ def plot(result: dict, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = (("frechet_teacher", "Fréchet → teacher 50 (↓)"), ("adherence", "adherence, independent reader (↑)"),
-               ("trajectory_error", "trajectory error (↓)"))
+    metrics = (
+        ("frechet_teacher", "Fréchet → teacher 50 (↓)"),
+        ("adherence", "adherence, independent reader (↑)"),
+        ("trajectory_error", "trajectory error (↓)"),
+    )
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for ax, (key, title) in zip(axes, metrics):
         for method, by_steps in result["rows"].items():
             if method.startswith("teacher"):
                 for k, r in by_steps.items():
-                    ax.axhline(r[key]["mean"], ls="--", lw=1, color="gray" if k == list(by_steps)[0] else "black",
-                               label=f"teacher DDIM {k} (NFE {r['nfe']})")
+                    ax.axhline(
+                        r[key]["mean"],
+                        ls="--",
+                        lw=1,
+                        color="gray" if k == list(by_steps)[0] else "black",
+                        label=f"teacher DDIM {k} (NFE {r['nfe']})",
+                    )
                 continue
             ks = [int(k) for k in by_steps]
             m = [by_steps[str(k)][key]["mean"] for k in ks]
@@ -501,8 +611,12 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-seeds", type=int, default=3, help="evaluation seeds (noise + captions) per trained LoRA")
     ap.add_argument("--per-digit", type=int, default=20, help="samples per digit per eval seed")
     ap.add_argument("--methods", default=None, help=f"';'-separated subset, e.g. '{TSCD};{BASELINE}'")
-    ap.add_argument("--steps-per-stage", type=int, default=60,
-                    help="optimizer steps of every stage (the embedded preset has 120; 60 fits the CPU time box)")
+    ap.add_argument(
+        "--steps-per-stage",
+        type=int,
+        default=60,
+        help="optimizer steps of every stage (the embedded preset has 120; 60 fits the CPU time box)",
+    )
     ap.add_argument("--ablation", action="store_true", help=f"also train {TSCD_MSE!r} and {TSCD21!r}")
     ap.add_argument("--unified-eta", type=float, default=0.3, help="eta recorded in the unified LoRA's metadata")
     ap.add_argument("--threads", type=int, default=2)

@@ -36,8 +36,9 @@ def load_comfyui(cpu: bool):
     if not root or not (Path(root) / "nodes.py").is_file():
         raise SystemExit("set COMFYUI_PATH to a ComfyUI tree with this repository linked into custom_nodes/")
     root = Path(root).resolve()
-    pack = next((p for p in (root / "custom_nodes").iterdir() if p.resolve() == Path(__file__).resolve().parents[1]),
-                None)
+    pack = next(
+        (p for p in (root / "custom_nodes").iterdir() if p.resolve() == Path(__file__).resolve().parents[1]), None
+    )
     if pack is None:
         raise SystemExit(f"link this repository into {root}/custom_nodes/ first")
     sys.path.insert(0, str(root))
@@ -69,9 +70,12 @@ def build_model(tiny: bool, device, dtype):
             p.copy_(torch.randn(p.shape, generator=gen, device=device) * 0.02)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
     torch.manual_seed(0)
-    vae_sd = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-                           down_block_types=("DownEncoderBlock2D",) * 4,
-                           up_block_types=("UpDecoderBlock2D",) * 4).state_dict()
+    vae_sd = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+    ).state_dict()
     vae = comfy.sd.VAE(sd=vae_sd, dtype=dtype)
     return patcher, vae
 
@@ -85,8 +89,9 @@ def run_graph(model, vae, cond, noise):
     """The graph: one sampling step at cfg 1, then VAE decode."""
     import comfy.sample
 
-    latent = comfy.sample.sample(model, noise, 1, 1.0, "euler", "simple", cond, cond, torch.zeros_like(noise),
-                                 seed=0, disable_pbar=True)
+    latent = comfy.sample.sample(
+        model, noise, 1, 1.0, "euler", "simple", cond, cond, torch.zeros_like(noise), seed=0, disable_pbar=True
+    )
     return vae.decode(latent)
 
 
@@ -108,8 +113,13 @@ def measure(model, vae, cond, noise, device, warmup, iters) -> dict:
         sync(device)
         times.append((time.perf_counter() - t0) * 1e3)
     ms = statistics.median(times)
-    return {"ms": ms, "images_per_s": 1e3 / ms, "first_3_runs_s": first, "iters": iters,
-            "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
+    return {
+        "ms": ms,
+        "images_per_s": 1e3 / ms,
+        "first_3_runs_s": first,
+        "iters": iters,
+        "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+    }
 
 
 def main(argv=None) -> int:
@@ -138,35 +148,56 @@ def main(argv=None) -> int:
     variants = {
         "no_compile": lambda: (model, vae),
         "TorchCompileModel_inductor": (lambda: (compile_node.execute(model, "inductor").args[0], vae))
-        if cuda else None,
+        if cuda
+        else None,
         "HyperSDRealtimeCompile": lambda: tuple(ours.execute(model, "reduce-overhead", 4, vae=vae).args),
     }
-    results = {"machine": machine_info(), "tiny": args.tiny, "resolution": res, "dtype": str(dtype),
-               "graph": "SD1.5 random weights, 1 step euler cfg 1 + full VAE decode, batch 1",
-               "command": " ".join(sys.argv), "variants": {}}
+    results = {
+        "machine": machine_info(),
+        "tiny": args.tiny,
+        "resolution": res,
+        "dtype": str(dtype),
+        "graph": "SD1.5 random weights, 1 step euler cfg 1 + full VAE decode, batch 1",
+        "command": " ".join(sys.argv),
+        "variants": {},
+    }
     for name, make in variants.items():
         if make is None:
-            results["variants"][name] = {"skipped": "TorchCompileModel needs a GPU here (inductor on a CPU takes minutes)"}
+            results["variants"][name] = {
+                "skipped": "TorchCompileModel needs a GPU here (inductor on a CPU takes minutes)"
+            }
             continue
         try:
             m, v = make()
             results["variants"][name] = measure(m, v, cond, noise, device, warmup, iters)
         except Exception as exc:
-            results["variants"][name] = {"error": f"{type(exc).__name__}: {exc}",
-                                         "traceback": traceback.format_exc(limit=4)}
+            results["variants"][name] = {
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(limit=4),
+            }
         torch._dynamo.reset()
     out = Path(args.out or RESULTS_DIR / ("realtime_comfyui_tiny.json" if args.tiny else "realtime_comfyui.json"))
     write_json(out, results)
     rows = []
     for k, r in results["variants"].items():
         if "ms" in r:
-            rows.append([k, f"{r['ms']:.3g}", f"{r['images_per_s']:.3g}", f"{r['first_3_runs_s']:.3g}",
-                         "-" if r["peak_gib"] is None else f"{r['peak_gib']:.3g}"])
+            rows.append(
+                [
+                    k,
+                    f"{r['ms']:.3g}",
+                    f"{r['images_per_s']:.3g}",
+                    f"{r['first_3_runs_s']:.3g}",
+                    "-" if r["peak_gib"] is None else f"{r['peak_gib']:.3g}",
+                ]
+            )
         else:
             rows.append([k, r.get("skipped") or "ERROR " + r["error"][:100], "", "", ""])
-    md = (f"Machine: {describe(results['machine'])}\n\n" + (f"**{TINY_NOTE}**\n\n" if args.tiny else "")
-          + f"{results['graph']}, {res}², {dtype}\n\n"
-          + markdown_table(["variant", "ms", "images/s", "first 3 runs s", "peak GiB"], rows))
+    md = (
+        f"Machine: {describe(results['machine'])}\n\n"
+        + (f"**{TINY_NOTE}**\n\n" if args.tiny else "")
+        + f"{results['graph']}, {res}², {dtype}\n\n"
+        + markdown_table(["variant", "ms", "images/s", "first 3 runs s", "peak GiB"], rows)
+    )
     write_text(out.with_suffix(".md"), md + "\n")
     print(md)
     print(f"wrote {out}")

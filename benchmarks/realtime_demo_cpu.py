@@ -52,11 +52,18 @@ def run(steps: int, threads: int, requests: int, model: str) -> dict:
     finally:
         server.shutdown()
         server.server_close()
-    return {"model": comp.description, "size": comp.size, "steps": steps, "threads": threads, "requests": requests,
-            "text_encoder_calls": gen.stats.text_encoder_calls,
-            "generate_ms_median": statistics.median(gen_ms), "roundtrip_ms_median": statistics.median(rtt_ms),
-            "images_per_s_generate": 1e3 / statistics.median(gen_ms),
-            "images_per_s_roundtrip": len(rtt_ms) / (sum(rtt_ms) / 1e3)}
+    return {
+        "model": comp.description,
+        "size": comp.size,
+        "steps": steps,
+        "threads": threads,
+        "requests": requests,
+        "text_encoder_calls": gen.stats.text_encoder_calls,
+        "generate_ms_median": statistics.median(gen_ms),
+        "roundtrip_ms_median": statistics.median(rtt_ms),
+        "images_per_s_generate": 1e3 / statistics.median(gen_ms),
+        "images_per_s_roundtrip": len(rtt_ms) / (sum(rtt_ms) / 1e3),
+    }
 
 
 def main(argv=None) -> int:
@@ -68,15 +75,30 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(RESULTS_DIR / "realtime_demo_cpu.json"))
     args = p.parse_args(argv)
     rows = [run(s, t, args.requests, args.model) for s in args.steps for t in args.threads]
-    res = {"machine": machine_info(), "load_average_1min": os.getloadavg()[0], "command": " ".join(sys.argv),
-           "rows": rows}
+    res = {
+        "machine": machine_info(),
+        "load_average_1min": os.getloadavg()[0],
+        "command": " ".join(sys.argv),
+        "rows": rows,
+    }
     out = write_json(args.out, res)
-    md = (f"Machine: {describe(res['machine'])}; 1-min load average at the end {res['load_average_1min']:.1f}\n\n"
-          + markdown_table(["steps", "threads", "generate ms", "images/s (generate)", "round trip ms",
-                            "images/s (round trip)"],
-                           [[r["steps"], r["threads"], f"{r['generate_ms_median']:.1f}",
-                             f"{r['images_per_s_generate']:.1f}", f"{r['roundtrip_ms_median']:.1f}",
-                             f"{r['images_per_s_roundtrip']:.1f}"] for r in rows]))
+    md = (
+        f"Machine: {describe(res['machine'])}; 1-min load average at the end {res['load_average_1min']:.1f}\n\n"
+        + markdown_table(
+            ["steps", "threads", "generate ms", "images/s (generate)", "round trip ms", "images/s (round trip)"],
+            [
+                [
+                    r["steps"],
+                    r["threads"],
+                    f"{r['generate_ms_median']:.1f}",
+                    f"{r['images_per_s_generate']:.1f}",
+                    f"{r['roundtrip_ms_median']:.1f}",
+                    f"{r['images_per_s_roundtrip']:.1f}",
+                ]
+                for r in rows
+            ],
+        )
+    )
     write_text(Path(out).with_suffix(".md"), md + "\n")
     print(md)
     return 0

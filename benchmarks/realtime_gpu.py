@@ -42,22 +42,64 @@ from hypersd_models.specs import SPECS, build_unet
 
 TINY_NOTE = "TINY MODE: tiny random models on the CPU; the numbers verify the code path and mean nothing."
 
-CLIP_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-              max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
-CLIP_G = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
-              max_position_embeddings=77, hidden_act="gelu", projection_dim=1280)
-CLIP_TINY = dict(vocab_size=49408, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                 max_position_embeddings=77, projection_dim=32)
-VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-           up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-           latent_channels=4, norm_num_groups=32, force_upcast=False)
+CLIP_L = dict(
+    vocab_size=49408,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    projection_dim=768,
+)
+CLIP_G = dict(
+    vocab_size=49408,
+    hidden_size=1280,
+    intermediate_size=5120,
+    num_hidden_layers=32,
+    num_attention_heads=20,
+    max_position_embeddings=77,
+    hidden_act="gelu",
+    projection_dim=1280,
+)
+CLIP_TINY = dict(
+    vocab_size=49408,
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    max_position_embeddings=77,
+    projection_dim=32,
+)
+VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    latent_channels=4,
+    norm_num_groups=32,
+    force_upcast=False,
+)
 VAE_TINY = dict(VAE, block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=8)
-TAESD_TINY = dict(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
-                  num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1))
+TAESD_TINY = dict(
+    encoder_block_out_channels=(8, 8, 8, 8),
+    decoder_block_out_channels=(8, 8, 8, 8),
+    num_encoder_blocks=(1, 1, 1, 1),
+    num_decoder_blocks=(1, 1, 1, 1),
+)
 SCALING = {"sd15": 0.18215, "sdxl": 0.13025}
 # Dense bf16 tensor-core peak (TFLOP/s) and memory bandwidth (TB/s) from the vendors' data sheets.
-PEAKS = (("H200", 989.4, 4.8), ("H100 PCIe", 756.0, 2.0), ("H100 NVL", 835.0, 3.9), ("H100", 989.4, 3.35),
-         ("A100", 312.0, 2.0), ("L40S", 362.0, 0.864), ("4090", 165.2, 1.008))
+PEAKS = (
+    ("H200", 989.4, 4.8),
+    ("H100 PCIe", 756.0, 2.0),
+    ("H100 NVL", 835.0, 3.9),
+    ("H100", 989.4, 3.35),
+    ("A100", 312.0, 2.0),
+    ("L40S", 362.0, 0.864),
+    ("4090", 165.2, 1.008),
+)
 
 
 # -- models ---------------------------------------------------------------------------------------
@@ -75,10 +117,11 @@ def build_components(name: str, tiny: bool, device, dtype):
         if name == "sd15":
             encs = [CLIPTextModel(CLIPTextConfig(**(dict(CLIP_TINY, hidden_size=32) if tiny else CLIP_L)))]
         else:
-            encs = [CLIPTextModel(CLIPTextConfig(**(CLIP_TINY if tiny else CLIP_L))),
-                    CLIPTextModelWithProjection(CLIPTextConfig(**(CLIP_TINY if tiny else CLIP_G)))]
-        vae = AutoencoderKL(**(VAE_TINY if tiny else VAE), scaling_factor=SCALING[name],
-                            sample_size=spec.resolution)
+            encs = [
+                CLIPTextModel(CLIPTextConfig(**(CLIP_TINY if tiny else CLIP_L))),
+                CLIPTextModelWithProjection(CLIPTextConfig(**(CLIP_TINY if tiny else CLIP_G))),
+            ]
+        vae = AutoencoderKL(**(VAE_TINY if tiny else VAE), scaling_factor=SCALING[name], sample_size=spec.resolution)
         taesd = AutoencoderTiny(**(TAESD_TINY if tiny else {}))
     unet = build_unet(spec, device=device, dtype=dtype)
     mods = [*encs, vae, taesd]
@@ -187,8 +230,10 @@ def component_rows(name, parts, device, dtype, args, peaks) -> dict:
     added = None
     if name == "sdxl":
         r = spec.resolution
-        added = {"text_embeds": cond["text_embeds"].to(dtype),
-                 "time_ids": torch.tensor([[r, r, 0, 0, r, r]], device=device, dtype=dtype)}
+        added = {
+            "text_embeds": cond["text_embeds"].to(dtype),
+            "time_ids": torch.tensor([[r, r, 0, 0, r, r]], device=device, dtype=dtype),
+        }
     ehs = cond["encoder_hidden_states"].to(dtype)
     calls = {
         "text_encoder": (lambda: enc.encode_ids(*ids), encs),
@@ -257,20 +302,33 @@ def e2e_rows(name, parts, device, dtype, args, peaks, component_flops) -> dict:
                 kw = {}
                 if variant == "compiled":
                     kw = {"compile": args.mode if args.backend == "inductor" else None, "backend": args.backend}
-                gen = Generator(unet, enc, decoder_of(dec_module), dtype=dtype, device=device,
-                                sdxl=name == "sdxl", steps=1, timestep=999, **kw)
+                gen = Generator(
+                    unet,
+                    enc,
+                    decoder_of(dec_module),
+                    dtype=dtype,
+                    device=device,
+                    sdxl=name == "sdxl",
+                    steps=1,
+                    timestep=999,
+                    **kw,
+                )
                 prompts = _prompts(key)
                 t0 = time.perf_counter()
                 for _ in range(3):
                     gen.generate(next(prompts), height=res, width=res)
                 row["first_3_calls_s"] = time.perf_counter() - t0
                 before = gen.stats.text_encoder_calls
-                row["fresh_prompt"] = time_calls(lambda: gen.generate(next(prompts), height=res, width=res),
-                                                 device, args.warmup, args.iters)
-                row["text_encoder_calls_per_image"] = (gen.stats.text_encoder_calls - before) / (args.warmup + args.iters)
+                row["fresh_prompt"] = time_calls(
+                    lambda: gen.generate(next(prompts), height=res, width=res), device, args.warmup, args.iters
+                )
+                row["text_encoder_calls_per_image"] = (gen.stats.text_encoder_calls - before) / (
+                    args.warmup + args.iters
+                )
                 row["fresh_prompt"]["images_per_s"] = 1e3 / row["fresh_prompt"]["ms"]
-                row["cached_prompt"] = time_calls(lambda: gen.generate("same prompt", height=res, width=res),
-                                                  device, args.warmup, args.iters)
+                row["cached_prompt"] = time_calls(
+                    lambda: gen.generate("same prompt", height=res, width=res), device, args.warmup, args.iters
+                )
                 row["cached_prompt"]["images_per_s"] = 1e3 / row["cached_prompt"]["ms"]
                 row["peak_gib"] = peak_gib(device)
                 row["compile_status"] = gen.stats.compile_status
@@ -282,9 +340,13 @@ def e2e_rows(name, parts, device, dtype, args, peaks, component_flops) -> dict:
                     row["recapture_s"] = time.perf_counter() - t0
                     row["recapture_shape"] = [h2, res]
                     row["back_to_first_shape"] = time_calls(
-                        lambda: gen.generate(next(prompts), height=res, width=res), device, 1, max(3, args.iters // 4))
-                flops = component_flops.get("text_encoder", 0) + component_flops.get("unet", 0) + \
-                    component_flops.get("vae_decode" if vae_name == "full_vae" else "taesd_decode", 0)
+                        lambda: gen.generate(next(prompts), height=res, width=res), device, 1, max(3, args.iters // 4)
+                    )
+                flops = (
+                    component_flops.get("text_encoder", 0)
+                    + component_flops.get("unet", 0)
+                    + component_flops.get("vae_decode" if vae_name == "full_vae" else "taesd_decode", 0)
+                )
                 if peaks.get("bf16_tflops") and flops:
                     floor = flops / (peaks["bf16_tflops"] * 1e12) * 1e3
                     row["flop_floor_ms"] = floor
@@ -305,24 +367,49 @@ def diffusers_row(name, parts, device, dtype, args) -> dict:
     spec, enc, unet, vae, _, toks, encs = parts
     row = {}
     try:
-        sched = diffusers.TCDScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       timestep_spacing="trailing", steps_offset=1)
+        sched = diffusers.TCDScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            timestep_spacing="trailing",
+            steps_offset=1,
+        )
         if name == "sd15":
-            pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=encs[0], tokenizer=toks[0], unet=unet,
-                                                     scheduler=sched, safety_checker=None, feature_extractor=None,
-                                                     requires_safety_checker=False)
+            pipe = diffusers.StableDiffusionPipeline(
+                vae=vae,
+                text_encoder=encs[0],
+                tokenizer=toks[0],
+                unet=unet,
+                scheduler=sched,
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
+            )
         else:
-            pipe = diffusers.StableDiffusionXLPipeline(vae=vae, text_encoder=encs[0], text_encoder_2=encs[1],
-                                                       tokenizer=toks[0], tokenizer_2=toks[1], unet=unet,
-                                                       scheduler=sched)
+            pipe = diffusers.StableDiffusionXLPipeline(
+                vae=vae,
+                text_encoder=encs[0],
+                text_encoder_2=encs[1],
+                tokenizer=toks[0],
+                tokenizer_2=toks[1],
+                unet=unet,
+                scheduler=sched,
+            )
         pipe.set_progress_bar_config(disable=True)
         res = spec.resolution
         prompts = _prompts("diffusers")
         gen = torch.Generator(device).manual_seed(0)
 
         def run():
-            return pipe(next(prompts), num_inference_steps=1, guidance_scale=0.0, height=res, width=res,
-                        generator=gen, output_type="np").images
+            return pipe(
+                next(prompts),
+                num_inference_steps=1,
+                guidance_scale=0.0,
+                height=res,
+                width=res,
+                generator=gen,
+                output_type="np",
+            ).images
 
         reset_peak(device)
         with torch.no_grad():
@@ -350,8 +437,11 @@ def verdicts(name: str, e2e: dict) -> dict:
             continue
         if name == "sd15":
             target = TARGETS[name][f"{vae_name}_images_per_s"]
-            out[vae_name] = {"images_per_s": r["images_per_s"], "target_images_per_s": target,
-                             "met": r["images_per_s"] >= target}
+            out[vae_name] = {
+                "images_per_s": r["images_per_s"],
+                "target_images_per_s": target,
+                "met": r["images_per_s"] >= target,
+            }
         else:
             target = TARGETS[name][f"{vae_name}_ms"]
             out[vae_name] = {"ms": r["ms"], "target_ms": target, "met": r["ms"] <= target}
@@ -378,23 +468,66 @@ def tables(results: dict) -> str:
             if "error" in c:
                 rows.append([comp, "ERROR " + c["error"][:80], "", "", "", "", ""])
                 continue
-            rows.append([comp, _f(c["eager"]["ms"]), _f(c.get("compiled", {}).get("ms")), _f(c.get("speedup")),
-                         _f(c.get("compile_s")), _f(c.get("tflop")), _f(c.get("flop_floor_ms"))])
-        md.append(markdown_table(["component", "eager ms", "compiled ms", "speedup", "compile s", "TFLOP",
-                                  "FLOP floor ms"], rows))
+            rows.append(
+                [
+                    comp,
+                    _f(c["eager"]["ms"]),
+                    _f(c.get("compiled", {}).get("ms")),
+                    _f(c.get("speedup")),
+                    _f(c.get("compile_s")),
+                    _f(c.get("tflop")),
+                    _f(c.get("flop_floor_ms")),
+                ]
+            )
+        md.append(
+            markdown_table(
+                ["component", "eager ms", "compiled ms", "speedup", "compile s", "TFLOP", "FLOP floor ms"], rows
+            )
+        )
         rows = []
         for key, e in r.get("end_to_end", {}).items():
             if "error" in e:
                 rows.append([key, "ERROR " + e["error"][:80], "", "", "", "", ""])
                 continue
             fp, cp = e["fresh_prompt"], e["cached_prompt"]
-            rows.append([key, _f(fp["ms"]), _f(fp["images_per_s"]), _f(cp["images_per_s"]),
-                         _f(e.get("first_3_calls_s")), _f(e.get("recapture_s")), _f(e.get("peak_gib"))])
+            rows.append(
+                [
+                    key,
+                    _f(fp["ms"]),
+                    _f(fp["images_per_s"]),
+                    _f(cp["images_per_s"]),
+                    _f(e.get("first_3_calls_s")),
+                    _f(e.get("recapture_s")),
+                    _f(e.get("peak_gib")),
+                ]
+            )
         d = r.get("diffusers_tcd", {})
-        rows.append(["diffusers TCD pipeline (eager)", _f(d.get("fresh_prompt", {}).get("ms")),
-                     _f(d.get("fresh_prompt", {}).get("images_per_s")), "-", "-", "-", _f(d.get("peak_gib"))])
-        md.append("\n" + markdown_table(["prompt -> image", "ms (fresh prompt)", "images/s", "images/s (cached)",
-                                         "first 3 calls s", "re-capture s", "peak GiB"], rows))
+        rows.append(
+            [
+                "diffusers TCD pipeline (eager)",
+                _f(d.get("fresh_prompt", {}).get("ms")),
+                _f(d.get("fresh_prompt", {}).get("images_per_s")),
+                "-",
+                "-",
+                "-",
+                _f(d.get("peak_gib")),
+            ]
+        )
+        md.append(
+            "\n"
+            + markdown_table(
+                [
+                    "prompt -> image",
+                    "ms (fresh prompt)",
+                    "images/s",
+                    "images/s (cached)",
+                    "first 3 calls s",
+                    "re-capture s",
+                    "peak GiB",
+                ],
+                rows,
+            )
+        )
         md.append(f"\nTargets: {r.get('targets', '-')}\n")
     return "\n".join(md) + "\n"
 
@@ -408,13 +541,26 @@ def parse_args(argv=None):
     p.add_argument("--backend", default=None, help="default: inductor (GPU) / eager (--tiny)")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--iters", type=int, default=None)
-    p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS,
-                   help="run some sections only (end_to_end needs the components' FLOPs: runs them if absent)")
-    p.add_argument("--vae", nargs="+", default=["full", "tiny"], choices=["full", "tiny"],
-                   help="end_to_end: which decoders (split a long run in two calls)")
+    p.add_argument(
+        "--sections",
+        nargs="+",
+        default=list(SECTIONS),
+        choices=SECTIONS,
+        help="run some sections only (end_to_end needs the components' FLOPs: runs them if absent)",
+    )
+    p.add_argument(
+        "--vae",
+        nargs="+",
+        default=["full", "tiny"],
+        choices=["full", "tiny"],
+        help="end_to_end: which decoders (split a long run in two calls)",
+    )
     p.add_argument("--merge", action="store_true", help="add to the existing --out file instead of replacing it")
-    p.add_argument("--tuned", action="store_true",
-                   help="fused QKV + channels-last UNet/VAE and diffusers' inductor settings (all variants)")
+    p.add_argument(
+        "--tuned",
+        action="store_true",
+        help="fused QKV + channels-last UNet/VAE and diffusers' inductor settings (all variants)",
+    )
     p.add_argument("--no-compile", action="store_true", help="eager variants only (fast CI check of --tiny)")
     p.add_argument("--peak-tflops", type=float, default=None, help="override the device's bf16 peak")
     p.add_argument("--out", default=None, help="JSON path (default results/realtime_gpu[_tiny].json)")
@@ -436,9 +582,16 @@ def main(argv=None) -> int:
     if args.tiny:
         torch.set_num_threads(min(2, torch.get_num_threads()))
     peaks = device_peaks(device, args.peak_tflops)
-    results = {"machine": machine_info(), "tiny": args.tiny, "dtype": str(dtype).replace("torch.", ""),
-               "mode": args.mode, "backend": args.backend, "peaks": peaks, "command": " ".join(sys.argv),
-               "models": {}}
+    results = {
+        "machine": machine_info(),
+        "tiny": args.tiny,
+        "dtype": str(dtype).replace("torch.", ""),
+        "mode": args.mode,
+        "backend": args.backend,
+        "peaks": peaks,
+        "command": " ".join(sys.argv),
+        "models": {},
+    }
     out = Path(args.out or RESULTS_DIR / ("realtime_gpu_tiny.json" if args.tiny else "realtime_gpu.json"))
     if args.merge and out.is_file():  # sections run as separate commands add up in one file
         previous = json.loads(out.read_text())

@@ -134,8 +134,10 @@ def hypersd_sampler(unet, spec: ModelSpec, cond, added, eta: float, schedule: VP
         sigmas = get_sigmas_tscd(steps, schedule, spacing="tcd").to(z.device)
         x = unit_noise_to_ve(z.float(), sigmas[0])
         ns = noise_sampler(x) if noise_sampler else seeded_noise_sampler(x, 0)
-        return sample_tscd(model, x, sigmas, extra_args=extra, eta=eta, noise_sampler=ns, schedule=schedule,
-                           disable=True)
+        return sample_tscd(
+            model, x, sigmas, extra_args=extra, eta=eta, noise_sampler=ns, schedule=schedule, disable=True
+        )
+
     return run, model, extra
 
 
@@ -143,34 +145,70 @@ def diffusers_pipeline(unet, spec: ModelSpec):
     """diffusers' SD/SDXL pipeline with TCDScheduler around ``unet`` (no text encoders: embeddings are passed)."""
     from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, TCDScheduler
 
-    sched = TCDScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", set_alpha_to_one=False,
-                         steps_offset=1, clip_sample=False)
+    sched = TCDScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        set_alpha_to_one=False,
+        steps_offset=1,
+        clip_sample=False,
+    )
     # A minimal 4-level VAE gives the pipeline its scale factor 8; it is never run (output_type="latent").
-    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=8,
-                        layers_per_block=1).to(next(unet.parameters()).device)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8, 8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+    ).to(next(unet.parameters()).device)
     if spec.pooled_dim:
-        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=None, text_encoder_2=None, tokenizer=None,
-                                         tokenizer_2=None, unet=unet, scheduler=sched)
+        pipe = StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=None,
+            text_encoder_2=None,
+            tokenizer=None,
+            tokenizer_2=None,
+            unet=unet,
+            scheduler=sched,
+        )
     else:
-        pipe = StableDiffusionPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet, scheduler=sched,
-                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipe = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=None,
+            tokenizer=None,
+            unet=unet,
+            scheduler=sched,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 def run_pipeline(pipe, spec: ModelSpec, z, cond, added, steps: int, eta: float, resolution: int):
     px = spec.latent_size(resolution) * pipe.vae_scale_factor  # pixel-space models: latents = pixels
-    kw = dict(prompt_embeds=cond, num_inference_steps=steps, guidance_scale=1.0, eta=eta, latents=z,
-              output_type="latent", return_dict=False, height=px, width=px,
-              generator=torch.Generator(device=z.device).manual_seed(0))
+    kw = dict(
+        prompt_embeds=cond,
+        num_inference_steps=steps,
+        guidance_scale=1.0,
+        eta=eta,
+        latents=z,
+        output_type="latent",
+        return_dict=False,
+        height=px,
+        width=px,
+        generator=torch.Generator(device=z.device).manual_seed(0),
+    )
     if spec.pooled_dim:
         kw["pooled_prompt_embeds"] = added["text_embeds"]
     return pipe(**kw)[0]
 
 
-def inference_section(spec: ModelSpec, *, device, dtype, resolution: int, steps_list, eta: float, warmup: int,
-                      iters: int) -> list[dict]:
+def inference_section(
+    spec: ModelSpec, *, device, dtype, resolution: int, steps_list, eta: float, warmup: int, iters: int
+) -> list[dict]:
     schedule = VPSchedule.scaled_linear()
     unet = build_unet(spec, device=device, dtype=dtype)
     cond, added = conditioning(spec, 1, device, dtype, resolution)
@@ -191,8 +229,14 @@ def inference_section(spec: ModelSpec, *, device, dtype, resolution: int, steps_
         for steps in steps_list:
             for name, fn in (
                 ("hypersd_core sample_tscd (seeded CPU noise)", lambda: ours(z, steps)),
-                ("hypersd_core sample_tscd (device noise)", lambda: ours(z, steps, lambda x: device_noise_sampler(x, 0))),
-                ("diffusers pipeline + TCDScheduler", lambda: run_pipeline(pipe, spec, z, cond, added, steps, eta, resolution)),
+                (
+                    "hypersd_core sample_tscd (device noise)",
+                    lambda: ours(z, steps, lambda x: device_noise_sampler(x, 0)),
+                ),
+                (
+                    "diffusers pipeline + TCDScheduler",
+                    lambda: run_pipeline(pipe, spec, z, cond, added, steps, eta, resolution),
+                ),
             ):
                 with torch.no_grad():
                     fn()  # warm-up (allocator, cuDNN autotune)
@@ -200,10 +244,21 @@ def inference_section(spec: ModelSpec, *, device, dtype, resolution: int, steps_
                     wall = timed(fn, device, warmup, iters)
                     unet_total = timer.seconds() / (warmup + iters)
                     calls = timer.calls / (warmup + iters)
-                rows.append(dict(model=spec.name, resolution=resolution, steps=steps, path=name, batch=1,
-                                 seconds_per_image=wall, unet_calls_per_image=calls, unet_seconds_per_image=unet_total,
-                                 overhead_seconds_per_image=wall - unet_total,
-                                 overhead_share=(wall - unet_total) / wall, unet_call_seconds_isolated=unet_s))
+                rows.append(
+                    dict(
+                        model=spec.name,
+                        resolution=resolution,
+                        steps=steps,
+                        path=name,
+                        batch=1,
+                        seconds_per_image=wall,
+                        unet_calls_per_image=calls,
+                        unet_seconds_per_image=unet_total,
+                        overhead_seconds_per_image=wall - unet_total,
+                        overhead_share=(wall - unet_total) / wall,
+                        unet_call_seconds_isolated=unet_s,
+                    )
+                )
             rows.append(sampler_math_row(spec, resolution, steps, eta, schedule, device, warmup, iters, unet_s))
     finally:
         timer.remove()
@@ -219,17 +274,37 @@ def sampler_math_row(spec, resolution, steps, eta, schedule, device, warmup, ite
     sigmas = get_sigmas_tscd(steps, schedule, spacing="tcd").to(device)
     ns = device_noise_sampler(x, 0)
     null_model = lambda xx, s: x0  # noqa: E731
-    s_math = event_timed(lambda: sample_tscd(null_model, x, sigmas, eta=eta, noise_sampler=ns, schedule=schedule,
-                                             disable=True), device, warmup, iters) / steps
+    s_math = (
+        event_timed(
+            lambda: sample_tscd(null_model, x, sigmas, eta=eta, noise_sampler=ns, schedule=schedule, disable=True),
+            device,
+            warmup,
+            iters,
+        )
+        / steps
+    )
     eps0 = torch.zeros_like(x)
     wrapper = DiscreteVPDenoiser(lambda xv, t: eps0, schedule, "epsilon")
-    s_wrap = event_timed(lambda: sample_tscd(wrapper, x, sigmas, eta=eta, noise_sampler=ns, schedule=schedule,
-                                             disable=True), device, warmup, iters) / steps
-    return dict(model=spec.name, resolution=resolution, steps=steps, path="sampler math alone (per step)",
-                sampler_seconds_per_step=s_math, sampler_plus_wrapper_seconds_per_step=s_wrap,
-                unet_call_seconds_isolated=unet_s,
-                sampler_share_of_step=s_math / (s_math + unet_s),
-                sampler_plus_wrapper_share_of_step=s_wrap / (s_wrap + unet_s))
+    s_wrap = (
+        event_timed(
+            lambda: sample_tscd(wrapper, x, sigmas, eta=eta, noise_sampler=ns, schedule=schedule, disable=True),
+            device,
+            warmup,
+            iters,
+        )
+        / steps
+    )
+    return dict(
+        model=spec.name,
+        resolution=resolution,
+        steps=steps,
+        path="sampler math alone (per step)",
+        sampler_seconds_per_step=s_math,
+        sampler_plus_wrapper_seconds_per_step=s_wrap,
+        unet_call_seconds_isolated=unet_s,
+        sampler_share_of_step=s_math / (s_math + unet_s),
+        sampler_plus_wrapper_share_of_step=s_wrap / (s_wrap + unet_s),
+    )
 
 
 # -- compile ------------------------------------------------------------------------------------
@@ -249,15 +324,27 @@ def compile_section(spec: ModelSpec, *, device, dtype, resolution: int, steps: i
     def loop_fn(model, extra):
         def loop(xx, sig):
             it = iter(range(steps))
-            return sample_tscd(model, xx, sig, extra_args=extra, eta=eta,
-                               noise_sampler=lambda s, sn: step_noise[next(it)], schedule=schedule, disable=True)
+            return sample_tscd(
+                model,
+                xx,
+                sig,
+                extra_args=extra,
+                eta=eta,
+                noise_sampler=lambda s, sn: step_noise[next(it)],
+                schedule=schedule,
+                disable=True,
+            )
+
         return loop
 
     def check(loop) -> dict:
         dynamo.reset()
         e = dynamo.explain(loop)(x, sigmas)
-        res = {"explain_graph_count": e.graph_count, "explain_graph_break_count": e.graph_break_count,
-               "explain_break_reasons": sorted({str(b.reason).splitlines()[0][:160] for b in e.break_reasons})}
+        res = {
+            "explain_graph_count": e.graph_count,
+            "explain_graph_break_count": e.graph_break_count,
+            "explain_break_reasons": sorted({str(b.reason).splitlines()[0][:160] for b in e.break_reasons}),
+        }
         dynamo.reset()
         try:
             got = torch.compile(loop, fullgraph=True, backend="eager")(x, sigmas)
@@ -290,8 +377,16 @@ def _compiled_run(model, extra, x, sigmas, eta, schedule, device) -> dict:
 
     def loop(xx):
         it = iter(range(len(sigmas)))
-        return sample_tscd(model, xx, sigmas, extra_args=extra, eta=eta,
-                           noise_sampler=lambda s, sn: step_noise[next(it)], schedule=schedule, disable=True)
+        return sample_tscd(
+            model,
+            xx,
+            sigmas,
+            extra_args=extra,
+            eta=eta,
+            noise_sampler=lambda s, sn: step_noise[next(it)],
+            schedule=schedule,
+            disable=True,
+        )
 
     res: dict = {}
     with torch.no_grad():
@@ -308,6 +403,7 @@ def _compiled_run(model, extra, x, sigmas, eta, schedule, device) -> dict:
             def call():
                 torch.compiler.cudagraph_mark_step_begin()
                 return fn(x)
+
             res["compiled_cudagraph_seconds"] = timed(call, device, 2, 10)
             torch.cuda.set_sync_debug_mode("error")
             try:
@@ -321,41 +417,96 @@ def _compiled_run(model, extra, x, sigmas, eta, schedule, device) -> dict:
 
 
 # -- training -----------------------------------------------------------------------------------
-def training_section(spec: ModelSpec, *, device, mixed_precision, dtype, batch: int, resolution: int, rank: int,
-                     methods, gradient_checkpointing, warmup: int, iters: int) -> list[dict]:
+def training_section(
+    spec: ModelSpec,
+    *,
+    device,
+    mixed_precision,
+    dtype,
+    batch: int,
+    resolution: int,
+    rank: int,
+    methods,
+    gradient_checkpointing,
+    warmup: int,
+    iters: int,
+) -> list[dict]:
     from .train_harness import measure_method
 
     rows = []
     for gc in gradient_checkpointing:
         for method in methods:
             try:
-                r = measure_method(method, spec, batch=batch, resolution=resolution, device=device,
-                                   mixed_precision=mixed_precision, weight_dtype=dtype, rank=rank,
-                                   gradient_checkpointing=gc, warmup=warmup, iters=iters,
-                                   segments=2 if method == "tscd_adv" else 8, adv_weight=0.1)
+                r = measure_method(
+                    method,
+                    spec,
+                    batch=batch,
+                    resolution=resolution,
+                    device=device,
+                    mixed_precision=mixed_precision,
+                    weight_dtype=dtype,
+                    rank=rank,
+                    gradient_checkpointing=gc,
+                    warmup=warmup,
+                    iters=iters,
+                    segments=2 if method == "tscd_adv" else 8,
+                    adv_weight=0.1,
+                )
             except Exception as e:  # a failing method is a result: the table says so
-                r = dict(method=method, model=spec.name, batch=batch, resolution=resolution, gradient_checkpointing=gc,
-                         error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
+                r = dict(
+                    method=method,
+                    model=spec.name,
+                    batch=batch,
+                    resolution=resolution,
+                    gradient_checkpointing=gc,
+                    error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}",
+                )
                 traceback.print_exc(file=sys.stderr)
             rows.append(r)
             print(f"  training {spec.name} {method} gc={gc}: {_short(r)}", flush=True)
     return rows
 
 
-def scaling_section(spec: ModelSpec, *, device, mixed_precision, dtype, batches, resolutions, rank: int,
-                    gradient_checkpointing: bool, warmup: int, iters: int) -> list[dict]:
+def scaling_section(
+    spec: ModelSpec,
+    *,
+    device,
+    mixed_precision,
+    dtype,
+    batches,
+    resolutions,
+    rank: int,
+    gradient_checkpointing: bool,
+    warmup: int,
+    iters: int,
+) -> list[dict]:
     from .train_harness import measure_method
 
     rows = []
     for res in resolutions:
         for b in batches:
             try:
-                r = measure_method("tscd", spec, batch=b, resolution=res, device=device, mixed_precision=mixed_precision,
-                                   weight_dtype=dtype, rank=rank, gradient_checkpointing=gradient_checkpointing,
-                                   warmup=warmup, iters=iters)
+                r = measure_method(
+                    "tscd",
+                    spec,
+                    batch=b,
+                    resolution=res,
+                    device=device,
+                    mixed_precision=mixed_precision,
+                    weight_dtype=dtype,
+                    rank=rank,
+                    gradient_checkpointing=gradient_checkpointing,
+                    warmup=warmup,
+                    iters=iters,
+                )
             except Exception as e:
-                r = dict(method="tscd", model=spec.name, batch=b, resolution=res,
-                         error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
+                r = dict(
+                    method="tscd",
+                    model=spec.name,
+                    batch=b,
+                    resolution=res,
+                    error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}",
+                )
             rows.append(r)
             print(f"  scaling {spec.name} {res}px batch {b}: {_short(r)}", flush=True)
     return rows
@@ -384,13 +535,20 @@ def flop_estimates() -> dict:
         cond, added = conditioning(spec, 1, "meta", torch.bfloat16)
         x = torch.empty(1, 4, spec.latent, spec.latent, device="meta", dtype=torch.bfloat16)
         with FlopCounterMode(display=False) as fc:
-            unet(x, torch.tensor([999], device="meta"), encoder_hidden_states=cond,
-                 **({"added_cond_kwargs": added} if added else {}))
+            unet(
+                x,
+                torch.tensor([999], device="meta"),
+                encoder_hidden_states=cond,
+                **({"added_cond_kwargs": added} if added else {}),
+            )
         params = sum(p.numel() for p in unet.parameters())
         lora = add_lora(unet, 64, None, LoraConfig().target_modules)
-        out[name] = {"resolution": spec.resolution, "unet_params": params,
-                     "unet_forward_tflop_per_image": fc.get_total_flops() / 1e12,
-                     "lora_rank64_params": sum(p.numel() for p in lora)}
+        out[name] = {
+            "resolution": spec.resolution,
+            "unet_params": params,
+            "unet_forward_tflop_per_image": fc.get_total_flops() / 1e12,
+            "lora_rank64_params": sum(p.numel() for p in lora),
+        }
     return out
 
 
@@ -407,18 +565,29 @@ def step_flop_multipliers(solver_steps: int = 40, segments=(8, 4, 2, 1)) -> dict
     batched pass (2), target only on non-boundary rows (1 - k/N averaged over the stages).
     LCM-LoRA (diffusers example): student fwd+bwd, teacher cond, teacher uncond, target."""
     inner = sum(1 - k / solver_steps for k in segments) / len(segments)
-    return {"tscd": 2 + 2 + inner, "tscd_gc": 3 + 2 + inner, "lcm": 5.0, "lcm_gc": 6.0,
-            # generator pass through the teacher's down+mid blocks with input grads, then the
-            # discriminator update on real+fake features: about 2 more forwards of that half UNet
-            "adversarial_extra_approx": 2.0, "target_inner_fraction": inner}
+    return {
+        "tscd": 2 + 2 + inner,
+        "tscd_gc": 3 + 2 + inner,
+        "lcm": 5.0,
+        "lcm_gc": 6.0,
+        # generator pass through the teacher's down+mid blocks with input grads, then the
+        # discriminator update on real+fake features: about 2 more forwards of that half UNet
+        "adversarial_extra_approx": 2.0,
+        "target_inner_fraction": inner,
+    }
 
 
 def estimates() -> dict:
     """FLOP-based throughput and multi-node plan for batch 512: estimates, not measurements."""
     fl = flop_estimates()
     mult = step_flop_multipliers()
-    out = {"flops": fl, "step_flop_multipliers": mult, "peak_bf16_tflops": PEAK_BF16_TFLOPS,
-           "assumed_mfu": ASSUMED_MFU, "models": {}}
+    out = {
+        "flops": fl,
+        "step_flop_multipliers": mult,
+        "peak_bf16_tflops": PEAK_BF16_TFLOPS,
+        "assumed_mfu": ASSUMED_MFU,
+        "models": {},
+    }
     for name, f in fl.items():
         F = f["unet_forward_tflop_per_image"]
         m = {}
@@ -427,15 +596,19 @@ def estimates() -> dict:
             tscd = eff / (mult["tscd_gc"] * F)
             lcm = eff / (mult["lcm_gc"] * F)
             samples_stage = 4000 * 512  # one stage of the presets: 4000 steps at global batch 512
-            m[gpu] = {"tscd_samples_per_s_per_gpu": tscd, "lcm_samples_per_s_per_gpu": lcm,
-                      "tscd_over_lcm": tscd / lcm,
-                      "gpu_hours_per_stage_4000x512": samples_stage / tscd / 3600,
-                      "step_seconds_batch512_on_64_gpus": 512 / (64 * tscd)}
+            m[gpu] = {
+                "tscd_samples_per_s_per_gpu": tscd,
+                "lcm_samples_per_s_per_gpu": lcm,
+                "tscd_over_lcm": tscd / lcm,
+                "gpu_hours_per_stage_4000x512": samples_stage / tscd / 3600,
+                "step_seconds_batch512_on_64_gpus": 512 / (64 * tscd),
+            }
         lora_bytes = f["lora_rank64_params"] * 4
         m["lora_allreduce_mb_fp32"] = lora_bytes / 2**20
         m["static_memory_gib_batch1"] = {  # weights + LoRA (fp32 weight, grad, AdamW m/v, EMA)
             "base_weights_bf16": f["unet_params"] * 2 / 2**30,
-            "lora_train_state": f["lora_rank64_params"] * 20 / 2**30}
+            "lora_train_state": f["lora_rank64_params"] * 20 / 2**30,
+        }
         out["models"][name] = m
     return out
 
@@ -448,44 +621,105 @@ def tables(results: dict) -> str:
     inf = [r for r in results.get("inference", []) if "seconds_per_image" in r]
     if inf:
         md.append("### Inference (batch 1, cfg 1, eta 0.3, TCD timesteps)\n")
-        md.append(markdown_table(
-            ["model", "steps", "path", "ms/image", "UNet calls", "UNet ms", "overhead ms", "overhead share"],
-            [[r["model"], r["steps"], r["path"], 1e3 * r["seconds_per_image"], r["unet_calls_per_image"],
-              1e3 * r["unet_seconds_per_image"], 1e3 * r["overhead_seconds_per_image"],
-              f"{100 * r['overhead_share']:.2f}%"] for r in inf]))
+        md.append(
+            markdown_table(
+                ["model", "steps", "path", "ms/image", "UNet calls", "UNet ms", "overhead ms", "overhead share"],
+                [
+                    [
+                        r["model"],
+                        r["steps"],
+                        r["path"],
+                        1e3 * r["seconds_per_image"],
+                        r["unet_calls_per_image"],
+                        1e3 * r["unet_seconds_per_image"],
+                        1e3 * r["overhead_seconds_per_image"],
+                        f"{100 * r['overhead_share']:.2f}%",
+                    ]
+                    for r in inf
+                ],
+            )
+        )
         sm = [r for r in results["inference"] if "sampler_seconds_per_step" in r]
         md.append("\nSampler math alone (zero-cost model), per step, vs one isolated UNet call:\n\n")
-        md.append(markdown_table(
-            ["model", "steps", "sampler µs/step", "sampler+wrapper µs/step", "UNet ms/call", "sampler share",
-             "sampler+wrapper share"],
-            [[r["model"], r["steps"], 1e6 * r["sampler_seconds_per_step"], 1e6 * r["sampler_plus_wrapper_seconds_per_step"],
-              1e3 * r["unet_call_seconds_isolated"], f"{100 * r['sampler_share_of_step']:.3f}%",
-              f"{100 * r['sampler_plus_wrapper_share_of_step']:.3f}%"] for r in sm]))
+        md.append(
+            markdown_table(
+                [
+                    "model",
+                    "steps",
+                    "sampler µs/step",
+                    "sampler+wrapper µs/step",
+                    "UNet ms/call",
+                    "sampler share",
+                    "sampler+wrapper share",
+                ],
+                [
+                    [
+                        r["model"],
+                        r["steps"],
+                        1e6 * r["sampler_seconds_per_step"],
+                        1e6 * r["sampler_plus_wrapper_seconds_per_step"],
+                        1e3 * r["unet_call_seconds_isolated"],
+                        f"{100 * r['sampler_share_of_step']:.3f}%",
+                        f"{100 * r['sampler_plus_wrapper_share_of_step']:.3f}%",
+                    ]
+                    for r in sm
+                ],
+            )
+        )
     if results.get("compile"):
         md.append("\n### torch.compile\n")
         for c in results["compile"]:
             for k, v in c.items():
                 if isinstance(v, dict):
-                    md.append(f"- {c['model']} {k}: torch.compile(fullgraph=True): {v['fullgraph_compile']}; "
-                              f"dynamo.explain: {v['explain_graph_count']} graph(s), {v['explain_graph_break_count']} "
-                              "break(s)" + (f" ({'; '.join(v['explain_break_reasons'])})" if v["explain_break_reasons"]
-                                            else "") + "\n")
+                    md.append(
+                        f"- {c['model']} {k}: torch.compile(fullgraph=True): {v['fullgraph_compile']}; "
+                        f"dynamo.explain: {v['explain_graph_count']} graph(s), {v['explain_graph_break_count']} "
+                        "break(s)"
+                        + (f" ({'; '.join(v['explain_break_reasons'])})" if v["explain_break_reasons"] else "")
+                        + "\n"
+                    )
                 elif k not in ("model", "steps", "eta"):
                     md.append(f"- {c['model']} {k}: {v}\n")
     for sec, title in (("training", "Training step (LoRA)"), ("scaling", "Scaling (TSCD step)")):
         rows = results.get(sec, [])
         if rows:
             md.append(f"\n### {title}\n")
-            md.append(markdown_table(
-                ["model", "method", "batch", "res", "grad ckpt", "samples/s", "s/step", "peak GiB", "note"],
-                [[r["model"], r["method"], r["batch"], r["resolution"], r.get("gradient_checkpointing", "-"),
-                  r.get("samples_per_s"), r.get("seconds_per_step"), r.get("peak_memory_gib"),
-                  r.get("error", "")[:80]] for r in rows]))
+            md.append(
+                markdown_table(
+                    ["model", "method", "batch", "res", "grad ckpt", "samples/s", "s/step", "peak GiB", "note"],
+                    [
+                        [
+                            r["model"],
+                            r["method"],
+                            r["batch"],
+                            r["resolution"],
+                            r.get("gradient_checkpointing", "-"),
+                            r.get("samples_per_s"),
+                            r.get("seconds_per_step"),
+                            r.get("peak_memory_gib"),
+                            r.get("error", "")[:80],
+                        ]
+                        for r in rows
+                    ],
+                )
+            )
     if results.get("flops"):
         md.append("\n### Analytic (FlopCounterMode, meta device)\n")
-        md.append(markdown_table(["model", "res", "UNet params (M)", "TFLOP / forward", "LoRA r64 params (M)"],
-                                 [[k, v["resolution"], v["unet_params"] / 1e6, v["unet_forward_tflop_per_image"],
-                                   v["lora_rank64_params"] / 1e6] for k, v in results["flops"].items()]))
+        md.append(
+            markdown_table(
+                ["model", "res", "UNet params (M)", "TFLOP / forward", "LoRA r64 params (M)"],
+                [
+                    [
+                        k,
+                        v["resolution"],
+                        v["unet_params"] / 1e6,
+                        v["unet_forward_tflop_per_image"],
+                        v["lora_rank64_params"] / 1e6,
+                    ]
+                    for k, v in results["flops"].items()
+                ],
+            )
+        )
     return "".join(md)
 
 
@@ -497,14 +731,20 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", default="1,2,4,8")
     ap.add_argument("--eta", type=float, default=0.3)
     ap.add_argument("--iters", type=int, default=None)
-    ap.add_argument("--estimate", action="store_true",
-                    help="no timing: FLOP counts (meta device) and the batch-512 plan estimates -> results/estimates.json")
+    ap.add_argument(
+        "--estimate",
+        action="store_true",
+        help="no timing: FLOP counts (meta device) and the batch-512 plan estimates -> results/estimates.json",
+    )
     ap.add_argument("--compile-unet", action="store_true", help="--tiny: also trace the sampler with the tiny UNet")
     ap.add_argument("--out", default=None, help="results JSON path (a .md table is written beside it)")
     args = ap.parse_args(argv)
     if args.estimate:
-        est = {"machine": machine_info(), "note": "analytic estimates (FlopCounterMode on the meta device and "
-               "assumed MFU), not measurements", **estimates()}
+        est = {
+            "machine": machine_info(),
+            "note": "analytic estimates (FlopCounterMode on the meta device and assumed MFU), not measurements",
+            **estimates(),
+        }
         out = Path(args.out) if args.out else RESULTS_DIR / "estimates.json"
         write_json(out, est)
         print(json.dumps(est["models"], indent=2))
@@ -523,29 +763,61 @@ def main(argv=None) -> int:
     if not tiny:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    results: dict = {"machine": machine_info(), "tiny": tiny, "note": TINY_NOTE if tiny else "", "argv": sys.argv[1:],
-                     "inference": [], "compile": [], "training": [], "scaling": []}
+    results: dict = {
+        "machine": machine_info(),
+        "tiny": tiny,
+        "note": TINY_NOTE if tiny else "",
+        "argv": sys.argv[1:],
+        "inference": [],
+        "compile": [],
+        "training": [],
+        "scaling": [],
+    }
     t_all = time.time()
     for name in models:
         spec = SPECS[name]
         res = 64 if tiny else spec.resolution
         if "inference" in sections:
             print(f"inference {name}", flush=True)
-            results["inference"] += inference_section(spec, device=device, dtype=dtype, resolution=res,
-                                                      steps_list=steps_list, eta=args.eta, warmup=warmup, iters=iters)
+            results["inference"] += inference_section(
+                spec,
+                device=device,
+                dtype=dtype,
+                resolution=res,
+                steps_list=steps_list,
+                eta=args.eta,
+                warmup=warmup,
+                iters=iters,
+            )
         if "compile" in sections:
             print(f"compile {name}", flush=True)
-            results["compile"].append(compile_section(spec, device=device, dtype=dtype, resolution=res,
-                                                      steps=min(4, max(steps_list)), eta=args.eta,
-                                                      full=not tiny or args.compile_unet))
+            results["compile"].append(
+                compile_section(
+                    spec,
+                    device=device,
+                    dtype=dtype,
+                    resolution=res,
+                    steps=min(4, max(steps_list)),
+                    eta=args.eta,
+                    full=not tiny or args.compile_unet,
+                )
+            )
         if "training" in sections:
             print(f"training {name}", flush=True)
             batch = 1 if (tiny or "sdxl" in name) else 4
             results["training"] += training_section(
-                spec, device=device, mixed_precision=mp, dtype=dtype, batch=batch, resolution=res,
-                rank=4 if tiny else 64, methods=("tscd", "lcm_shared", "lcm_copy", "tscd_adv"),
+                spec,
+                device=device,
+                mixed_precision=mp,
+                dtype=dtype,
+                batch=batch,
+                resolution=res,
+                rank=4 if tiny else 64,
+                methods=("tscd", "lcm_shared", "lcm_copy", "tscd_adv"),
                 gradient_checkpointing=(False, True) if not tiny or "sdxl" in name else (False,),
-                warmup=warmup, iters=iters if not tiny else 1)
+                warmup=warmup,
+                iters=iters if not tiny else 1,
+            )
         if "scaling" in sections:
             print(f"scaling {name}", flush=True)
             if tiny:
@@ -554,10 +826,18 @@ def main(argv=None) -> int:
                 batches, resolutions = (1, 2, 4), (768, 1024)
             else:
                 batches, resolutions = (1, 4, 8, 16), (512, 768)
-            results["scaling"] += scaling_section(spec, device=device, mixed_precision=mp, dtype=dtype,
-                                                  batches=batches, resolutions=resolutions, rank=4 if tiny else 64,
-                                                  gradient_checkpointing="sdxl" in name, warmup=warmup,
-                                                  iters=1 if tiny else 5)
+            results["scaling"] += scaling_section(
+                spec,
+                device=device,
+                mixed_precision=mp,
+                dtype=dtype,
+                batches=batches,
+                resolutions=resolutions,
+                rank=4 if tiny else 64,
+                gradient_checkpointing="sdxl" in name,
+                warmup=warmup,
+                iters=1 if tiny else 5,
+            )
     if "flops" in sections:
         results["flops"] = flop_estimates()
     results["seconds"] = round(time.time() - t_all, 1)

@@ -35,23 +35,41 @@ def main(argv=None) -> int:
     stages = {int(p.stem.rsplit("_k", 1)[1]): p for p in sorted((run / "lora").glob("stage*_tscd_k*.safetensors"))}
     final = run / "hypersd_lora.safetensors"
     if not final.is_file() or not stages:
-        print(f"{run} has no finished embedded run (hypersd_lora.safetensors, lora/stage*_tscd_k*.safetensors)",
-              file=sys.stderr)
+        print(
+            f"{run} has no finished embedded run (hypersd_lora.safetensors, lora/stage*_tscd_k*.safetensors)",
+            file=sys.stderr,
+        )
         return 2
     ev = Evaluator("embedded", a.per_digit, [a.seed], 25, 3.0)
-    plan = [(f"k={k} stage LoRA", str(p), [s for s in (1, 2, 4, 8) if s >= k // 2], 0.0)
-            for k, p in sorted(stages.items()) if k > 1]
-    plan += [(f"final LoRA eta {eta:g}", str(final), [1, 2, 4, 8] if eta == 0 else [4, 8], eta) for eta in (0.0, 0.5, 1.0)]
+    plan = [
+        (f"k={k} stage LoRA", str(p), [s for s in (1, 2, 4, 8) if s >= k // 2], 0.0)
+        for k, p in sorted(stages.items())
+        if k > 1
+    ]
+    plan += [
+        (f"final LoRA eta {eta:g}", str(final), [1, 2, 4, 8] if eta == 0 else [4, 8], eta) for eta in (0.0, 0.5, 1.0)
+    ]
     rows = []
     for name, path, ks, eta in plan:
         for k, v in ev.rows(path, ks, 1.0, eta).items():
             r = {key: round(float(v[0][key]), 4) for key in ("adherence", "frechet_teacher", "trajectory_error")}
             rows.append(dict(lora=name, steps=k, **r))
-            print(f"{name:<22} {k} steps: adherence {r['adherence']:.3f}  Frechet->teacher {r['frechet_teacher']:.2f}  "
-                  f"traj.err {r['trajectory_error']:.4f}", flush=True)
-    write_json(a.out, {"machine": machine_info(), "run": str(run), "samples": 10 * a.per_digit,
-                       "reference": "teacher DDIM 25, cfg 3", "rows": rows,
-                       "command": "python -m benchmarks.steps_vs_segments_embedded " + " ".join(argv or sys.argv[1:])})
+            print(
+                f"{name:<22} {k} steps: adherence {r['adherence']:.3f}  Frechet->teacher {r['frechet_teacher']:.2f}  "
+                f"traj.err {r['trajectory_error']:.4f}",
+                flush=True,
+            )
+    write_json(
+        a.out,
+        {
+            "machine": machine_info(),
+            "run": str(run),
+            "samples": 10 * a.per_digit,
+            "reference": "teacher DDIM 25, cfg 3",
+            "rows": rows,
+            "command": "python -m benchmarks.steps_vs_segments_embedded " + " ".join(argv or sys.argv[1:]),
+        },
+    )
     print(f"wrote {a.out}")
     return 0
 

@@ -42,9 +42,18 @@ class StepSetup:
     lora_param_count: int
 
 
-def build_context(unet: torch.nn.Module, *, mixed_precision: str = "no", weight_dtype=torch.float32,
-                  rank: int = 64, gradient_checkpointing: bool = False, uncond=None, lr: float = 1e-6,
-                  solver_steps: int = 40, seed: int = 0) -> StepSetup:
+def build_context(
+    unet: torch.nn.Module,
+    *,
+    mixed_precision: str = "no",
+    weight_dtype=torch.float32,
+    rank: int = 64,
+    gradient_checkpointing: bool = False,
+    uncond=None,
+    lr: float = 1e-6,
+    solver_steps: int = 40,
+    seed: int = 0,
+) -> StepSetup:
     """A StageContext over ``unet`` (moved to the accelerator's device) with a fresh rank-``rank`` LoRA.
 
     ``uncond(n) -> (embeddings, added_cond)`` supplies the unconditional text conditioning.
@@ -57,18 +66,44 @@ def build_context(unet: torch.nn.Module, *, mixed_precision: str = "no", weight_
     unet.train()
     unet_p, params, opt_p = prepare_student(unet, cfg, acc, weight_dtype)
     ctx = StageContext(
-        config=cfg, accelerator=acc, unet=unet_p, base_unet=unet, schedule=VPSchedule.scaled_linear(),
-        prediction_type="epsilon", lora_params=params, optimizer=opt_p, uncond=uncond,
-        decode=lambda x: x, teacher=lambda: adapters_disabled(unet), generator=torch.Generator().manual_seed(seed),
-        log=lambda scalars, step: None, output_dir="", weight_dtype=weight_dtype)
+        config=cfg,
+        accelerator=acc,
+        unet=unet_p,
+        base_unet=unet,
+        schedule=VPSchedule.scaled_linear(),
+        prediction_type="epsilon",
+        lora_params=params,
+        optimizer=opt_p,
+        uncond=uncond,
+        decode=lambda x: x,
+        teacher=lambda: adapters_disabled(unet),
+        generator=torch.Generator().manual_seed(seed),
+        log=lambda scalars, step: None,
+        output_dir="",
+        weight_dtype=weight_dtype,
+    )
     return StepSetup(ctx, unet, params, sum(p.numel() for p in params))
 
 
-def tscd_stage(ctx: StageContext, segments: int = 8, adv_weight: float = 0.0, cfg_min: float = 3.0,
-               cfg_max: float = 8.0, ema_decay: float = 0.95, loss: str = "huber"):
+def tscd_stage(
+    ctx: StageContext,
+    segments: int = 8,
+    adv_weight: float = 0.0,
+    cfg_min: float = 3.0,
+    cfg_max: float = 8.0,
+    ema_decay: float = 0.95,
+    loss: str = "huber",
+):
     """The trainer's registered ``tscd`` stage, set up on ``ctx``."""
-    scfg = StageConfig(name="tscd", segments=segments, adv_weight=adv_weight, cfg_min=cfg_min, cfg_max=cfg_max,
-                       ema_decay=ema_decay, loss=loss)
+    scfg = StageConfig(
+        name="tscd",
+        segments=segments,
+        adv_weight=adv_weight,
+        cfg_min=cfg_min,
+        cfg_max=cfg_max,
+        ema_decay=ema_decay,
+        loss=loss,
+    )
     stage = get_stage("tscd")(ctx, scfg, 0)
     stage.setup()
     return stage
@@ -87,8 +122,10 @@ def uncond_fn(spec: ModelSpec, resolution: int, device, dtype):
     cond, added = conditioning(spec, 1, device, dtype, resolution, seed=12345)
 
     def uncond(n: int):
-        return cond.expand(n, *cond.shape[1:]), (None if added is None else
-                                                  {k: v.expand(n, *v.shape[1:]) for k, v in added.items()})
+        return cond.expand(n, *cond.shape[1:]), (
+            None if added is None else {k: v.expand(n, *v.shape[1:]) for k, v in added.items()}
+        )
+
     return uncond
 
 
@@ -124,17 +161,35 @@ def release() -> None:
         torch.cuda.empty_cache()
 
 
-def measure_method(method: str, spec: ModelSpec, *, batch: int, resolution: int, device, mixed_precision: str,
-                   weight_dtype, rank: int, gradient_checkpointing: bool, warmup: int, iters: int,
-                   segments: int = 8, adv_weight: float = 0.0) -> dict:
+def measure_method(
+    method: str,
+    spec: ModelSpec,
+    *,
+    batch: int,
+    resolution: int,
+    device,
+    mixed_precision: str,
+    weight_dtype,
+    rank: int,
+    gradient_checkpointing: bool,
+    warmup: int,
+    iters: int,
+    segments: int = 8,
+    adv_weight: float = 0.0,
+) -> dict:
     """Build a fresh UNet + LoRA and time ``method``: tscd | tscd_adv | lcm_shared | lcm_copy."""
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     unet = build_unet(spec, device=device, dtype=weight_dtype)
-    setup = build_context(unet, mixed_precision=mixed_precision, weight_dtype=weight_dtype, rank=rank,
-                          gradient_checkpointing=gradient_checkpointing,
-                          uncond=uncond_fn(spec, resolution, device, weight_dtype))
+    setup = build_context(
+        unet,
+        mixed_precision=mixed_precision,
+        weight_dtype=weight_dtype,
+        rank=rank,
+        gradient_checkpointing=gradient_checkpointing,
+        uncond=uncond_fn(spec, resolution, device, weight_dtype),
+    )
     teacher_copy = None
     if method in ("tscd", "tscd_adv"):
         stage = tscd_stage(setup.ctx, segments=segments, adv_weight=adv_weight if method == "tscd_adv" else 0.0)
@@ -152,9 +207,17 @@ def measure_method(method: str, spec: ModelSpec, *, batch: int, resolution: int,
         res = time_steps(step_fn, b, device, warmup, iters)
     except torch.OutOfMemoryError as e:  # reported as a result, not a crash: the table shows OOM
         res = {"error": f"out of memory: {str(e).splitlines()[0]}"}
-    res.update(method=method, model=spec.name, batch=batch, resolution=resolution, lora_rank=rank,
-               lora_params=setup.lora_param_count, gradient_checkpointing=gradient_checkpointing,
-               mixed_precision=mixed_precision, weight_dtype=str(weight_dtype).replace("torch.", ""))
+    res.update(
+        method=method,
+        model=spec.name,
+        batch=batch,
+        resolution=resolution,
+        lora_rank=rank,
+        lora_params=setup.lora_param_count,
+        gradient_checkpointing=gradient_checkpointing,
+        mixed_precision=mixed_precision,
+        weight_dtype=str(weight_dtype).replace("torch.", ""),
+    )
     del step_fn, setup, unet, teacher_copy, b
     release()
     return res

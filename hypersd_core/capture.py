@@ -48,15 +48,24 @@ def compile_options(mode: Optional[str], backend: str, guard_filter_fn: Optional
 class GuardedCompile:
     """``module`` called through torch.compile, at most ``max_captures`` signatures, else eager."""
 
-    def __init__(self, module: Callable, name: str = "model", mode: Optional[str] = "reduce-overhead",
-                 backend: str = "inductor", max_captures: int = 4, dynamic: bool = False,
-                 fullgraph: bool = False, guard_filter_fn: Optional[Callable] = None):
+    def __init__(
+        self,
+        module: Callable,
+        name: str = "model",
+        mode: Optional[str] = "reduce-overhead",
+        backend: str = "inductor",
+        max_captures: int = 4,
+        dynamic: bool = False,
+        fullgraph: bool = False,
+        guard_filter_fn: Optional[Callable] = None,
+    ):
         self.module = module
         self.name = name
         self.max_captures = max_captures
         self.cudagraphs = backend == "inductor" and mode in CUDA_GRAPH_MODES
-        self.compiled = torch.compile(module, dynamic=dynamic, fullgraph=fullgraph,
-                                      **compile_options(mode, backend, guard_filter_fn))
+        self.compiled = torch.compile(
+            module, dynamic=dynamic, fullgraph=fullgraph, **compile_options(mode, backend, guard_filter_fn)
+        )
         self.captures: dict[tuple, float] = {}  # signature -> seconds its first call took
         self.failed: Optional[str] = None
         self.eager_calls = 0
@@ -76,8 +85,12 @@ class GuardedCompile:
         new = sig not in self.captures
         if self.failed or (new and len(self.captures) >= self.max_captures):
             if not self.failed and not self._warned_limit:
-                log.warning("%s: %d shapes captured already (limit %d); new ones run eager",
-                            self.name, len(self.captures), self.max_captures)
+                log.warning(
+                    "%s: %d shapes captured already (limit %d); new ones run eager",
+                    self.name,
+                    len(self.captures),
+                    self.max_captures,
+                )
                 self._warned_limit = True
             self.eager_calls += 1
             return self.module(*args, **kwargs)
@@ -96,8 +109,14 @@ class GuardedCompile:
             out = _clone(out)
         if new:
             self.captures[sig] = time.perf_counter() - t0
-            log.info("%s: captured %s in %.2f s (%d/%d)", self.name, sig, self.captures[sig],
-                     len(self.captures), self.max_captures)
+            log.info(
+                "%s: captured %s in %.2f s (%d/%d)",
+                self.name,
+                sig,
+                self.captures[sig],
+                len(self.captures),
+                self.max_captures,
+            )
         return out
 
 

@@ -43,8 +43,10 @@ class PromptEncoder:
             raise ValueError(f"kind must be 'sd15' or 'sdxl', got {kind!r}")
         need = 1 if kind == "sd15" else 2
         if len(tokenizers) != need or len(text_encoders) != need:
-            raise ValueError(f"kind={kind!r} needs {need} tokenizer(s) and text encoder(s), "
-                             f"got {len(tokenizers)} and {len(text_encoders)}")
+            raise ValueError(
+                f"kind={kind!r} needs {need} tokenizer(s) and text encoder(s), "
+                f"got {len(tokenizers)} and {len(text_encoders)}"
+            )
         self.tokenizers = list(tokenizers)
         self.text_encoders = list(text_encoders)
         self.kind = kind
@@ -55,8 +57,12 @@ class PromptEncoder:
 
     def tokenize(self, prompt: str | Sequence[str]) -> list[torch.Tensor]:
         """Token ids (batch, max_length) per tokenizer, on the CPU (batch 1 for one prompt)."""
-        return [tok(prompt, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids for tok in self.tokenizers]
+        return [
+            tok(
+                prompt, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+            ).input_ids
+            for tok in self.tokenizers
+        ]
 
     def encode_ids(self, *ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """Conditioning tensors from token ids (pure tensor code: the compile target)."""
@@ -91,8 +97,9 @@ class UNetNet(torch.nn.Module):
     def forward(self, x, t, encoder_hidden_states, text_embeds=None, time_ids=None):
         added = None if text_embeds is None else {"text_embeds": text_embeds, "time_ids": time_ids}
         dtype = self.dtype or next(self.unet.parameters()).dtype
-        out = self.unet(x.to(dtype), t, encoder_hidden_states=encoder_hidden_states,
-                        added_cond_kwargs=added, return_dict=False)[0]
+        out = self.unet(
+            x.to(dtype), t, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added, return_dict=False
+        )[0]
         return out.float()
 
 
@@ -126,13 +133,29 @@ class Generator:
     None; on a CPU a CUDA-graph mode is logged and skipped unless ``backend`` is a CPU backend.
     """
 
-    def __init__(self, unet: Callable, prompt_encoder: PromptEncoder, decoder: Optional[Callable] = None, *,
-                 latent_channels: int = 4, vae_scale_factor: int = 8, dtype: torch.dtype = torch.float32,
-                 decoder_dtype: Optional[torch.dtype] = None, device: str | torch.device = "cpu",
-                 schedule: Optional[VPSchedule] = None, prediction_type: str = "epsilon", steps: int = 1,
-                 timestep: Optional[int] = None, spacing: str = "trailing", eta: float = 1.0, sdxl: bool = False,
-                 compile: Optional[str] = None, backend: str = "inductor", fullgraph: bool = False,
-                 cache_size: int = 256):
+    def __init__(
+        self,
+        unet: Callable,
+        prompt_encoder: PromptEncoder,
+        decoder: Optional[Callable] = None,
+        *,
+        latent_channels: int = 4,
+        vae_scale_factor: int = 8,
+        dtype: torch.dtype = torch.float32,
+        decoder_dtype: Optional[torch.dtype] = None,
+        device: str | torch.device = "cpu",
+        schedule: Optional[VPSchedule] = None,
+        prediction_type: str = "epsilon",
+        steps: int = 1,
+        timestep: Optional[int] = None,
+        spacing: str = "trailing",
+        eta: float = 1.0,
+        sdxl: bool = False,
+        compile: Optional[str] = None,
+        backend: str = "inductor",
+        fullgraph: bool = False,
+        cache_size: int = 256,
+    ):
         self.device = torch.device(device)
         self.dtype = dtype
         self.decoder_dtype = decoder_dtype or dtype
@@ -174,8 +197,12 @@ class Generator:
         if mode is None and backend == "inductor":
             return
         if self.device.type != "cuda" and backend == "inductor" and mode in CUDA_GRAPH_MODES:
-            log.warning("compile=%r uses CUDA graphs, which need a CUDA GPU; the device is %s, so "
-                        "generation runs eager (pass device='cuda' on a GPU)", mode, self.device)
+            log.warning(
+                "compile=%r uses CUDA graphs, which need a CUDA GPU; the device is %s, so "
+                "generation runs eager (pass device='cuda' on a GPU)",
+                mode,
+                self.device,
+            )
             self.stats.compile_status = f"eager ({self.device.type}: CUDA graphs need a CUDA GPU)"
             return
         kw = dict(backend=backend, fullgraph=fullgraph, dynamic=False)
@@ -196,8 +223,12 @@ class Generator:
             with strict_compile_errors():
                 return fn(*args)
         except Exception as exc:  # compile errors surface on the first call; eager re-raises real ones
-            log.warning("compiled %s failed (%s: %s); falling back to eager", which,
-                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            log.warning(
+                "compiled %s failed (%s: %s); falling back to eager",
+                which,
+                type(exc).__name__,
+                str(exc).splitlines()[0] if str(exc) else "",
+            )
             self._render, self._encode = self.render_core, self.prompt_encoder.encode_ids
             self._compiled = self._cudagraphs = False
             self.stats.compile_status = f"eager (compile failed: {type(exc).__name__})"
@@ -238,8 +269,9 @@ class Generator:
         shape = (batch, self.latent_channels, height // s, width // s)
         noise = torch.empty(shape, device=self.device)
         step_noise = torch.empty((self.steps - 1,) + shape, device=self.device) if self.steps > 1 else None
-        bcond = {k: torch.empty((batch,) + tuple(v.shape[1:]), device=self.device, dtype=v.dtype)
-                 for k, v in cond.items()}
+        bcond = {
+            k: torch.empty((batch,) + tuple(v.shape[1:]), device=self.device, dtype=v.dtype) for k, v in cond.items()
+        }
         if self.sdxl:
             bcond["time_ids"] = sdxl_time_ids(height, width, batch, self.device, self.dtype).clone()
         if self._cudagraphs:
@@ -250,18 +282,28 @@ class Generator:
         return buf
 
     # -- the graph-safe core ---------------------------------------------------------------------
-    def sample_latents(self, noise: torch.Tensor, step_noise: Optional[torch.Tensor],
-                       cond: dict[str, torch.Tensor]) -> torch.Tensor:
+    def sample_latents(
+        self, noise: torch.Tensor, step_noise: Optional[torch.Tensor], cond: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
         """Unit-variance noise -> x0 latents (float32) with the one-step or TSCD sampler."""
         x = unit_noise_to_ve(noise, self.sigmas[0])
         if self.steps == 1:
             return sample_dmd_onestep(self.denoiser, x, self.sigmas, extra_args=cond, check_inputs=False)
         draws = iter(step_noise.unbind(0))
-        return sample_tscd(self.denoiser, x, self.sigmas, extra_args=cond, eta=self.eta,
-                           noise_sampler=lambda s, s_next: next(draws), schedule=self.schedule, check_inputs=False)
+        return sample_tscd(
+            self.denoiser,
+            x,
+            self.sigmas,
+            extra_args=cond,
+            eta=self.eta,
+            noise_sampler=lambda s, s_next: next(draws),
+            schedule=self.schedule,
+            check_inputs=False,
+        )
 
-    def render_core(self, noise: torch.Tensor, step_noise: Optional[torch.Tensor],
-                    cond: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def render_core(
+        self, noise: torch.Tensor, step_noise: Optional[torch.Tensor], cond: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Noise + conditioning -> (uint8 images (B, H, W, 3), whether the decoded image was finite):
         sampler and decoder, no host syncs."""
         with torch.no_grad():
@@ -275,8 +317,9 @@ class Generator:
 
     # -- the public call -----------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, prompt: str, seed: int = 0, height: int = 512, width: int = 512,
-                 batch_size: int = 1) -> torch.Tensor:
+    def generate(
+        self, prompt: str, seed: int = 0, height: int = 512, width: int = 512, batch_size: int = 1
+    ) -> torch.Tensor:
         """uint8 images (batch, height, width, 3) on the CPU for ``prompt`` and ``seed``.
 
         Raises ValueError for unusable arguments and FloatingPointError when the model's output is
@@ -298,8 +341,10 @@ class Generator:
         img, finite = self._run("render", buf.noise, buf.step_noise, buf.cond)
         img = img.cpu()
         if not bool(finite):
-            raise FloatingPointError("the model produced NaN/Inf for this prompt: the LoRA or model weights are broken, "
-                                     "or fp16 overflowed (try dtype float32 or bfloat16, or another LoRA)")
+            raise FloatingPointError(
+                "the model produced NaN/Inf for this prompt: the LoRA or model weights are broken, "
+                "or fp16 overflowed (try dtype float32 or bfloat16, or another LoRA)"
+            )
         ms = (time.perf_counter() - t0) * 1e3
         key = (batch_size, height, width)
         if self._compiled and buf.calls < 3:  # dynamo compile, then CUDA-graph warm-up and record
@@ -312,7 +357,7 @@ class Generator:
     def _check_call(self, prompt, seed, height, width, batch_size) -> None:
         if not isinstance(prompt, str):
             raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or not -2**63 <= seed < 2**64:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64:
             raise ValueError(f"seed must be an integer in [-2**63, 2**64), got {seed!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")

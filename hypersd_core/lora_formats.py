@@ -28,7 +28,9 @@ FORMATS = ("kohya", "peft", "diffusers_old")
 _PEFT_RE = re.compile(r"^(?P<mod>.+?)\.lora_(?P<ab>[AB])(?:\.(?P<adapter>[^.]+))?\.weight$")
 _OLD_RE = re.compile(r"^(?P<mod>.+?)\.lora\.(?P<ud>up|down)\.weight$")
 _PROC_RE = re.compile(r"^(?P<mod>.+?)\.processor\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<ud>up|down)\.weight$")
-_KOHYA_RE = re.compile(r"^(?P<mod>lora_(?:unet|te|te1|te2)_[A-Za-z0-9_]+)\.(?P<kind>lora_down\.weight|lora_up\.weight|alpha)$")
+_KOHYA_RE = re.compile(
+    r"^(?P<mod>lora_(?:unet|te|te1|te2)_[A-Za-z0-9_]+)\.(?P<kind>lora_down\.weight|lora_up\.weight|alpha)$"
+)
 
 _PREFIX_TO_KOHYA = (
     ("base_model.model.", "lora_unet_"),
@@ -64,7 +66,7 @@ def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
 def _kohya_name(module_path: str) -> str:
     for prefix, kprefix in _PREFIX_TO_KOHYA:
         if module_path.startswith(prefix):
-            rest = module_path[len(prefix):]
+            rest = module_path[len(prefix) :]
             if prefix == "" and rest.startswith("text_model."):
                 kprefix = "lora_te1_"
             return kprefix + rest.replace(".", "_")
@@ -118,8 +120,11 @@ def _peft_alpha(module: str, rank: int, configs: dict[str, dict]) -> float | Non
     return float(alpha) * (rank**0.5 if cfg.get("use_rslora") else 1.0)
 
 
-def to_kohya(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None,
-             default_alpha: float | None = None) -> dict[str, torch.Tensor]:
+def to_kohya(
+    state_dict: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str] | None = None,
+    default_alpha: float | None = None,
+) -> dict[str, torch.Tensor]:
     """Convert any supported layout to kohya keys with an ``.alpha`` per module.
 
     For peft/diffusers layouts the alpha comes from the header's adapter metadata when present,
@@ -164,8 +169,9 @@ def to_kohya(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
     return out
 
 
-def kohya_to_peft(state_dict: Mapping[str, torch.Tensor], module_names: list[str],
-                  prefix: str = "unet.") -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+def kohya_to_peft(
+    state_dict: Mapping[str, torch.Tensor], module_names: list[str], prefix: str = "unet."
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """kohya keys -> diffusers/peft keys (``unet.<path>.lora_A.weight``) for the given dotted
     module names; returns the state dict and each module's alpha (for the adapter config)."""
     by_kohya = {_kohya_name(prefix + n): n for n in module_names}
@@ -205,7 +211,9 @@ FLUX_HIDDEN_SIZE = 3072  # FLUX.1 (dev/schnell); SD3 medium is 1536, SD3.5 large
 
 _FLUX_KEY = re.compile(r"(^|[._])(single_transformer_blocks|single_blocks|double_blocks)[._]")
 # top-level transformer blocks (SD/SDXL UNets nest theirs in down/mid/up blocks)
-_MMDIT_KEY = re.compile(r"^(transformer\.|diffusion_model\.|lora_unet_|lora_transformer_|lycoris_)?(transformer_blocks|joint_blocks)[._]\d")
+_MMDIT_KEY = re.compile(
+    r"^(transformer\.|diffusion_model\.|lora_unet_|lora_transformer_|lycoris_)?(transformer_blocks|joint_blocks)[._]\d"
+)
 
 
 def infer_base_model(state_dict: Mapping[str, torch.Tensor]) -> str | None:
@@ -257,13 +265,15 @@ def kohya_pair_problem(lora: Mapping[str, torch.Tensor], target_shapes: Mapping[
         if down is None or up is None:
             return f"module {mod} has only its {'lora_up' if down is None else 'lora_down'} half"
         if down.dim() < 2 or up.dim() < 2 or down.shape[0] != up.shape[1]:
-            return (f"module {mod}: lora_down {tuple(down.shape)} and lora_up {tuple(up.shape)} disagree on the rank")
+            return f"module {mod}: lora_down {tuple(down.shape)} and lora_up {tuple(up.shape)} disagree on the rank"
         if alpha is not None and alpha.numel() == 1 and float(alpha) == 0.0:
             return f"module {mod} has alpha 0, so it changes nothing (ΔW = alpha/rank · up·down)"
         shape = target_shapes.get(mod)
         if shape is not None and (up.shape[0] != shape[0] or (len(shape) > 1 and down.shape[1] != shape[1])):
-            return (f"module {mod}: lora_up {tuple(up.shape)} · lora_down {tuple(down.shape)} does not fit the model's "
-                    f"weight {tuple(shape)}")
+            return (
+                f"module {mod}: lora_up {tuple(up.shape)} · lora_down {tuple(down.shape)} does not fit the model's "
+                f"weight {tuple(shape)}"
+            )
     return None
 
 
@@ -295,18 +305,26 @@ class HyperSDMetadata:
         known = cls.__dataclass_fields__
         kw = {}
         for k, v in header.items():
-            if k.startswith(METADATA_PREFIX) and k[len(METADATA_PREFIX):] in known:
+            if k.startswith(METADATA_PREFIX) and k[len(METADATA_PREFIX) :] in known:
                 try:
-                    kw[k[len(METADATA_PREFIX):]] = json.loads(v)
+                    kw[k[len(METADATA_PREFIX) :]] = json.loads(v)
                 except json.JSONDecodeError:
                     raise LoraFormatError(f"metadata {k}={v!r} is not valid JSON; re-export the LoRA") from None
         return cls(**kw)
 
 
 # -- sd-scripts' SDXL names -------------------------------------------------------------------
-_RESNET_SGM = {"conv1": "in_layers.2", "conv2": "out_layers.3", "conv_shortcut": "skip_connection",
-               "time_emb_proj": "emb_layers.1", "norm1": "in_layers.0", "norm2": "out_layers.0"}
-_UNET_BLOCK_RE = re.compile(r"^(?P<where>down_blocks|up_blocks)\.(?P<i>\d+)\.(?P<kind>resnets|attentions)\.(?P<j>\d+)\.(?P<rest>.+)$")
+_RESNET_SGM = {
+    "conv1": "in_layers.2",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+    "time_emb_proj": "emb_layers.1",
+    "norm1": "in_layers.0",
+    "norm2": "out_layers.0",
+}
+_UNET_BLOCK_RE = re.compile(
+    r"^(?P<where>down_blocks|up_blocks)\.(?P<i>\d+)\.(?P<kind>resnets|attentions)\.(?P<j>\d+)\.(?P<rest>.+)$"
+)
 _MID_BLOCK_RE = re.compile(r"^mid_block\.(?P<kind>resnets|attentions)\.(?P<j>\d+)\.(?P<rest>.+)$")
 
 
@@ -338,14 +356,22 @@ def _sgm_inner(block: str, kind: str, rest: str, path: str) -> str:
 EXPORT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # kohya sd-scripts' ss_base_model_version and Stability's ModelSpec architecture ids, by base model
 SS_BASE_MODEL_VERSIONS = {"sd15": "sd_v1", "sd21": "sd_v2", "sdxl": "sdxl_base_v1-0", "sd3": "sd3", "flux": "flux1"}
-MODELSPEC_ARCHITECTURES = {"sd15": "stable-diffusion-v1", "sd21": "stable-diffusion-v2-768-v",
-                           "sdxl": "stable-diffusion-xl-v1-base", "sd3": "stable-diffusion-3-medium", "flux": "flux-1-dev"}
-MODELSPEC_IMPLEMENTATIONS = {"sdxl": "https://github.com/Stability-AI/generative-models",
-                             "flux": "https://github.com/black-forest-labs/flux"}
+MODELSPEC_ARCHITECTURES = {
+    "sd15": "stable-diffusion-v1",
+    "sd21": "stable-diffusion-v2-768-v",
+    "sdxl": "stable-diffusion-xl-v1-base",
+    "sd3": "stable-diffusion-3-medium",
+    "flux": "flux-1-dev",
+}
+MODELSPEC_IMPLEMENTATIONS = {
+    "sdxl": "https://github.com/Stability-AI/generative-models",
+    "flux": "https://github.com/black-forest-labs/flux",
+}
 
 
-def tool_metadata(meta: HyperSDMetadata, rank: int, alpha: float, resolution: int | None, title: str,
-                  dtype: str = "fp16") -> dict[str, str]:
+def tool_metadata(
+    meta: HyperSDMetadata, rank: int, alpha: float, resolution: int | None, title: str, dtype: str = "fp16"
+) -> dict[str, str]:
     """The header keys A1111/Forge, kohya's tools, Civitai and LoRA managers read (kohya ``ss_*``
     and ModelSpec ``modelspec.*``), all strings, for a kohya-layout LoRA over a UNet."""
     base = meta.base_model
@@ -373,8 +399,10 @@ def tool_metadata(meta: HyperSDMetadata, rank: int, alpha: float, resolution: in
 def describe_metadata(meta: HyperSDMetadata) -> str:
     steps = ",".join(map(str, meta.steps)) or "?"
     eta = "" if meta.eta is None else f", eta {meta.eta:g}"
-    return (f"Hyper-SD LoRA ({meta.stage or 'distilled'}): steps {steps}, {meta.spacing} timesteps{eta}, "
-            f"cfg {meta.cfg:g} (ComfyUI), strength {meta.strength:g}")
+    return (
+        f"Hyper-SD LoRA ({meta.stage or 'distilled'}): steps {steps}, {meta.spacing} timesteps{eta}, "
+        f"cfg {meta.cfg:g} (ComfyUI), strength {meta.strength:g}"
+    )
 
 
 def cast_lora(state_dict: Mapping[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
@@ -406,13 +434,17 @@ def load_lora(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[st
     except SafetensorsFileError as e:
         raise LoraFormatError(str(e)) from None
     if not info["tensors"]:
-        raise LoraFormatError(f"{os.path.basename(path)} holds no tensors; it is not a LoRA (re-download or re-export it)")
+        raise LoraFormatError(
+            f"{os.path.basename(path)} holds no tensors; it is not a LoRA (re-download or re-export it)"
+        )
     try:
         with safe_open(path, framework="pt") as f:
             metadata = dict(f.metadata() or {})
         sd = load_file(path)
     except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise LoraFormatError(f"{os.path.basename(path)} is not a readable safetensors file ({e}); re-download or re-export it") from e
+        raise LoraFormatError(
+            f"{os.path.basename(path)} is not a readable safetensors file ({e}); re-download or re-export it"
+        ) from e
     check_lora_tensors(sd, os.path.basename(path))
     return sd, metadata
 
@@ -421,15 +453,22 @@ def check_lora_tensors(state_dict: Mapping[str, torch.Tensor], name: str) -> Non
     """Refuse integer tensors and NaN/Inf weights, naming ``name`` and the first bad key."""
     for key, v in state_dict.items():
         if not v.is_floating_point():
-            raise LoraFormatError(f"{name}: tensor {key!r} has dtype {v.dtype}, not floating point; this is not a "
-                                  "LoRA's weights (re-export it)")
+            raise LoraFormatError(
+                f"{name}: tensor {key!r} has dtype {v.dtype}, not floating point; this is not a "
+                "LoRA's weights (re-export it)"
+            )
         if not bool(torch.isfinite(v).all()):
-            raise LoraFormatError(f"{name}: tensor {key!r} holds NaN or Inf values; the LoRA is broken "
-                                  "(its training diverged): use an earlier checkpoint or retrain with a lower lr")
+            raise LoraFormatError(
+                f"{name}: tensor {key!r} holds NaN or Inf values; the LoRA is broken "
+                "(its training diverged): use an earlier checkpoint or retrain with a lower lr"
+            )
 
 
-def save_lora(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor],
-              metadata: HyperSDMetadata | Mapping[str, str] | None = None) -> str:
+def save_lora(
+    path: str | os.PathLike,
+    state_dict: Mapping[str, torch.Tensor],
+    metadata: HyperSDMetadata | Mapping[str, str] | None = None,
+) -> str:
     """Write a .safetensors LoRA atomically: a temp file in the same folder, then rename."""
     from safetensors.torch import save_file
 

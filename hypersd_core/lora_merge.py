@@ -23,11 +23,20 @@ class LoraMerge:
     Only ``prefix`` keys are applied; text-encoder keys are skipped with a log line.
     """
 
-    def __init__(self, module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
-                 strength: float = 1.0, prefix: str = "lora_unet_", metadata: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        state_dict: Mapping[str, torch.Tensor],
+        strength: float = 1.0,
+        prefix: str = "lora_unet_",
+        metadata: Mapping[str, str] | None = None,
+    ):
         sd = to_kohya(state_dict, metadata)
-        by_name = {prefix + name.replace(".", "_"): mod for name, mod in module.named_modules()
-                   if isinstance(getattr(mod, "weight", None), torch.Tensor)}
+        by_name = {
+            prefix + name.replace(".", "_"): mod
+            for name, mod in module.named_modules()
+            if isinstance(getattr(mod, "weight", None), torch.Tensor)
+        }
         groups: dict[str, dict[str, torch.Tensor]] = {}
         for key, val in sd.items():
             mod_name, _, kind = key.partition(".")

@@ -13,7 +13,9 @@ def pseudo_huber(pred: torch.Tensor, target: torch.Tensor, c: float = 0.001) -> 
     return (d2 / ((d2 + c * c).sqrt() + c)).mean()  # the same value, without cancellation for d << c
 
 
-def consistency_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "huber", huber_c: float = 0.001) -> torch.Tensor:
+def consistency_loss(
+    pred: torch.Tensor, target: torch.Tensor, kind: str = "huber", huber_c: float = 0.001
+) -> torch.Tensor:
     """The consistency distance between student and target: "huber" (pseudo-Huber) or "mse"."""
     if kind == "huber":
         return pseudo_huber(pred, target, huber_c)

@@ -28,8 +28,6 @@ def per_sample(c, x: torch.Tensor, cast: bool = True) -> torch.Tensor:
     return c.reshape(c.shape + (1,) * (x.ndim - c.ndim)) if c.ndim else c
 
 
-
-
 def to_x0_eps(model_output, x_t, alpha, sigma, prediction_type: str = "epsilon"):
     """(x0_hat, eps_hat) from a VP model output at x_t = alpha*x0 + sigma*eps."""
     a, s = per_sample(alpha, x_t), per_sample(sigma, x_t)
@@ -94,8 +92,13 @@ class DiscreteVPDenoiser(torch.nn.Module):
     for their noise) is not passed on to the network.
     """
 
-    def __init__(self, net: Callable, schedule: VPSchedule | None = None,
-                 prediction_type: str = "epsilon", quantize: bool = False):
+    def __init__(
+        self,
+        net: Callable,
+        schedule: VPSchedule | None = None,
+        prediction_type: str = "epsilon",
+        quantize: bool = False,
+    ):
         super().__init__()
         self.net = net
         self.schedule = schedule or VPSchedule.scaled_linear()

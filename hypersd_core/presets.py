@@ -30,6 +30,7 @@ OFFICIAL_FILES = {
     "Hyper-FLUX.1-dev-16steps-lora.safetensors": ("flux", [16], 0.0, 3.5, 0.125, "flow"),
 }
 
+
 def lora_settings(filename: str, header=None) -> HyperSDMetadata | None:
     """A LoRA's Hyper-SD settings: its header's ``hypersd.*`` metadata, else the official file's
     preset by name, else None (what the ComfyUI loader and the demo both read)."""
@@ -42,9 +43,14 @@ def official_preset(filename: str) -> HyperSDMetadata | None:
     for name, (model, steps, eta, cfg, strength, spacing) in OFFICIAL_FILES.items():
         if name.lower() == base:
             return HyperSDMetadata(
-                base_model=model, steps=list(steps), prediction_type="flow" if spacing == "flow" else "epsilon",
-                strength=strength, eta=eta,
-                cfg=cfg, spacing=spacing, onestep_timestep=999 if steps[0] == 1 else None,
+                base_model=model,
+                steps=list(steps),
+                prediction_type="flow" if spacing == "flow" else "epsilon",
+                strength=strength,
+                eta=eta,
+                cfg=cfg,
+                spacing=spacing,
+                onestep_timestep=999 if steps[0] == 1 else None,
                 stage="unified" if steps[0] == 1 else "tscd",
             )
     return None

@@ -70,11 +70,12 @@ def resize_center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
     if (nh, nw) != (h, w):
         images = F.interpolate(images, size=(nh, nw), mode="bicubic", align_corners=False, antialias=scale < 1)
     top, left = (nh - size) // 2, (nw - size) // 2
-    return images[..., top:top + size, left:left + size]
+    return images[..., top : top + size, left : left + size]
 
 
-def clip_preprocess(images: torch.Tensor, size: int = 224, mean: Sequence[float] = CLIP_MEAN,
-                    std: Sequence[float] = CLIP_STD) -> torch.Tensor:
+def clip_preprocess(
+    images: torch.Tensor, size: int = 224, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD
+) -> torch.Tensor:
     """[-1, 1] images -> the normalised (B, 3, size, size) input CLIP/BLIP encoders expect."""
     x = resize_center_crop(to_rgb(to_unit_range(images)), size)
     m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)

@@ -14,12 +14,14 @@ import struct
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
 
 # Leading bytes of the formats people rename to .safetensors by mistake.
-_MAGIC = {b"PK\x03\x04": "a zip archive (a PyTorch .ckpt/.pt/.bin checkpoint)",
-          b"\x80\x02": "a pickle (an old PyTorch .ckpt/.pt/.bin checkpoint)",
-          b"\x80\x03": "a pickle (an old PyTorch .ckpt/.pt/.bin checkpoint)",
-          b"\x80\x04": "a pickle (a PyTorch .ckpt/.pt/.bin checkpoint)",
-          b"\x80\x05": "a pickle (a PyTorch .ckpt/.pt/.bin checkpoint)",
-          b"GGUF": "a GGUF file"}
+_MAGIC = {
+    b"PK\x03\x04": "a zip archive (a PyTorch .ckpt/.pt/.bin checkpoint)",
+    b"\x80\x02": "a pickle (an old PyTorch .ckpt/.pt/.bin checkpoint)",
+    b"\x80\x03": "a pickle (an old PyTorch .ckpt/.pt/.bin checkpoint)",
+    b"\x80\x04": "a pickle (a PyTorch .ckpt/.pt/.bin checkpoint)",
+    b"\x80\x05": "a pickle (a PyTorch .ckpt/.pt/.bin checkpoint)",
+    b"GGUF": "a GGUF file",
+}
 
 
 class SafetensorsFileError(ValueError):
@@ -43,20 +45,25 @@ def inspect_safetensors(path: str | os.PathLike) -> dict:
             if head.startswith(magic):
                 raise SafetensorsFileError(
                     f"{name}: this is {what}, not safetensors; it is not loaded (unpickling runs code). "
-                    "Get the .safetensors release of this file, or convert it where you trust its source")
+                    "Get the .safetensors release of this file, or convert it where you trust its source"
+                )
         (n,) = struct.unpack("<Q", head)
         if n > MAX_HEADER_BYTES:
-            raise SafetensorsFileError(f"{name}: header claims {n} bytes (limit {MAX_HEADER_BYTES}); "
-                                       "the file is corrupt or not safetensors")
+            raise SafetensorsFileError(
+                f"{name}: header claims {n} bytes (limit {MAX_HEADER_BYTES}); the file is corrupt or not safetensors"
+            )
         if 8 + n > size:
-            raise SafetensorsFileError(f"{name}: file ends inside its header ({size} of {8 + n} bytes): "
-                                       "it was cut short; download or copy it again")
+            raise SafetensorsFileError(
+                f"{name}: file ends inside its header ({size} of {8 + n} bytes): "
+                "it was cut short; download or copy it again"
+            )
         raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise SafetensorsFileError(f"{name}: the header is not valid JSON; the file is corrupt or not "
-                                   "safetensors") from None
+        raise SafetensorsFileError(
+            f"{name}: the header is not valid JSON; the file is corrupt or not safetensors"
+        ) from None
     if not isinstance(header, dict):
         raise SafetensorsFileError(f"{name}: the header is not a JSON object; the file is corrupt")
     metadata = header.pop("__metadata__", None) or {}
@@ -66,9 +73,13 @@ def inspect_safetensors(path: str | os.PathLike) -> dict:
             lo, hi = info["data_offsets"]
             tensors[key] = {"dtype": info["dtype"], "shape": list(info["shape"])}
         except (TypeError, KeyError, ValueError):
-            raise SafetensorsFileError(f"{name}: tensor {key!r} has a malformed header entry; the file is corrupt") from None
+            raise SafetensorsFileError(
+                f"{name}: tensor {key!r} has a malformed header entry; the file is corrupt"
+            ) from None
         end = max(end, int(hi))
     if 8 + n + end > size:
-        raise SafetensorsFileError(f"{name}: truncated: the header describes {8 + n + end} bytes but the file has "
-                                   f"{size}; download or copy it again")
+        raise SafetensorsFileError(
+            f"{name}: truncated: the header describes {8 + n + end} bytes but the file has "
+            f"{size}; download or copy it again"
+        )
     return {"tensors": tensors, "metadata": metadata if isinstance(metadata, dict) else {}}

@@ -74,12 +74,16 @@ def check_sampler_inputs(x, sigmas, values: bool = True) -> None:
     Shapes always; with ``values``, also NaN/Inf in x and a sigma schedule that is not finite,
     non-negative and non-increasing (a host sync: callers inside a captured graph pass False)."""
     if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] < 1:
-        raise ValueError(f"x must be a batch of latents shaped (batch, channels, ...), got "
-                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        raise ValueError(
+            f"x must be a batch of latents shaped (batch, channels, ...), got "
+            f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}"
+        )
     if not isinstance(sigmas, torch.Tensor) or sigmas.dim() != 1 or sigmas.shape[0] < 2:
-        raise ValueError(f"sigmas must be a 1-D schedule of at least 2 values (start ... end), got "
-                         f"{tuple(sigmas.shape) if isinstance(sigmas, torch.Tensor) else type(sigmas).__name__}: "
-                         "steps must be >= 1")
+        raise ValueError(
+            f"sigmas must be a 1-D schedule of at least 2 values (start ... end), got "
+            f"{tuple(sigmas.shape) if isinstance(sigmas, torch.Tensor) else type(sigmas).__name__}: "
+            "steps must be >= 1"
+        )
     if values and not torch.compiler.is_compiling():
         if not bool(torch.isfinite(x).all()):
             raise ValueError("x holds NaN or Inf values; check the input latent or noise")
@@ -88,9 +92,19 @@ def check_sampler_inputs(x, sigmas, values: bool = True) -> None:
 
 
 @torch.no_grad()
-def sample_tscd(model, x, sigmas, extra_args=None, callback=None, disable=None, eta: float = 0.3,
-                noise_sampler: Optional[NoiseSampler] = None, schedule: Optional[VPSchedule] = None,
-                rescale_start: bool = False, check_inputs: bool = True):
+def sample_tscd(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    eta: float = 0.3,
+    noise_sampler: Optional[NoiseSampler] = None,
+    schedule: Optional[VPSchedule] = None,
+    rescale_start: bool = False,
+    check_inputs: bool = True,
+):
     """TSCD/TCD multistep sampling (Hyper-SD 2404.13686; TCD 2402.19159), gamma = ``eta``.
 
     Each step predicts x0, jumps deterministically down to s = floor((1-eta)*t_next), then
@@ -122,8 +136,16 @@ def sample_tscd(model, x, sigmas, extra_args=None, callback=None, disable=None, 
 
 
 @torch.no_grad()
-def sample_dmd_onestep(model, x, sigmas, extra_args=None, callback=None, disable=None,
-                       rescale_start: bool = False, check_inputs: bool = True):
+def sample_dmd_onestep(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    rescale_start: bool = False,
+    check_inputs: bool = True,
+):
     """One-step generation (DMD / Hyper-SD 1-step): one model call at sigmas[0], return x0.
 
     Longer schedules use their first and last sigma only.
@@ -156,9 +178,16 @@ def _progress(it, disable):
 TIMESTEP_SPACINGS = ("trailing", "tcd")
 
 
-def get_sigmas_tscd(steps: int, schedule: Optional[VPSchedule] = None, spacing: str = "trailing",
-                    denoise: float = 1.0, original_steps: int = 50, final: str = "zero",
-                    dtype=torch.float32, onestep_timestep: Optional[int] = None) -> torch.Tensor:
+def get_sigmas_tscd(
+    steps: int,
+    schedule: Optional[VPSchedule] = None,
+    spacing: str = "trailing",
+    denoise: float = 1.0,
+    original_steps: int = 50,
+    final: str = "zero",
+    dtype=torch.float32,
+    onestep_timestep: Optional[int] = None,
+) -> torch.Tensor:
     """Sigma schedule for :func:`sample_tscd`.
 
     spacing="trailing": DDIM trailing (the N-step Hyper-SD LoRAs, TSCD segment starts);

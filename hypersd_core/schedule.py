@@ -80,7 +80,11 @@ class VPSchedule:
     """A discrete VP schedule held as a float64 table of alpha_bar over T timesteps."""
 
     def __init__(self, alphas_cumprod: Sequence[float] | np.ndarray | torch.Tensor):
-        a = torch.as_tensor(np.asarray(alphas_cumprod, dtype=np.float64) if not isinstance(alphas_cumprod, torch.Tensor) else alphas_cumprod.detach().cpu().double())
+        a = torch.as_tensor(
+            np.asarray(alphas_cumprod, dtype=np.float64)
+            if not isinstance(alphas_cumprod, torch.Tensor)
+            else alphas_cumprod.detach().cpu().double()
+        )
         if a.ndim != 1 or len(a) < 2:
             raise ValueError("alphas_cumprod must be a 1-D table with at least 2 entries")
         if not bool(((a > 0) & (a <= 1)).all()) or not bool((a[1:] <= a[:-1]).all()):

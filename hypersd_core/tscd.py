@@ -32,8 +32,9 @@ class TSCDTimesteps:
 def tscd_timesteps(grid: SegmentGrid, index: torch.Tensor) -> TSCDTimesteps:
     """Timesteps of grid indices ``index`` (an int64 tensor)."""
     index = index.long()
-    return TSCDTimesteps(index, grid.timestep(index), grid.timestep(index - 1), grid.edge_timestep(index),
-                         grid.is_boundary(index))
+    return TSCDTimesteps(
+        index, grid.timestep(index), grid.timestep(index - 1), grid.edge_timestep(index), grid.is_boundary(index)
+    )
 
 
 def jump_to(model_output, x_t, t, t_to, schedule: VPSchedule, prediction_type: str = "epsilon"):
@@ -44,14 +45,16 @@ def jump_to(model_output, x_t, t, t_to, schedule: VPSchedule, prediction_type: s
     return jump(x0, eps, a_to, s_to)
 
 
-def student_edge_prediction(model_output, x_t, ts: TSCDTimesteps, schedule: VPSchedule,
-                            prediction_type: str = "epsilon"):
+def student_edge_prediction(
+    model_output, x_t, ts: TSCDTimesteps, schedule: VPSchedule, prediction_type: str = "epsilon"
+):
     """The student's prediction at t jumped to its segment edge t_e."""
     return jump_to(model_output, x_t, ts.t, ts.t_edge, schedule, prediction_type)
 
 
-def teacher_ddim_step(cond_output, uncond_output, guidance, x_t, ts: TSCDTimesteps, schedule: VPSchedule,
-                      prediction_type: str = "epsilon"):
+def teacher_ddim_step(
+    cond_output, uncond_output, guidance, x_t, ts: TSCDTimesteps, schedule: VPSchedule, prediction_type: str = "epsilon"
+):
     """One guided DDIM step of the teacher, t -> t' (``uncond_output`` None: no guidance).
 
     Guidance combines model outputs, as diffusers and ComfyUI do for eps models.
@@ -60,8 +63,9 @@ def teacher_ddim_step(cond_output, uncond_output, guidance, x_t, ts: TSCDTimeste
     return jump_to(out, x_t, ts.t, ts.t_prev, schedule, prediction_type)
 
 
-def consistency_target(x_prev, target_output, ts: TSCDTimesteps, schedule: VPSchedule,
-                       prediction_type: str = "epsilon"):
+def consistency_target(
+    x_prev, target_output, ts: TSCDTimesteps, schedule: VPSchedule, prediction_type: str = "epsilon"
+):
     """The TSCD target at the edge: x_{t'} where t' is the edge, else the target network's
     prediction at t' jumped to t_e. ``target_output`` may be None when every sample is a boundary
     one, or hold outputs for the whole batch (boundary rows are ignored)."""
@@ -92,5 +96,7 @@ def perturb_noise(noise: torch.Tensor, strength: float, generator: torch.Generat
     """Noise perturbation for stability (input perturbation): eps + strength * xi, xi ~ N(0, I)."""
     if strength <= 0:
         return noise
-    xi = torch.randn(noise.shape, generator=generator, dtype=noise.dtype, device="cpu" if generator is not None else noise.device)
+    xi = torch.randn(
+        noise.shape, generator=generator, dtype=noise.dtype, device="cpu" if generator is not None else noise.device
+    )
     return noise + strength * xi.to(noise.device)

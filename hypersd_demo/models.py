@@ -33,6 +33,7 @@ DEFAULT_SIZE = {"embedded": 16, "tiny": 32, "sd15": 512, "sdxl": 1024}
 @dataclass
 class Components:
     """Loaded parts for :func:`build_generator`."""
+
     kind: str
     unet: torch.nn.Module
     prompt_encoder: PromptEncoder
@@ -54,21 +55,50 @@ def tiny_components(tokenizer_path=None, seed: int = 0, pixel_space: bool = Fals
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64,
-                                        num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77))
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+        )
+    )
     ch = 1 if pixel_space else 4
     unet = UNet2DConditionModel(
-        sample_size=16, in_channels=ch, out_channels=ch, layers_per_block=1, block_out_channels=(32, 64),
-        norm_num_groups=8, cross_attention_dim=32, attention_head_dim=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+        sample_size=16,
+        in_channels=ch,
+        out_channels=ch,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        norm_num_groups=8,
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    )
     decoder, scale = None, 1
     if not pixel_space:
-        vae = AutoencoderTiny(encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
-                              num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1), latent_channels=4)
+        vae = AutoencoderTiny(
+            encoder_block_out_channels=(8, 8),
+            decoder_block_out_channels=(8, 8),
+            num_encoder_blocks=(1, 1),
+            num_decoder_blocks=(1, 1),
+            latent_channels=4,
+        )
         decoder, scale = LatentDecoder(vae.eval().requires_grad_(False)), 2
     enc = PromptEncoder([load_tokenizer(tokenizer_path)], [text.eval().requires_grad_(False)], "sd15")
-    return Components("tiny", unet.eval().requires_grad_(False), enc, decoder, ch, scale,
-                      16 if pixel_space else 32, description="tiny random model")
+    return Components(
+        "tiny",
+        unet.eval().requires_grad_(False),
+        enc,
+        decoder,
+        ch,
+        scale,
+        16 if pixel_space else 32,
+        description="tiny random model",
+    )
 
 
 def embedded_components(folder=None, tokenizer_path=None) -> Components:
@@ -79,6 +109,7 @@ def embedded_components(folder=None, tokenizer_path=None) -> Components:
     """
     try:
         from hypersd_models.embedded import load_embedded
+
         teacher = load_embedded(folder, tokenizer_path)
     except (ImportError, FileNotFoundError) as exc:
         log.warning("embedded digits model not available (%s); using a tiny random stand-in", exc)
@@ -86,12 +117,25 @@ def embedded_components(folder=None, tokenizer_path=None) -> Components:
         comp.kind, comp.description = "embedded", "tiny random stand-in for the embedded digits model"
         return comp
     enc = PromptEncoder([teacher.tokenizer], [teacher.text_encoder], "sd15")
-    return Components("embedded", teacher.unet, enc, None, teacher.unet.config.in_channels, 1,
-                      teacher.resolution, description="embedded digits model")
+    return Components(
+        "embedded",
+        teacher.unet,
+        enc,
+        None,
+        teacher.unet.config.in_channels,
+        1,
+        teacher.resolution,
+        description="embedded digits model",
+    )
 
 
-def sd_components(kind: str, path: str | os.PathLike, dtype=torch.float16, config: Optional[str] = None,
-                  tiny_vae: Optional[str] = None) -> Components:
+def sd_components(
+    kind: str,
+    path: str | os.PathLike,
+    dtype=torch.float16,
+    config: Optional[str] = None,
+    tiny_vae: Optional[str] = None,
+) -> Components:
     """SD1.5 or SDXL from a local diffusers folder or a single-file checkpoint (``config``: a local
     diffusers folder with the matching model_index/config files, needed offline for single files)."""
     if kind not in ("sd15", "sdxl"):
@@ -102,13 +146,23 @@ def sd_components(kind: str, path: str | os.PathLike, dtype=torch.float16, confi
     else:
         enc = PromptEncoder([pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2], "sdxl")
     pred = pipe.scheduler.config.get("prediction_type", "epsilon")
-    return Components(kind, pipe.unet, enc, LatentDecoder(pipe.vae), pipe.unet.config.in_channels,
-                      pipe.vae_scale_factor, DEFAULT_SIZE[kind], pred, description=f"{kind} from {path}",
-                      schedule=schedule_from_config(pipe.scheduler.config))
+    return Components(
+        kind,
+        pipe.unet,
+        enc,
+        LatentDecoder(pipe.vae),
+        pipe.unet.config.in_channels,
+        pipe.vae_scale_factor,
+        DEFAULT_SIZE[kind],
+        pred,
+        description=f"{kind} from {path}",
+        schedule=schedule_from_config(pipe.scheduler.config),
+    )
 
 
-def load_components(kind: str, path=None, dtype=torch.float16, config=None, tiny_vae=None,
-                    tokenizer_path=None) -> Components:
+def load_components(
+    kind: str, path=None, dtype=torch.float16, config=None, tiny_vae=None, tokenizer_path=None
+) -> Components:
     if kind == "embedded":
         return embedded_components(path, tokenizer_path)
     if kind == "tiny":
@@ -124,8 +178,15 @@ def tune_for_speed(comp: Components) -> None:
     tune_modules(comp.unet, getattr(comp.decoder, "vae", None))
 
 
-def build_generator(comp: Components, device="cpu", dtype=torch.float32, lora: Optional[str] = None,
-                    lora_strength: float = 1.0, tune: bool = False, **kwargs) -> tuple[Generator, Optional[LoraMerge]]:
+def build_generator(
+    comp: Components,
+    device="cpu",
+    dtype=torch.float32,
+    lora: Optional[str] = None,
+    lora_strength: float = 1.0,
+    tune: bool = False,
+    **kwargs,
+) -> tuple[Generator, Optional[LoraMerge]]:
     """Move the components to ``device``/``dtype``, merge a LoRA file if given, build the Generator.
 
     One step without an explicit ``timestep`` runs at the one the LoRA's settings name (our
@@ -150,8 +211,17 @@ def build_generator(comp: Components, device="cpu", dtype=torch.float32, lora: O
     if tune:
         tune_for_speed(comp)
         merged = None
-    gen = Generator(comp.unet, comp.prompt_encoder, comp.decoder, latent_channels=comp.latent_channels,
-                    vae_scale_factor=comp.vae_scale_factor, dtype=dtype, device=device,
-                    prediction_type=comp.prediction_type, sdxl=comp.kind == "sdxl", schedule=comp.schedule,
-                    **kwargs)
+    gen = Generator(
+        comp.unet,
+        comp.prompt_encoder,
+        comp.decoder,
+        latent_channels=comp.latent_channels,
+        vae_scale_factor=comp.vae_scale_factor,
+        dtype=dtype,
+        device=device,
+        prediction_type=comp.prediction_type,
+        sdxl=comp.kind == "sdxl",
+        schedule=comp.schedule,
+        **kwargs,
+    )
     return gen, merged

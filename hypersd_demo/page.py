@@ -86,5 +86,8 @@ $("seed").addEventListener("input", changed);
 def render_page(model_description: str, debounce_ms: int = 40) -> bytes:
     import html
 
-    return (PAGE.replace("__MODEL__", html.escape(model_description))
-            .replace("__DEBOUNCE__", str(int(debounce_ms))).encode("utf-8"))
+    return (
+        PAGE.replace("__MODEL__", html.escape(model_description))
+        .replace("__DEBOUNCE__", str(int(debounce_ms)))
+        .encode("utf-8")
+    )

@@ -98,10 +98,16 @@ def make_handler(state: DemoState, page: bytes):
                 self._send(200, page, "text/html; charset=utf-8")
             elif self.path == "/info":
                 g = state.generator
-                info = {"model": state.description, "size": state.size, "steps": g.steps,
-                        "device": str(g.device), "compile": g.stats.compile_status,
-                        "text_encoder_calls": g.stats.text_encoder_calls, "images": g.stats.images,
-                        "dropped_stale": state.dropped}
+                info = {
+                    "model": state.description,
+                    "size": state.size,
+                    "steps": g.steps,
+                    "device": str(g.device),
+                    "compile": g.stats.compile_status,
+                    "text_encoder_calls": g.stats.text_encoder_calls,
+                    "images": g.stats.images,
+                    "dropped_stale": state.dropped,
+                }
                 self._send(200, json.dumps(info).encode())
             else:
                 self._send(404, b"not found", "text/plain")
@@ -136,8 +142,11 @@ def make_handler(state: DemoState, page: bytes):
 
 def make_server(state: DemoState, port: int = 0, debounce_ms: int = 40) -> ThreadingHTTPServer:
     """An HTTP server on 127.0.0.1:port (0 = a free port) serving the page and /generate."""
-    page = render_page(f"{state.description} · {state.size}×{state.size} · {state.generator.steps} step(s) · "
-                       f"{state.generator.device} · {state.generator.stats.compile_status}", debounce_ms)
+    page = render_page(
+        f"{state.description} · {state.size}×{state.size} · {state.generator.steps} step(s) · "
+        f"{state.generator.device} · {state.generator.stats.compile_status}",
+        debounce_ms,
+    )
     server = ThreadingHTTPServer((HOST, port), make_handler(state, page))
     server.daemon_threads = True
     return server
@@ -152,10 +161,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tokenizer", help="CLIP tokenizer folder (embedded/tiny models)")
     p.add_argument("--lora", help="a Hyper-SD LoRA .safetensors to merge into the UNet")
     p.add_argument("--lora-strength", type=float, default=1.0)
-    p.add_argument("--steps", type=int, default=None,
-                   help="default 1; 4 for the embedded teacher without --lora (it is not distilled)")
-    p.add_argument("--timestep", type=int, default=None,
-                   help="one-step start timestep (default: the LoRA header's, else 999; 800: SDXL 1-step UNet)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="default 1; 4 for the embedded teacher without --lora (it is not distilled)",
+    )
+    p.add_argument(
+        "--timestep",
+        type=int,
+        default=None,
+        help="one-step start timestep (default: the LoRA header's, else 999; 800: SDXL 1-step UNet)",
+    )
     p.add_argument("--eta", type=float, default=None, help="TSCD gamma for steps > 1 (default 0.3; 0 for the teacher)")
     p.add_argument("--size", type=int, help="image side in pixels (default: the model's native size)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -185,11 +202,22 @@ def main(argv=None) -> None:
         steps = 4 if teacher else 1
         eta = 0.0 if teacher and eta is None else eta
         if teacher:
-            log.info("the embedded teacher is not distilled: 4 DDIM steps (train a TSCD LoRA and pass "
-                     "--lora FILE --steps 1 for one step)")
-    gen, _ = build_generator(comp, device=device, dtype=dtype, lora=args.lora, lora_strength=args.lora_strength,
-                             steps=steps, timestep=args.timestep, eta=0.3 if eta is None else eta,
-                             compile=args.compile, tune=args.tuned)
+            log.info(
+                "the embedded teacher is not distilled: 4 DDIM steps (train a TSCD LoRA and pass "
+                "--lora FILE --steps 1 for one step)"
+            )
+    gen, _ = build_generator(
+        comp,
+        device=device,
+        dtype=dtype,
+        lora=args.lora,
+        lora_strength=args.lora_strength,
+        steps=steps,
+        timestep=args.timestep,
+        eta=0.3 if eta is None else eta,
+        compile=args.compile,
+        tune=args.tuned,
+    )
     if args.tuned and args.compile:
         inductor_tuning()
     size = args.size or comp.size or DEFAULT_SIZE[args.model]

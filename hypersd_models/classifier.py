@@ -54,7 +54,9 @@ class DigitClassifier(nn.Module):
         cfg_path, w_path = folder / "config.json", folder / "model.safetensors"
         for p in (cfg_path, w_path):
             if not p.is_file():
-                raise FileNotFoundError(f"digit classifier file missing: {p} (re-create it with python -m train.embedded.make_embedded)")
+                raise FileNotFoundError(
+                    f"digit classifier file missing: {p} (re-create it with python -m train.embedded.make_embedded)"
+                )
         model = cls(**json.loads(cfg_path.read_text()))
         model.load_state_dict(load_file(str(w_path)))
         return model.eval().requires_grad_(False)

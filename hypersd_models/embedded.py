@@ -19,12 +19,25 @@ TOKENIZER_ENV = "HYPERSD_TOKENIZER"
 
 RESOLUTION = 16
 TEXT_CONFIG = dict(
-    vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-    max_position_embeddings=77, projection_dim=32, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+    vocab_size=49408,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    max_position_embeddings=77,
+    projection_dim=32,
+    bos_token_id=49406,
+    eos_token_id=49407,
+    pad_token_id=49407,
 )
 UNET_CONFIG = dict(
-    sample_size=RESOLUTION, in_channels=1, out_channels=1, layers_per_block=1,
-    block_out_channels=(32, 64, 64), norm_num_groups=8, cross_attention_dim=TEXT_CONFIG["hidden_size"],
+    sample_size=RESOLUTION,
+    in_channels=1,
+    out_channels=1,
+    layers_per_block=1,
+    block_out_channels=(32, 64, 64),
+    norm_num_groups=8,
+    cross_attention_dim=TEXT_CONFIG["hidden_size"],
     attention_head_dim=4,
     down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
@@ -89,8 +102,11 @@ def load_embedded(folder: str | os.PathLike | None = None, tokenizer_path=None) 
     from transformers import CLIPTextModel
 
     folder = Path(folder or EMBEDDED_DIR)
-    need = [folder / "unet" / "diffusion_pytorch_model.safetensors", folder / "text_encoder" / "model.safetensors",
-            folder / "meta.json"]
+    need = [
+        folder / "unet" / "diffusion_pytorch_model.safetensors",
+        folder / "text_encoder" / "model.safetensors",
+        folder / "meta.json",
+    ]
     missing = [str(p) for p in need if not p.is_file()]
     if missing:
         raise FileNotFoundError(

@@ -70,16 +70,43 @@ def _load_embedded(cfg) -> LoadedModel:
     extras = {}
     if classifier_path(cfg.path).is_dir():
         extras["classifier"] = DigitClassifier.load(classifier_path(cfg.path))
-    return LoadedModel("embedded", t.unet, [t.text_encoder], [t.tokenizer], VPSchedule.scaled_linear(),
-                       t.meta.get("prediction_type", "epsilon"), t.resolution, 1, base_model="embedded-digits",
-                       extras=extras)
+    return LoadedModel(
+        "embedded",
+        t.unet,
+        [t.text_encoder],
+        [t.tokenizer],
+        VPSchedule.scaled_linear(),
+        t.meta.get("prediction_type", "epsilon"),
+        t.resolution,
+        1,
+        base_model="embedded-digits",
+        extras=extras,
+    )
 
 
-TINY_UNET = dict(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
-                 norm_num_groups=4, attention_head_dim=2, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
-TINY_TEXT = dict(vocab_size=49408, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                 max_position_embeddings=77, projection_dim=16, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+TINY_UNET = dict(
+    sample_size=8,
+    in_channels=1,
+    out_channels=1,
+    layers_per_block=1,
+    block_out_channels=(8, 16),
+    norm_num_groups=4,
+    attention_head_dim=2,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+)
+TINY_TEXT = dict(
+    vocab_size=49408,
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    max_position_embeddings=77,
+    projection_dim=16,
+    bos_token_id=49406,
+    eos_token_id=49407,
+    pad_token_id=49407,
+)
 
 
 def _build_tiny(cfg) -> LoadedModel:
@@ -95,8 +122,18 @@ def _build_tiny(cfg) -> LoadedModel:
     torch.manual_seed(2)
     res = unet_cfg["sample_size"]
     clf = DigitClassifier(res, feature_dim=16).eval().requires_grad_(False)
-    return LoadedModel("tiny", unet, [te], [load_tokenizer(cfg.tokenizer_path)], VPSchedule.scaled_linear(), "epsilon",
-                       res, 1, base_model="tiny-test", extras={"classifier": clf})
+    return LoadedModel(
+        "tiny",
+        unet,
+        [te],
+        [load_tokenizer(cfg.tokenizer_path)],
+        VPSchedule.scaled_linear(),
+        "epsilon",
+        res,
+        1,
+        base_model="tiny-test",
+        extras={"classifier": clf},
+    )
 
 
 def _load_unet(path: str):
@@ -115,10 +152,12 @@ def _load_unet(path: str):
 def schedule_from_config(config: dict) -> VPSchedule:
     """The VP schedule a diffusers scheduler config describes (SD1.5/SDXL: scaled_linear)."""
     if config.get("beta_schedule", "scaled_linear") != "scaled_linear":
-        raise ModelLoadError("only the scaled_linear beta schedule of SD1.5/SDXL is supported, got "
-                             f"{config.get('beta_schedule')!r}")
-    return VPSchedule.scaled_linear(config.get("beta_start", 0.00085), config.get("beta_end", 0.012),
-                                    config.get("num_train_timesteps", 1000))
+        raise ModelLoadError(
+            f"only the scaled_linear beta schedule of SD1.5/SDXL is supported, got {config.get('beta_schedule')!r}"
+        )
+    return VPSchedule.scaled_linear(
+        config.get("beta_start", 0.00085), config.get("beta_end", 0.012), config.get("num_train_timesteps", 1000)
+    )
 
 
 def load_tiny_vae(path: str | os.PathLike, dtype=torch.float32, config: dict | None = None) -> torch.nn.Module:
@@ -157,8 +196,13 @@ class LatentDecoder(torch.nn.Module):
         return self.vae.decode(z / self.scaling_factor + self.shift_factor, return_dict=False)[0]
 
 
-def load_sd_pipeline(path: str | os.PathLike, kind: str | None = None, dtype=torch.float32,
-                     config_path: str | os.PathLike | None = None, tiny_vae: str | os.PathLike | None = None):
+def load_sd_pipeline(
+    path: str | os.PathLike,
+    kind: str | None = None,
+    dtype=torch.float32,
+    config_path: str | os.PathLike | None = None,
+    tiny_vae: str | os.PathLike | None = None,
+):
     """(pipeline, "sd15" | "sdxl") from a local diffusers folder or a single .safetensors checkpoint;
     nothing is downloaded. ``kind`` None: SDXL when the folder has text_encoder_2/. Single files
     need ``config_path`` offline: a local diffusers folder of the same architecture."""
@@ -183,7 +227,8 @@ def load_sd_pipeline(path: str | os.PathLike, kind: str | None = None, dtype=tor
             raise ModelLoadError(
                 f"loading the single file {path.name} offline needs its configs: set model.config_path (--config "
                 "in the demo) to a local diffusers folder of the same architecture, or convert the checkpoint to a "
-                "diffusers folder first")
+                "diffusers folder first"
+            )
         try:
             pipe = cls.from_single_file(str(path), config=str(config_path), **common)
         except Exception as e:
@@ -202,8 +247,10 @@ def load_sd_pipeline(path: str | os.PathLike, kind: str | None = None, dtype=tor
 def _load_sd(cfg) -> LoadedModel:
     """SD1.5/SDXL components from a diffusers folder or a single-file checkpoint."""
     if not cfg.path:
-        raise ModelLoadError(f"model.kind={cfg.kind} needs model.path: a diffusers folder (with unet/, vae/, "
-                             "text_encoder/, tokenizer/) or a .safetensors checkpoint")
+        raise ModelLoadError(
+            f"model.kind={cfg.kind} needs model.path: a diffusers folder (with unet/, vae/, "
+            "text_encoder/, tokenizer/) or a .safetensors checkpoint"
+        )
     pipe, kind = load_sd_pipeline(cfg.path, cfg.kind, DTYPES[cfg.dtype], getattr(cfg, "config_path", None))
     sdxl = kind == "sdxl"
     schedule = schedule_from_config(pipe.scheduler.config)
@@ -216,5 +263,16 @@ def _load_sd(cfg) -> LoadedModel:
         e.requires_grad_(False).eval()
     vae = pipe.vae.requires_grad_(False).eval()
     res = unet.config.sample_size * (2 ** (len(vae.config.block_out_channels) - 1))
-    return LoadedModel(kind, unet, encs, toks, schedule, pred, res, unet.config.in_channels, vae=vae,
-                       scaling_factor=vae.config.scaling_factor, base_model=kind)
+    return LoadedModel(
+        kind,
+        unet,
+        encs,
+        toks,
+        schedule,
+        pred,
+        res,
+        unet.config.in_channels,
+        vae=vae,
+        scaling_factor=vae.config.scaling_factor,
+        base_model=kind,
+    )

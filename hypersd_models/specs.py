@@ -10,48 +10,112 @@ from dataclasses import dataclass
 import torch
 
 SD15 = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32,
+    cross_attention_dim=768,
+    attention_head_dim=8,
+    norm_num_groups=32,
 )
 SDXL = dict(
-    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+    sample_size=128,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280),
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
-    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816, norm_num_groups=32,
+    transformer_layers_per_block=(1, 2, 10),
+    attention_head_dim=(5, 10, 20),
+    cross_attention_dim=2048,
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+    norm_num_groups=32,
 )
 # Same block types and conditioning as the real ones, a few MB of weights.
-SD15_TINY = dict(SD15, block_out_channels=(32, 32, 64, 64), cross_attention_dim=32, attention_head_dim=4,
-                 layers_per_block=1, norm_num_groups=8, sample_size=8)
-SDXL_TINY = dict(SDXL, block_out_channels=(32, 64, 64), transformer_layers_per_block=(1, 1, 2),
-                 attention_head_dim=(2, 4, 4), cross_attention_dim=32, addition_time_embed_dim=8,
-                 projection_class_embeddings_input_dim=32 + 6 * 8, layers_per_block=1, norm_num_groups=8,
-                 sample_size=8)
+SD15_TINY = dict(
+    SD15,
+    block_out_channels=(32, 32, 64, 64),
+    cross_attention_dim=32,
+    attention_head_dim=4,
+    layers_per_block=1,
+    norm_num_groups=8,
+    sample_size=8,
+)
+SDXL_TINY = dict(
+    SDXL,
+    block_out_channels=(32, 64, 64),
+    transformer_layers_per_block=(1, 1, 2),
+    attention_head_dim=(2, 4, 4),
+    cross_attention_dim=32,
+    addition_time_embed_dim=8,
+    projection_class_embeddings_input_dim=32 + 6 * 8,
+    layers_per_block=1,
+    norm_num_groups=8,
+    sample_size=8,
+)
 
 
 # ComfyUI's UNet configs (comfy/model_detection.py), for comfy.supported_models.SD15 / SDXL.
 COMFY_SD15 = {
-    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
-    "adm_in_channels": None, "in_channels": 4, "model_channels": 320, "num_res_blocks": [2, 2, 2, 2],
-    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1,
-    "use_linear_in_transformer": False, "context_dim": 768, "num_heads": 8,
+    "use_checkpoint": False,
+    "image_size": 32,
+    "out_channels": 4,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "adm_in_channels": None,
+    "in_channels": 4,
+    "model_channels": 320,
+    "num_res_blocks": [2, 2, 2, 2],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "channel_mult": [1, 2, 4, 4],
+    "transformer_depth_middle": 1,
+    "use_linear_in_transformer": False,
+    "context_dim": 768,
+    "num_heads": 8,
     "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-    "use_temporal_attention": False, "use_temporal_resblock": False,
+    "use_temporal_attention": False,
+    "use_temporal_resblock": False,
 }
 COMFY_SDXL = {
-    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
-    "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4, "model_channels": 320,
-    "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 2, 2, 10, 10], "channel_mult": [1, 2, 4],
-    "transformer_depth_middle": 10, "use_linear_in_transformer": True, "context_dim": 2048, "num_head_channels": 64,
+    "use_checkpoint": False,
+    "image_size": 32,
+    "out_channels": 4,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "num_classes": "sequential",
+    "adm_in_channels": 2816,
+    "in_channels": 4,
+    "model_channels": 320,
+    "num_res_blocks": [2, 2, 2],
+    "transformer_depth": [0, 0, 2, 2, 10, 10],
+    "channel_mult": [1, 2, 4],
+    "transformer_depth_middle": 10,
+    "use_linear_in_transformer": True,
+    "context_dim": 2048,
+    "num_head_channels": 64,
     "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
-    "use_temporal_attention": False, "use_temporal_resblock": False,
+    "use_temporal_attention": False,
+    "use_temporal_resblock": False,
 }
 # A ~1M-parameter SD1.5-shaped UNet that really runs on the CPU.
-COMFY_SD15_TINY = dict(COMFY_SD15, model_channels=32, channel_mult=[1, 2], num_res_blocks=[1, 1],
-                       transformer_depth=[1, 1], transformer_depth_output=[1, 1, 1, 1], context_dim=32, num_heads=2)
+COMFY_SD15_TINY = dict(
+    COMFY_SD15,
+    model_channels=32,
+    channel_mult=[1, 2],
+    num_res_blocks=[1, 1],
+    transformer_depth=[1, 1],
+    transformer_depth_output=[1, 1, 1, 1],
+    context_dim=32,
+    num_heads=2,
+)
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -102,8 +166,9 @@ def build_unet(spec: ModelSpec, device="cpu", dtype=torch.float32, seed: int = 0
     return unet.eval().requires_grad_(False)
 
 
-def conditioning(spec: ModelSpec, batch: int, device="cpu", dtype=torch.float32, resolution: int | None = None,
-                 seed: int = 0) -> tuple[torch.Tensor, dict | None]:
+def conditioning(
+    spec: ModelSpec, batch: int, device="cpu", dtype=torch.float32, resolution: int | None = None, seed: int = 0
+) -> tuple[torch.Tensor, dict | None]:
     """Random text embeddings (batch, 77, cross_dim) and, for SDXL, its added conditioning."""
     g = torch.Generator().manual_seed(seed)
     cond = torch.randn(batch, spec.text_len, spec.cross_dim, generator=g).to(device, dtype)

@@ -15,8 +15,14 @@ class HyperSDExtension(ComfyExtension):
         from .samplers import HyperSDDMDSampler, HyperSDTSCDSampler
         from .schedulers import HyperSDOneStepScheduler, HyperSDScheduler
 
-        node_list = [HyperSDLoraLoader, HyperSDLoraLoaderModelOnly, HyperSDTSCDSampler, HyperSDScheduler,
-                     HyperSDDMDSampler, HyperSDOneStepScheduler]
+        node_list = [
+            HyperSDLoraLoader,
+            HyperSDLoraLoaderModelOnly,
+            HyperSDTSCDSampler,
+            HyperSDScheduler,
+            HyperSDDMDSampler,
+            HyperSDOneStepScheduler,
+        ]
         for group in OPTIONAL_GROUPS:
             node_list += _optional_nodes(group)
         return node_list

@@ -21,14 +21,16 @@ class HyperSDKSampler(comfy.samplers.KSAMPLER):
         super().__init__(sampler_function, dict(extra_options or {}))
         self.needs_schedule = needs_schedule
 
-    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
-               disable_pbar=False):
+    def sample(
+        self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None, disable_pbar=False
+    ):
         schedule = vp_schedule(model_wrap.inner_model.model_sampling)  # also refuses unsupported models
         options = {"rescale_start": starts_from_pure_noise(latent_image) and not self.max_denoise(model_wrap, sigmas)}
         if self.needs_schedule:
             options["schedule"] = schedule
-        run = comfy.samplers.KSAMPLER(functools.partial(self.sampler_function, **options), self.extra_options,
-                                      self.inpaint_options)
+        run = comfy.samplers.KSAMPLER(
+            functools.partial(self.sampler_function, **options), self.extra_options, self.inpaint_options
+        )
         return run.sample(model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar)
 
 

@@ -21,38 +21,76 @@ from .model_schedule import ONESTEP_OPTION
 STRENGTH_MODES = ("recommended", "custom")
 LEGACY_RECOMMENDED = -1.0  # strength_model of workflows saved before strength_mode existed
 BASE_NAMES = {"sd15": "SD1.5", "sd21": "SD2.x", "sdxl": "SDXL", "sd3": "SD3", "flux": "FLUX.1"}
-EXAMPLE_FILES = {"sd15": "Hyper-SD15-1step-lora.safetensors", "sd21": "an SD2.x LoRA",
-                 "sdxl": "Hyper-SDXL-1step-lora.safetensors", "sd3": "Hyper-SD3-8steps-CFG-lora.safetensors",
-                 "flux": "Hyper-FLUX.1-dev-8steps-lora.safetensors"}
+EXAMPLE_FILES = {
+    "sd15": "Hyper-SD15-1step-lora.safetensors",
+    "sd21": "an SD2.x LoRA",
+    "sdxl": "Hyper-SDXL-1step-lora.safetensors",
+    "sd3": "Hyper-SD3-8steps-CFG-lora.safetensors",
+    "flux": "Hyper-FLUX.1-dev-8steps-lora.safetensors",
+}
 # What to sample a flow-matching model with: ComfyUI's own samplers (ours are VP-only).
-FLOW_SAMPLING = {"flux": "KSampler sampler euler, scheduler simple, cfg 1.0 with FluxGuidance {cfg:g}",
-                 "sd3": "KSampler sampler euler, scheduler sgm_uniform, cfg {cfg:g}"}
+FLOW_SAMPLING = {
+    "flux": "KSampler sampler euler, scheduler simple, cfg 1.0 with FluxGuidance {cfg:g}",
+    "sd3": "KSampler sampler euler, scheduler sgm_uniform, cfg {cfg:g}",
+}
 
 
 def lora_inputs(with_clip: bool):
     import folder_paths
 
-    inputs = [io.Model.Input("model", tooltip="The model to patch (SD1.5, SDXL, SD3 or FLUX.1); must match the "
-                             "LoRA's base model.")]
-    if with_clip:
-        inputs.append(io.Clip.Input("clip", tooltip="The CLIP model; patched only if the LoRA has text-encoder keys "
-                                    "(the official Hyper-SD LoRAs have none)."))
-    inputs += [
-        io.Combo.Input("lora_name", options=folder_paths.get_filename_list("loras"),
-                       tooltip="A .safetensors LoRA in models/loras, e.g. Hyper-SD15-1step-lora.safetensors or "
-                       "Hyper-FLUX.1-dev-8steps-lora.safetensors."),
-        io.Float.Input("strength_model", default=1.0, min=-10.0, max=10.0, step=0.01,
-                       tooltip="LoRA strength on the diffusion model when strength_mode is 'custom'; 0 disables it."),
+    inputs = [
+        io.Model.Input(
+            "model", tooltip="The model to patch (SD1.5, SDXL, SD3 or FLUX.1); must match the LoRA's base model."
+        )
     ]
     if with_clip:
-        inputs.append(io.Float.Input("strength_clip", default=1.0, min=-10.0, max=10.0, step=0.01,
-                                     tooltip="Strength on the text encoder, for LoRAs that carry text-encoder keys."))
+        inputs.append(
+            io.Clip.Input(
+                "clip",
+                tooltip="The CLIP model; patched only if the LoRA has text-encoder keys "
+                "(the official Hyper-SD LoRAs have none).",
+            )
+        )
+    inputs += [
+        io.Combo.Input(
+            "lora_name",
+            options=folder_paths.get_filename_list("loras"),
+            tooltip="A .safetensors LoRA in models/loras, e.g. Hyper-SD15-1step-lora.safetensors or "
+            "Hyper-FLUX.1-dev-8steps-lora.safetensors.",
+        ),
+        io.Float.Input(
+            "strength_model",
+            default=1.0,
+            min=-10.0,
+            max=10.0,
+            step=0.01,
+            tooltip="LoRA strength on the diffusion model when strength_mode is 'custom'; 0 disables it.",
+        ),
+    ]
+    if with_clip:
+        inputs.append(
+            io.Float.Input(
+                "strength_clip",
+                default=1.0,
+                min=-10.0,
+                max=10.0,
+                step=0.01,
+                tooltip="Strength on the text encoder, for LoRAs that carry text-encoder keys.",
+            )
+        )
     # Optional and last: workflows saved before it existed keep their widget order (the pack's web
     # extension fills it in), and API prompts without it keep their old meaning (-1 = recommended).
-    inputs.append(io.Combo.Input("strength_mode", options=list(STRENGTH_MODES), default="recommended", optional=True,
-                                 tooltip="recommended: the strength from the file's Hyper-SD metadata or the official "
-                                 "file's model card (1.0 for SD1.5/SDXL, 0.125 for SD3/FLUX.1; 1.0 if unknown). "
-                                 "custom: strength_model."))
+    inputs.append(
+        io.Combo.Input(
+            "strength_mode",
+            options=list(STRENGTH_MODES),
+            default="recommended",
+            optional=True,
+            tooltip="recommended: the strength from the file's Hyper-SD metadata or the official "
+            "file's model card (1.0 for SD1.5/SDXL, 0.125 for SD3/FLUX.1; 1.0 if unknown). "
+            "custom: strength_model.",
+        )
+    )
     return inputs
 
 
@@ -64,32 +102,45 @@ def lora_outputs(with_clip: bool):
     return outputs
 
 
-DESCRIPTION = ("Loads a Hyper-SD LoRA (official ByteDance files for SD1.5, SDXL, SD3 and FLUX.1, or our trainer's; "
-               "kohya, peft or diffusers keys) and applies its recommended strength. CFG convention: diffusers "
-               "guidance_scale 0 (no guidance) is ComfyUI cfg 1.0; the few-step SD1.5/SDXL LoRAs want cfg 1.0, "
-               "the CFG LoRAs 5-8.")
+DESCRIPTION = (
+    "Loads a Hyper-SD LoRA (official ByteDance files for SD1.5, SDXL, SD3 and FLUX.1, or our trainer's; "
+    "kohya, peft or diffusers keys) and applies its recommended strength. CFG convention: diffusers "
+    "guidance_scale 0 (no guidance) is ComfyUI cfg 1.0; the few-step SD1.5/SDXL LoRAs want cfg 1.0, "
+    "the CFG LoRAs 5-8."
+)
 
 
 class HyperSDLoraLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(node_id="HyperSDLoraLoader", display_name="Hyper-SD LoRA Loader", category="HyperSD/loaders",
-                         description=DESCRIPTION, inputs=lora_inputs(True), outputs=lora_outputs(True))
+        return io.Schema(
+            node_id="HyperSDLoraLoader",
+            display_name="Hyper-SD LoRA Loader",
+            category="HyperSD/loaders",
+            description=DESCRIPTION,
+            inputs=lora_inputs(True),
+            outputs=lora_outputs(True),
+        )
 
     @classmethod
     def execute(cls, model, clip, lora_name, strength_model, strength_clip, strength_mode=None) -> io.NodeOutput:
-        patched_model, patched_clip, settings = apply_lora(model, clip, lora_name, strength_mode, strength_model,
-                                                           strength_clip)
+        patched_model, patched_clip, settings = apply_lora(
+            model, clip, lora_name, strength_mode, strength_model, strength_clip
+        )
         return io.NodeOutput(patched_model, patched_clip, settings)
 
 
 class HyperSDLoraLoaderModelOnly(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(node_id="HyperSDLoraLoaderModelOnly", display_name="Hyper-SD LoRA Loader (Model Only)",
-                         category="HyperSD/loaders",
-                         description=DESCRIPTION + " Model only, like LoraLoaderModelOnly: text-encoder keys are skipped.",
-                         inputs=lora_inputs(False), outputs=lora_outputs(False))
+        return io.Schema(
+            node_id="HyperSDLoraLoaderModelOnly",
+            display_name="Hyper-SD LoRA Loader (Model Only)",
+            category="HyperSD/loaders",
+            description=DESCRIPTION + " Model only, like LoraLoaderModelOnly: text-encoder keys are skipped.",
+            inputs=lora_inputs(False),
+            outputs=lora_outputs(False),
+        )
 
     @classmethod
     def execute(cls, model, lora_name, strength_model, strength_mode=None) -> io.NodeOutput:
@@ -191,8 +242,10 @@ def check_weights_fit(lora, model, clip, lora_name) -> None:
     unet_map = comfy.lora.model_lora_keys_unet(model.model, {})
     modules = lora_modules(lora)
     if not modules & set(unet_map):
-        raise ValueError(f"{lora_name} holds no diffusion-model weights (only text-encoder ones): it is not a Hyper-SD "
-                         "LoRA; load text-encoder LoRAs with ComfyUI's LoraLoader")
+        raise ValueError(
+            f"{lora_name} holds no diffusion-model weights (only text-encoder ones): it is not a Hyper-SD "
+            "LoRA; load text-encoder LoRAs with ComfyUI's LoraLoader"
+        )
     weights = {k: v.shape for k, v in model.model.state_dict().items()}
     if clip is not None:
         weights.update({k: v.shape for k, v in clip.cond_stage_model.state_dict().items()})
@@ -207,8 +260,9 @@ def check_weights_fit(lora, model, clip, lora_name) -> None:
             shapes[mod] = tuple(weights[target])
     problem = kohya_pair_problem(lora, shapes)
     if problem:
-        raise ValueError(f"{lora_name}: {problem}; the file is damaged or made for another model: re-download or "
-                         "re-export it")
+        raise ValueError(
+            f"{lora_name}: {problem}; the file is damaged or made for another model: re-download or re-export it"
+        )
 
 
 def describe(lora_name: str, meta: HyperSDMetadata | None, strength: float) -> str:
@@ -222,7 +276,12 @@ def describe(lora_name: str, meta: HyperSDMetadata | None, strength: float) -> s
         sampling = FLOW_SAMPLING[meta.base_model].format(cfg=meta.cfg)
         return f"{name}: {base}, steps {steps}, {sampling} (ComfyUI's samplers: flow matching), strength {strength:g}"
     eta = "" if meta.eta is None else f", eta {meta.eta:g}"
-    onestep = ("" if meta.onestep_timestep is None
-               else f"; 1 step: Hyper-SD One-Step Scheduler timestep {meta.onestep_timestep} + DMD sampler")
-    return (f"{name}: {base}, steps {steps}, spacing {meta.spacing}{eta}, "
-            f"cfg {meta.cfg:g} (ComfyUI), strength {strength:g}{onestep}")
+    onestep = (
+        ""
+        if meta.onestep_timestep is None
+        else f"; 1 step: Hyper-SD One-Step Scheduler timestep {meta.onestep_timestep} + DMD sampler"
+    )
+    return (
+        f"{name}: {base}, steps {steps}, spacing {meta.spacing}{eta}, "
+        f"cfg {meta.cfg:g} (ComfyUI), strength {strength:g}{onestep}"
+    )

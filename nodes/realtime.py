@@ -80,13 +80,21 @@ def apply_realtime(model, vae=None, mode: str = "reduce-overhead", max_captures:
     """(model, vae, message): compiled copies on CUDA; the inputs unchanged (and why) elsewhere."""
     device = _device_of(model)
     if device.type != "cuda" and backend == "inductor":
-        msg = (f"Hyper-SD Real-time: the model runs on {device.type}; CUDA graphs need a CUDA GPU, "
-               "so MODEL and VAE pass through unchanged")
+        msg = (
+            f"Hyper-SD Real-time: the model runs on {device.type}; CUDA graphs need a CUDA GPU, "
+            "so MODEL and VAE pass through unchanged"
+        )
         log.warning(msg)
         return model, vae, msg
     m = model.clone()
-    guard = GuardedCompile(m.get_model_object("diffusion_model"), "Hyper-SD Real-time UNet", mode=mode,
-                           backend=backend, max_captures=max_captures, guard_filter_fn=_skip_transformer_options)
+    guard = GuardedCompile(
+        m.get_model_object("diffusion_model"),
+        "Hyper-SD Real-time UNet",
+        mode=mode,
+        backend=backend,
+        max_captures=max_captures,
+        guard_filter_fn=_skip_transformer_options,
+    )
     import comfy.patcher_extension
 
     m.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY)
@@ -95,8 +103,12 @@ def apply_realtime(model, vae=None, mode: str = "reduce-overhead", max_captures:
     if vae is not None:
         out_vae = copy.copy(vae)
         inner = vae.first_stage_model
-        out_vae.first_stage_model = _DecodeProxy(inner, GuardedCompile(
-            inner.decode, "Hyper-SD Real-time VAE decode", mode=mode, backend=backend, max_captures=max_captures))
+        out_vae.first_stage_model = _DecodeProxy(
+            inner,
+            GuardedCompile(
+                inner.decode, "Hyper-SD Real-time VAE decode", mode=mode, backend=backend, max_captures=max_captures
+            ),
+        )
     msg = f"Hyper-SD Real-time: compiling on {device} (mode={mode}, up to {max_captures} captured shapes)"
     log.info(msg)
     return m, out_vae, msg
@@ -113,14 +125,26 @@ class HyperSDRealtimeCompile(io.ComfyNode):
             "generation. Remembers the shapes it captured; a new resolution, batch or LoRA strength is captured "
             "again (up to max_captures, then eager); a compile error falls back to eager. No-op on a CPU.",
             inputs=[
-                io.Model.Input("model", tooltip="The model to compile (after any LoRA loaders: a later LoRA "
-                               "strength change is captured again automatically)."),
+                io.Model.Input(
+                    "model",
+                    tooltip="The model to compile (after any LoRA loaders: a later LoRA "
+                    "strength change is captured again automatically).",
+                ),
                 io.Vae.Input("vae", optional=True, tooltip="Also compile this VAE's decoder (full VAE or TAESD)."),
-                io.Combo.Input("mode", options=MODES, default="reduce-overhead",
-                               tooltip="reduce-overhead: CUDA graphs; max-autotune: CUDA graphs + autotuned kernels "
-                               "(long compile); default: inductor kernels only."),
-                io.Int.Input("max_captures", default=4, min=1, max=16,
-                             tooltip="Distinct shapes/LoRA states to capture before new ones run eager."),
+                io.Combo.Input(
+                    "mode",
+                    options=MODES,
+                    default="reduce-overhead",
+                    tooltip="reduce-overhead: CUDA graphs; max-autotune: CUDA graphs + autotuned kernels "
+                    "(long compile); default: inductor kernels only.",
+                ),
+                io.Int.Input(
+                    "max_captures",
+                    default=4,
+                    min=1,
+                    max=16,
+                    tooltip="Distinct shapes/LoRA states to capture before new ones run eager.",
+                ),
             ],
             outputs=[io.Model.Output(), io.Vae.Output()],
         )

@@ -4,7 +4,9 @@ from ..hypersd_core.samplers import sample_dmd_onestep, sample_tscd
 from .compat import io
 from .ksampler import HyperSDKSampler
 
-CFG_NOTE = "Few-step Hyper-SD LoRAs want cfg 1.0 in SamplerCustom (= diffusers guidance_scale 0, one model call per step)."
+CFG_NOTE = (
+    "Few-step Hyper-SD LoRAs want cfg 1.0 in SamplerCustom (= diffusers guidance_scale 0, one model call per step)."
+)
 
 
 class HyperSDTSCDSampler(io.ComfyNode):
@@ -17,10 +19,16 @@ class HyperSDTSCDSampler(io.ComfyNode):
             description="Trajectory-segmented consistency (TCD-style) sampler for Hyper-SD LoRAs. Pair it with "
             "the Hyper-SD Scheduler in SamplerCustom. " + CFG_NOTE,
             inputs=[
-                io.Float.Input("eta", default=0.3, min=0.0, max=1.0, step=0.01,
-                               tooltip="Stochasticity gamma: 0 = deterministic (DDIM-like, N-step LoRAs), 1 = fully "
-                               "re-noised (LCM-like). Unified 1-step LoRA: 1.0 at 1 step, ~0.3-0.5 at 2-8 steps. "
-                               "The per-step noise comes from the seed, so results are reproducible."),
+                io.Float.Input(
+                    "eta",
+                    default=0.3,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    tooltip="Stochasticity gamma: 0 = deterministic (DDIM-like, N-step LoRAs), 1 = fully "
+                    "re-noised (LCM-like). Unified 1-step LoRA: 1.0 at 1 step, ~0.3-0.5 at 2-8 steps. "
+                    "The per-step noise comes from the seed, so results are reproducible.",
+                ),
             ],
             outputs=[io.Sampler.Output()],
         )

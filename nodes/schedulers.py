@@ -18,16 +18,31 @@ class HyperSDScheduler(io.ComfyNode):
             "LoRAs); tcd: 4 steps = 999/759/499/259 (diffusers TCDScheduler, the unified 1-step LoRA).",
             inputs=[
                 io.Model.Input("model", tooltip=MODEL_TOOLTIP),
-                io.Int.Input("steps", default=4, min=1, max=50,
-                             tooltip="Sampling steps (model calls). Hyper-SD LoRAs: the steps they were made for; "
-                             "the unified 1-step LoRA: 1-8. At 1 step (denoise 1) a LoRA whose header names a "
-                             "one-step timestep (ours from the dmd/unified stages: 800) is sampled at it."),
-                io.Combo.Input("spacing", options=list(TIMESTEP_SPACINGS), default="trailing",
-                               tooltip="Timestep selection: 'trailing' (DDIM trailing, N-step LoRAs and TSCD "
-                               "segment starts) or 'tcd' (what diffusers' TCDScheduler picks, 50 original steps)."),
-                io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01,
-                               tooltip="1.0 for text-to-image; below 1 for img2img (starts part-way down the "
-                               "schedule: lower keeps more of the input image)."),
+                io.Int.Input(
+                    "steps",
+                    default=4,
+                    min=1,
+                    max=50,
+                    tooltip="Sampling steps (model calls). Hyper-SD LoRAs: the steps they were made for; "
+                    "the unified 1-step LoRA: 1-8. At 1 step (denoise 1) a LoRA whose header names a "
+                    "one-step timestep (ours from the dmd/unified stages: 800) is sampled at it.",
+                ),
+                io.Combo.Input(
+                    "spacing",
+                    options=list(TIMESTEP_SPACINGS),
+                    default="trailing",
+                    tooltip="Timestep selection: 'trailing' (DDIM trailing, N-step LoRAs and TSCD "
+                    "segment starts) or 'tcd' (what diffusers' TCDScheduler picks, 50 original steps).",
+                ),
+                io.Float.Input(
+                    "denoise",
+                    default=1.0,
+                    min=0.01,
+                    max=1.0,
+                    step=0.01,
+                    tooltip="1.0 for text-to-image; below 1 for img2img (starts part-way down the "
+                    "schedule: lower keeps more of the input image).",
+                ),
             ],
             outputs=[io.Sigmas.Output()],
         )
@@ -35,11 +50,16 @@ class HyperSDScheduler(io.ComfyNode):
     @classmethod
     def execute(cls, model, steps, spacing, denoise) -> io.NodeOutput:
         if int(steps) < 1 or not 0.0 < float(denoise) <= 1.0:
-            raise ValueError(f"steps must be >= 1 and denoise in (0, 1] (got steps {steps}, denoise {denoise}): "
-                             "1-8 steps for Hyper-SD LoRAs, denoise 1.0 for text-to-image")
+            raise ValueError(
+                f"steps must be >= 1 and denoise in (0, 1] (got steps {steps}, denoise {denoise}): "
+                "1-8 steps for Hyper-SD LoRAs, denoise 1.0 for text-to-image"
+            )
         schedule = vp_schedule(model.get_model_object("model_sampling"))
-        return io.NodeOutput(get_sigmas_tscd(int(steps), schedule, spacing=spacing, denoise=float(denoise),
-                                             onestep_timestep=onestep_timestep(model)))
+        return io.NodeOutput(
+            get_sigmas_tscd(
+                int(steps), schedule, spacing=spacing, denoise=float(denoise), onestep_timestep=onestep_timestep(model)
+            )
+        )
 
 
 class HyperSDOneStepScheduler(io.ComfyNode):
@@ -53,9 +73,14 @@ class HyperSDOneStepScheduler(io.ComfyNode):
             "999 for the unified 1-step LoRA and DMD generators.",
             inputs=[
                 io.Model.Input("model", tooltip=MODEL_TOOLTIP),
-                io.Int.Input("timestep", default=999, min=1, max=999,
-                             tooltip="The timestep of the single step: 800 for Hyper-SDXL-1step-Unet, 999 for "
-                             "the unified 1-step LoRA; lower values with an input image give img2img."),
+                io.Int.Input(
+                    "timestep",
+                    default=999,
+                    min=1,
+                    max=999,
+                    tooltip="The timestep of the single step: 800 for Hyper-SDXL-1step-Unet, 999 for "
+                    "the unified 1-step LoRA; lower values with an input image give img2img.",
+                ),
             ],
             outputs=[io.Sigmas.Output()],
         )
@@ -63,7 +88,9 @@ class HyperSDOneStepScheduler(io.ComfyNode):
     @classmethod
     def execute(cls, model, timestep) -> io.NodeOutput:
         if not 1 <= int(timestep) <= 999:
-            raise ValueError(f"timestep must be between 1 and 999 (got {timestep}): 800 for the SDXL 1-step UNet "
-                             "and our unified LoRAs, 999 for the official unified LoRA")
+            raise ValueError(
+                f"timestep must be between 1 and 999 (got {timestep}): 800 for the SDXL 1-step UNet "
+                "and our unified LoRAs, 999 for the official unified LoRA"
+            )
         schedule = vp_schedule(model.get_model_object("model_sampling"))
         return io.NodeOutput(get_sigmas_onestep(int(timestep), schedule))

@@ -43,7 +43,7 @@ def load_optimizer_tensors(optimizer, tensors: dict[str, torch.Tensor], prefix: 
     for key, v in tensors.items():
         if not key.startswith(prefix):
             continue
-        pid, name = key[len(prefix):].split(".", 1)
+        pid, name = key[len(prefix) :].split(".", 1)
         if name.endswith(_PY):
             name, v = name[: -len(_PY)], float(v)
         state.setdefault(int(pid), {})[name] = v
@@ -168,8 +168,9 @@ def read_part(folder: Path, name: str) -> tuple[dict[str, torch.Tensor], dict | 
 
     path = folder / f"{name}.safetensors"
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {folder} lacks {path.name}; it is incomplete or from a run with "
-                                "another number of processes")
+        raise FileNotFoundError(
+            f"checkpoint {folder} lacks {path.name}; it is incomplete or from a run with another number of processes"
+        )
     meta_path = folder / f"{name}.json"
     return load_file(str(path)), (json.loads(meta_path.read_text()) if meta_path.is_file() else None)
 
@@ -181,8 +182,10 @@ def commit(tmp: Path, state: dict, keep: int) -> Path:
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    olds = sorted((p for p in tmp.parent.iterdir() if p.is_dir() and p.name.startswith("step-")),
-                  key=lambda p: int(p.name.split("-")[1]))
+    olds = sorted(
+        (p for p in tmp.parent.iterdir() if p.is_dir() and p.name.startswith("step-")),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
     for p in olds[:-keep] if keep > 0 else []:
         shutil.rmtree(p, ignore_errors=True)
     return final

@@ -20,18 +20,31 @@ from train.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m train", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--preset", help=f"one of: {', '.join(preset_names())}")
     ap.add_argument("--config", action="append", default=[], help="YAML/JSON config file (repeatable)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override one value, e.g. --set data.batch_size=16 (repeatable)")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one value, e.g. --set data.batch_size=16 (repeatable)",
+    )
     ap.add_argument("--output", help="output folder (checkpoints, LoRAs, grids, metrics, TensorBoard logs)")
     ap.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output")
-    ap.add_argument("--overwrite", action="store_true",
-                    help="train again into a folder that holds a run: the old run is renamed to <output>.replaced-<time>")
-    ap.add_argument("--allow-config-change", action="store_true",
-                    help="with --resume: accept a config that differs from the run's (recorded in config_changes.jsonl)")
+    ap.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train again into a folder that holds a run: the old run is renamed to <output>.replaced-<time>",
+    )
+    ap.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="with --resume: accept a config that differs from the run's (recorded in config_changes.jsonl)",
+    )
     ap.add_argument("--print-config", action="store_true", help="print the merged config and exit")
     ap.add_argument("--debug", action="store_true", help="print tracebacks for expected errors too")
     return ap
@@ -45,6 +58,7 @@ def _one_line(e: BaseException) -> str:
 def _fail(e: BaseException, debug: bool, kind: str = "error", message: str | None = None) -> int:
     if debug:
         import traceback
+
         traceback.print_exception(e)
     lines = [message] if message else str(e).splitlines() if isinstance(e, ConfigError) else [_one_line(e)]
     for line in lines:
@@ -76,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.preset, args.config, args.overrides, extra)
         if args.print_config:
             import json
+
             print(json.dumps(cfg.to_dict(), indent=2))
             return 0
         problems = input_problems(cfg)
@@ -98,8 +113,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"--overwrite: moved the old run to {aside}")
         if changes:
             preflight.record_config_change(out, changes)
-            print(f"--allow-config-change: resuming with {len(changes)} changed key(s), recorded in "
-                  f"{out / 'config_changes.jsonl'}")
+            print(
+                f"--allow-config-change: resuming with {len(changes)} changed key(s), recorded in "
+                f"{out / 'config_changes.jsonl'}"
+            )
         from train.trainer import Trainer
 
         Trainer(cfg, resume=resume).run()
@@ -108,8 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if not _disk_full(e):
             raise
-        return _fail(e, args.debug, message=f"the disk is full while writing to {cfg.output}: free some space, then "
-                     "continue with --resume (committed checkpoints are intact; half-written files are removed then)")
+        return _fail(
+            e,
+            args.debug,
+            message=f"the disk is full while writing to {cfg.output}: free some space, then "
+            "continue with --resume (committed checkpoints are intact; half-written files are removed then)",
+        )
     except KeyboardInterrupt:
         print("interrupted; continue with --resume (the last checkpoint is intact)", file=sys.stderr)
         return 130

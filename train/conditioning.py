@@ -9,8 +9,15 @@ from hypersd_core.generate import PromptEncoder, sdxl_time_ids
 
 
 class TextConditioner:
-    def __init__(self, text_encoders: list, tokenizers: list, device, dtype=torch.float32, resolution: int = 1024,
-                 memo: bool = True):
+    def __init__(
+        self,
+        text_encoders: list,
+        tokenizers: list,
+        device,
+        dtype=torch.float32,
+        resolution: int = 1024,
+        memo: bool = True,
+    ):
         self.encoders, self.tokenizers = text_encoders, tokenizers
         self.prompt_encoder = PromptEncoder(tokenizers, text_encoders, "sdxl" if len(text_encoders) == 2 else "sd15")
         self.device, self.dtype, self.resolution = torch.device(device), dtype, resolution
@@ -49,4 +56,6 @@ class TextConditioner:
 
     def uncond(self, n: int) -> tuple[torch.Tensor, dict | None]:
         h, added = self.encode([""])
-        return h.expand(n, *h.shape[1:]), None if added is None else {k: v.expand(n, *v.shape[1:]) for k, v in added.items()}
+        return h.expand(n, *h.shape[1:]), None if added is None else {
+            k: v.expand(n, *v.shape[1:]) for k, v in added.items()
+        }

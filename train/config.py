@@ -20,8 +20,12 @@ class ConfigError(UserError, ValueError):
 
 
 # Built-in stage names and the modules that register them (train.stages imports them on first use).
-BUILTIN_STAGES = {"tscd": "train.stages.tscd", "feedback": "train.stages.feedback", "dmd": "train.stages.dmd",
-                  "unified": "train.stages.dmd"}
+BUILTIN_STAGES = {
+    "tscd": "train.stages.tscd",
+    "feedback": "train.stages.feedback",
+    "dmd": "train.stages.dmd",
+    "unified": "train.stages.dmd",
+}
 MODEL_KINDS = ("embedded", "tiny", "sd15", "sdxl", "folder")
 DATA_KINDS = ("digits", "folder", "webdataset", "hf")
 DTYPE_NAMES = ("fp32", "fp16", "bf16")
@@ -46,7 +50,9 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    kind: str = "digits"  # digits | folder | webdataset | hf (local Hugging Face dataset: save_to_disk, parquet, imagefolder)
+    kind: str = (
+        "digits"  # digits | folder | webdataset | hf (local Hugging Face dataset: save_to_disk, parquet, imagefolder)
+    )
     path: str | None = None  # folder, or a shard pattern / list file for webdataset ("data-{000..009}.tar")
     captions: str | None = None  # jsonl/csv file for kind=folder; default: captions.jsonl/.csv or same-stem .txt
     resolution: int | None = None  # None: the model's native resolution
@@ -69,9 +75,22 @@ class DataConfig:
 class LoraConfig:
     rank: int = 8
     alpha: float | None = None  # None: = rank
-    target_modules: list[str] = field(default_factory=lambda: [
-        "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
-        "conv1", "conv2", "conv_shortcut", "time_emb_proj"])
+    target_modules: list[str] = field(
+        default_factory=lambda: [
+            "to_q",
+            "to_k",
+            "to_v",
+            "to_out.0",
+            "proj_in",
+            "proj_out",
+            "ff.net.0.proj",
+            "ff.net.2",
+            "conv1",
+            "conv2",
+            "conv_shortcut",
+            "time_emb_proj",
+        ]
+    )
     init_from: str | None = None  # a LoRA .safetensors (kohya or peft) to start the first stage from
 
 
@@ -85,7 +104,9 @@ class OptimConfig:
     fused: bool | None = None  # None: fused AdamW when on CUDA
     max_grad_norm: float = 1.0
     warmup_steps: int = 0
-    lr_scheduler: str = "constant_with_warmup"  # diffusers get_scheduler: constant, constant_with_warmup, cosine, linear, ...
+    lr_scheduler: str = (
+        "constant_with_warmup"  # diffusers get_scheduler: constant, constant_with_warmup, cosine, linear, ...
+    )
     disc_lr: float = 1e-4
     zero: bool = False  # several processes: ZeroRedundancyOptimizer (each keeps and saves its optimizer shard)
 
@@ -168,7 +189,9 @@ class TrainConfig:
     checkpoint_every: int = 200  # optimizer steps; 0: only at stage ends
     keep_checkpoints: int = 2
     log_every: int = 10
-    log_with: list[str] = field(default_factory=lambda: ["tensorboard"])  # accelerate trackers: tensorboard, wandb, mlflow
+    log_with: list[str] = field(
+        default_factory=lambda: ["tensorboard"]
+    )  # accelerate trackers: tensorboard, wandb, mlflow
     tracker_project: str = "hypersd"  # W&B / MLflow project (experiment) name
     threads: int | None = None  # torch CPU threads (None: torch's default)
     progress: bool = True
@@ -207,24 +230,35 @@ def config_problems(cfg: TrainConfig) -> list[str]:
         need(isinstance(v, (int, float)) and 0 <= v <= 1, f"{name} must be in [0, 1], got {v!r}")
 
     def steps_list(v, name: str) -> None:
-        need(bool(v) and all(isinstance(k, int) and k >= 1 for k in v), f"{name} must be a list of step counts >= 1, got {v!r}")
+        need(
+            bool(v) and all(isinstance(k, int) and k >= 1 for k in v),
+            f"{name} must be a list of step counts >= 1, got {v!r}",
+        )
 
     m, d, lo, o = cfg.model, cfg.data, cfg.lora, cfg.optim
     need(m.kind in MODEL_KINDS, f"model.kind must be one of {', '.join(MODEL_KINDS)}, got {m.kind!r}")
     need(m.dtype in DTYPE_NAMES, f"model.dtype must be one of {', '.join(DTYPE_NAMES)}, got {m.dtype!r}")
-    need(m.prediction_type in (None, *PREDICTION_TYPES),
-         f"model.prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {m.prediction_type!r}")
+    need(
+        m.prediction_type in (None, *PREDICTION_TYPES),
+        f"model.prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {m.prediction_type!r}",
+    )
     need(d.kind in DATA_KINDS, f"data.kind must be one of {', '.join(DATA_KINDS)}, got {d.kind!r}")
-    need(d.resolution is None or (isinstance(d.resolution, int) and d.resolution >= 8),
-         f"data.resolution must be >= 8 pixels, got {d.resolution!r}")
+    need(
+        d.resolution is None or (isinstance(d.resolution, int) and d.resolution >= 8),
+        f"data.resolution must be >= 8 pixels, got {d.resolution!r}",
+    )
     need(isinstance(d.batch_size, int) and d.batch_size >= 1, f"data.batch_size must be >= 1, got {d.batch_size!r}")
     in_unit(d.max_bad_fraction, "data.max_bad_fraction")
     need(isinstance(d.num_workers, int) and d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers!r}")
-    need(isinstance(d.prefetch_factor, int) and d.prefetch_factor >= 1,
-         f"data.prefetch_factor must be >= 1, got {d.prefetch_factor!r}")
+    need(
+        isinstance(d.prefetch_factor, int) and d.prefetch_factor >= 1,
+        f"data.prefetch_factor must be >= 1, got {d.prefetch_factor!r}",
+    )
     need(isinstance(d.bucket_step, int) and d.bucket_step >= 8, f"data.bucket_step must be >= 8, got {d.bucket_step!r}")
-    need(not (d.streaming and d.buckets), "data.streaming and data.buckets cannot be combined: buckets need the "
-         "listed webdataset (data.streaming=false)")
+    need(
+        not (d.streaming and d.buckets),
+        "data.streaming and data.buckets cannot be combined: buckets need the listed webdataset (data.streaming=false)",
+    )
     need(not (d.streaming and d.kind != "webdataset"), "data.streaming applies to data.kind=webdataset only")
     need(isinstance(lo.rank, int) and lo.rank >= 1, f"lora.rank must be an integer >= 1, got {lo.rank!r}")
     if lo.alpha is not None:
@@ -237,11 +271,18 @@ def config_problems(cfg: TrainConfig) -> list[str]:
     pos(o.eps, "optim.eps")
     pos(o.max_grad_norm, "optim.max_grad_norm")
     pos(o.weight_decay, "optim.weight_decay", zero_ok=True)
-    need(isinstance(o.warmup_steps, int) and o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps!r}")
-    need(len(o.betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in o.betas),
-         f"optim.betas must be two numbers in [0, 1), got {list(o.betas)!r}")
-    need(isinstance(cfg.solver_steps, int) and 1 <= cfg.solver_steps <= cfg.num_train_timesteps,
-         f"solver_steps must be in 1..num_train_timesteps ({cfg.num_train_timesteps}), got {cfg.solver_steps!r}")
+    need(
+        isinstance(o.warmup_steps, int) and o.warmup_steps >= 0,
+        f"optim.warmup_steps must be >= 0, got {o.warmup_steps!r}",
+    )
+    need(
+        len(o.betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in o.betas),
+        f"optim.betas must be two numbers in [0, 1), got {list(o.betas)!r}",
+    )
+    need(
+        isinstance(cfg.solver_steps, int) and 1 <= cfg.solver_steps <= cfg.num_train_timesteps,
+        f"solver_steps must be in 1..num_train_timesteps ({cfg.num_train_timesteps}), got {cfg.solver_steps!r}",
+    )
     if not cfg.stages:
         out.append("config has no stages; add at least one under 'stages'")
     for i, s in enumerate(cfg.stages):
@@ -249,51 +290,88 @@ def config_problems(cfg: TrainConfig) -> list[str]:
         if not _known_stage(s.name):
             out.append(f"{w}: unknown stage {s.name!r}; known stages: {', '.join(sorted(BUILTIN_STAGES))}")
         if not (isinstance(s.segments, int) and s.segments >= 1) or cfg.solver_steps % s.segments:
-            out.append(f"{w}: solver_steps={cfg.solver_steps} is not divisible by segments={s.segments}; "
-                       "use a grid divisible by every segment count (40 or 80 for 8/4/2/1)")
+            out.append(
+                f"{w}: solver_steps={cfg.solver_steps} is not divisible by segments={s.segments}; "
+                "use a grid divisible by every segment count (40 or 80 for 8/4/2/1)"
+            )
         least = 0 if lo.init_from else 1  # 0 steps only re-exports a LoRA given by lora.init_from
-        need(isinstance(s.steps, int) and s.steps >= least,
-             f"{w}: steps must be >= {least} (0 steps trains nothing; it only re-exports lora.init_from), got {s.steps!r}")
+        need(
+            isinstance(s.steps, int) and s.steps >= least,
+            f"{w}: steps must be >= {least} (0 steps trains nothing; it only re-exports lora.init_from), got {s.steps!r}",
+        )
         if s.lr is not None:
             pos(s.lr, f"{w}: lr")
         need(s.loss in ("huber", "mse"), f"{w}: loss must be 'huber' or 'mse', got {s.loss!r}")
         pos(s.huber_c, f"{w}: huber_c")
         pos(s.consistency_weight, f"{w}: consistency_weight", zero_ok=True)
         pos(s.adv_weight, f"{w}: adv_weight", zero_ok=True)
-        need(s.adv_loss in ("hinge", "nonsaturating"), f"{w}: adv_loss must be 'hinge' or 'nonsaturating', got {s.adv_loss!r}")
+        need(
+            s.adv_loss in ("hinge", "nonsaturating"),
+            f"{w}: adv_loss must be 'hinge' or 'nonsaturating', got {s.adv_loss!r}",
+        )
         need(isinstance(s.d_steps, int) and s.d_steps >= 1, f"{w}: d_steps must be >= 1, got {s.d_steps!r}")
-        need(isinstance(s.ema_decay, (int, float)) and 0 <= s.ema_decay < 1, f"{w}: ema_decay must be in [0, 1), got {s.ema_decay!r}")
+        need(
+            isinstance(s.ema_decay, (int, float)) and 0 <= s.ema_decay < 1,
+            f"{w}: ema_decay must be in [0, 1), got {s.ema_decay!r}",
+        )
         pos(s.cfg_min, f"{w}: cfg_min", zero_ok=True)
-        need(not isinstance(s.cfg_max, (int, float)) or s.cfg_min <= s.cfg_max,
-             f"{w}: cfg_min ({s.cfg_min}) > cfg_max ({s.cfg_max})")
+        need(
+            not isinstance(s.cfg_max, (int, float)) or s.cfg_min <= s.cfg_max,
+            f"{w}: cfg_min ({s.cfg_min}) > cfg_max ({s.cfg_max})",
+        )
         pos(s.noise_perturbation, f"{w}: noise_perturbation", zero_ok=True)
     steps_list(cfg.sample.steps, "sample.steps")
     steps_list(cfg.eval.steps, "eval.steps")
     in_unit(cfg.sample.eta, "sample.eta")
     in_unit(cfg.eval.eta, "eval.eta")
     in_unit(cfg.export.eta, "export.eta")
-    for name, v in (("sample.teacher_steps", cfg.sample.teacher_steps), ("eval.teacher_steps", cfg.eval.teacher_steps),
-                    ("eval.reference_steps", cfg.eval.reference_steps), ("eval.per_digit", cfg.eval.per_digit)):
+    for name, v in (
+        ("sample.teacher_steps", cfg.sample.teacher_steps),
+        ("eval.teacher_steps", cfg.eval.teacher_steps),
+        ("eval.reference_steps", cfg.eval.reference_steps),
+        ("eval.per_digit", cfg.eval.per_digit),
+    ):
         need(isinstance(v, int) and v >= 1, f"{name} must be >= 1, got {v!r}")
     need(isinstance(cfg.sample.num, int) and cfg.sample.num >= 0, f"sample.num must be >= 0, got {cfg.sample.num!r}")
-    need(cfg.export.spacing in ("trailing", "tcd"), f"export.spacing must be 'trailing' or 'tcd', got {cfg.export.spacing!r}")
+    need(
+        cfg.export.spacing in ("trailing", "tcd"),
+        f"export.spacing must be 'trailing' or 'tcd', got {cfg.export.spacing!r}",
+    )
     pos(cfg.export.strength, "export.strength")
     if cfg.export.steps is not None:
         steps_list(cfg.export.steps, "export.steps")
-    need(cfg.mixed_precision in ("no", "fp16", "bf16"), f"mixed_precision must be no, fp16 or bf16, got {cfg.mixed_precision!r}")
-    need(o.lr_scheduler in LR_SCHEDULERS,
-         f"optim.lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {o.lr_scheduler!r}")
+    need(
+        cfg.mixed_precision in ("no", "fp16", "bf16"),
+        f"mixed_precision must be no, fp16 or bf16, got {cfg.mixed_precision!r}",
+    )
+    need(
+        o.lr_scheduler in LR_SCHEDULERS,
+        f"optim.lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {o.lr_scheduler!r}",
+    )
     unknown = [t for t in cfg.log_with if t not in TRACKERS]
     need(not unknown, f"log_with: unknown tracker(s) {unknown}; use any of {', '.join(TRACKERS)} or []")
-    need(cfg.export.dtype in ("fp16", "bf16", "fp32"), f"export.dtype must be fp16, bf16 or fp32, got {cfg.export.dtype!r}")
-    need(cfg.export.key_names in ("diffusers", "sd-scripts"),
-         f"export.key_names must be diffusers or sd-scripts, got {cfg.export.key_names!r}")
+    need(
+        cfg.export.dtype in ("fp16", "bf16", "fp32"),
+        f"export.dtype must be fp16, bf16 or fp32, got {cfg.export.dtype!r}",
+    )
+    need(
+        cfg.export.key_names in ("diffusers", "sd-scripts"),
+        f"export.key_names must be diffusers or sd-scripts, got {cfg.export.key_names!r}",
+    )
     need(isinstance(cfg.grad_accum, int) and cfg.grad_accum >= 1, f"grad_accum must be >= 1, got {cfg.grad_accum!r}")
-    need(isinstance(cfg.checkpoint_every, int) and cfg.checkpoint_every >= 0,
-         f"checkpoint_every must be >= 0 (0: only at stage ends), got {cfg.checkpoint_every!r}")
-    need(isinstance(cfg.keep_checkpoints, int) and cfg.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {cfg.keep_checkpoints!r}")
+    need(
+        isinstance(cfg.checkpoint_every, int) and cfg.checkpoint_every >= 0,
+        f"checkpoint_every must be >= 0 (0: only at stage ends), got {cfg.checkpoint_every!r}",
+    )
+    need(
+        isinstance(cfg.keep_checkpoints, int) and cfg.keep_checkpoints >= 1,
+        f"keep_checkpoints must be >= 1, got {cfg.keep_checkpoints!r}",
+    )
     need(isinstance(cfg.log_every, int) and cfg.log_every >= 1, f"log_every must be >= 1, got {cfg.log_every!r}")
-    need(cfg.threads is None or (isinstance(cfg.threads, int) and cfg.threads >= 1), f"threads must be >= 1, got {cfg.threads!r}")
+    need(
+        cfg.threads is None or (isinstance(cfg.threads, int) and cfg.threads >= 1),
+        f"threads must be >= 1, got {cfg.threads!r}",
+    )
     return out
 
 
@@ -308,8 +386,10 @@ def input_problems(cfg: TrainConfig) -> list[str]:
     m, d, lo = cfg.model, cfg.data, cfg.lora
     if m.kind in ("sd15", "sdxl", "folder"):
         if not m.path:
-            out.append(f"model.kind={m.kind} needs model.path: a diffusers folder or a .safetensors checkpoint "
-                       "(--set model.path=/models/...)")
+            out.append(
+                f"model.kind={m.kind} needs model.path: a diffusers folder or a .safetensors checkpoint "
+                "(--set model.path=/models/...)"
+            )
         elif not Path(m.path).exists():
             out.append(f"model.path not found: {m.path}")
     for key in ("teacher_path", "tokenizer_path", "config_path"):
@@ -321,8 +401,10 @@ def input_problems(cfg: TrainConfig) -> list[str]:
     if d.kind == "webdataset":
         need(bool(d.path), "data.kind=webdataset needs data.path: a shard pattern like data-{000..009}.tar")
     if d.kind == "hf":
-        need(bool(d.path) and Path(d.path or "").exists(),
-             f"data.kind=hf needs data.path: a local save_to_disk folder, .parquet file(s) or image folder (got {d.path!r})")
+        need(
+            bool(d.path) and Path(d.path or "").exists(),
+            f"data.kind=hf needs data.path: a local save_to_disk folder, .parquet file(s) or image folder (got {d.path!r})",
+        )
     need(d.captions is None or Path(d.captions).is_file(), f"data.captions not found: {d.captions}")
     need(lo.init_from is None or Path(lo.init_from).is_file(), f"lora.init_from not found: {lo.init_from}")
     return out
@@ -343,8 +425,11 @@ def _coerce(tp, value, where: str):
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(get_args(tp), value))) \
-            if len(get_args(tp)) == len(value) else tuple(value)
+        return (
+            tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(get_args(tp), value)))
+            if len(get_args(tp)) == len(value)
+            else tuple(value)
+        )
     if tp is dict and not isinstance(value, dict):
         raise ConfigError(f"{where}: expected a mapping, got {value!r}")
     args = [a for a in get_args(tp) if a is not type(None)]
@@ -445,6 +530,7 @@ def parse_override(text: str) -> dict:
     key, raw = text.split("=", 1)
     try:
         import yaml
+
         value = yaml.safe_load(raw)
     except Exception:
         value = raw
@@ -457,8 +543,12 @@ def parse_override(text: str) -> dict:
     return out
 
 
-def load_config(preset: str | None = None, files: list[str] | None = None, overrides: list[str] | None = None,
-                extra: dict | None = None) -> TrainConfig:
+def load_config(
+    preset: str | None = None,
+    files: list[str] | None = None,
+    overrides: list[str] | None = None,
+    extra: dict | None = None,
+) -> TrainConfig:
     """Defaults <- preset <- files <- ``extra`` <- overrides, validated."""
     data: dict = {}
     if preset:

@@ -68,4 +68,4 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | N
     pad = F.pad(x, (max_shift,) * 4, value=-1.0)
     dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
     dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
-    return torch.stack([pad[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    return torch.stack([pad[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])

@@ -11,8 +11,9 @@ class _Stop(Exception):
     """Ends the UNet forward after the mid block: the up path is not needed for features."""
 
 
-def teacher_features(net, unet, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
-                     added_cond: dict | None = None) -> list[torch.Tensor]:
+def teacher_features(
+    net, unet, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, added_cond: dict | None = None
+) -> list[torch.Tensor]:
     """Outputs of every down block and the mid block of ``unet`` when ``net`` (``unet`` itself or
     a wrapper around it, e.g. DDP/FSDP) runs at (x, t, cond)."""
     feats: list[torch.Tensor] = []
@@ -53,9 +54,14 @@ class FeatureDiscriminator(nn.Module):
     def __init__(self, channels: list[int], hidden: int = 64, groups: int = 8):
         super().__init__()
         self.heads = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(c, hidden, 3, padding=1), nn.GroupNorm(min(groups, hidden), hidden), nn.SiLU(),
-                          nn.Conv2d(hidden, 1, 1))
-            for c in channels)
+            nn.Sequential(
+                nn.Conv2d(c, hidden, 3, padding=1),
+                nn.GroupNorm(min(groups, hidden), hidden),
+                nn.SiLU(),
+                nn.Conv2d(hidden, 1, 1),
+            )
+            for c in channels
+        )
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         if len(feats) != len(self.heads):

@@ -3,7 +3,6 @@
 The CLI prints such an error as one line and exits with code 2; anything else is a bug and keeps its
 traceback. Raise a subclass with a message that says what is wrong and what to do."""
 
-
 from hypersd_models.errors import UserError  # shared with the demo and the model loaders
 
 __all__ = ["UserError", "TrainingDiverged", "ResumeError"]

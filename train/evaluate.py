@@ -40,20 +40,32 @@ def evaluate_digits(trainer, stage, log=_log) -> dict:
     noise = noise.to(trainer.acc.device)
     _, test = load_digit_splits(res)
     reader = digit_reader(res)
-    real = {"reader": reader.features(test.images), "reward": classifier_features(clf, test.images.to(trainer.acc.device))}
+    real = {
+        "reader": reader.features(test.images),
+        "reward": classifier_features(clf, test.images.to(trainer.acc.device)),
+    }
     kw = dict(schedule=m.schedule, prediction_type=m.prediction_type, decode=trainer.decode)
     w = e.teacher_cfg
     ladder = sorted({k for k in TEACHER_LADDER if k < e.reference_steps} | {e.teacher_steps})
     cfg1 = sorted(set(e.steps) | {e.teacher_steps})
-    stage_loras = [(i, s) for i, s in enumerate(trainer.cfg.stages)
-                   if s.name == "tscd" and i < len(trainer.cfg.stages) - 1
-                   and (trainer.out / "lora" / f"stage{i + 1}_{s.name}_k{s.segments}.safetensors").is_file()]
+    stage_loras = [
+        (i, s)
+        for i, s in enumerate(trainer.cfg.stages)
+        if s.name == "tscd"
+        and i < len(trainer.cfg.stages) - 1
+        and (trainer.out / "lora" / f"stage{i + 1}_{s.name}_k{s.segments}.safetensors").is_file()
+    ]
     onestep = stage.metadata().get("onestep_timestep")  # a DMD stage's one-step sampler
     total = 1 + len(ladder) + len(cfg1) + len(e.steps) + (onestep is not None and 1 in e.steps) + len(stage_loras)
-    out = {"n_samples": len(labels), "real_samples": len(test.labels), "eta": e.eta, "teacher_cfg": w,
-           "reference": f"teacher DDIM {e.reference_steps} steps, cfg {w:g}",
-           "reader": "sklearn MLP (64 hidden) on 8x8-pooled pixels, fitted on the load_digits training split",
-           "rows": {}}
+    out = {
+        "n_samples": len(labels),
+        "real_samples": len(test.labels),
+        "eta": e.eta,
+        "teacher_cfg": w,
+        "reference": f"teacher DDIM {e.reference_steps} steps, cfg {w:g}",
+        "reader": "sklearn MLP (64 hidden) on 8x8-pooled pixels, fitted on the load_digits training split",
+        "rows": {},
+    }
     t_start, done, ref = time.time(), 0, None
 
     def add(name: str, imgs, steps: int, nfe: int, t0: float, **extra) -> None:
@@ -61,18 +73,28 @@ def evaluate_digits(trainer, stage, log=_log) -> dict:
         r = score_images(clf, imgs, labels, real, ref if ref is not None else imgs, reader=reader)
         out["rows"][name] = dict(r, steps=steps, nfe=nfe, seconds=round(time.time() - t0, 2), **extra)
         done += 1
-        log(f"eval [{done}/{total}] {name:<24} calls {nfe:>3}  adherence {r['adherence']:.3f}  "
+        log(
+            f"eval [{done}/{total}] {name:<24} calls {nfe:>3}  adherence {r['adherence']:.3f}  "
             f"Frechet->teacher {r['frechet_teacher']:.2f}  traj.err {r['trajectory_error']:.4f}  "
-            f"({time.time() - t_start:.0f}s)")
+            f"({time.time() - t_start:.0f}s)"
+        )
 
     with trainer.teacher(local=True) as teacher:
+
         def run_teacher(k: int, cfg: float):
             return generate(teacher, trainer.conditioner, prompts, noise, steps=k, cfg=cfg, eta=0.0, **kw)
 
         t0 = time.time()
         ref = run_teacher(e.reference_steps, w)
-        add(teacher_row(e.reference_steps, w), ref, e.reference_steps, 2 * e.reference_steps if w != 1 else e.reference_steps,
-            t0, kind="teacher", cfg=w)
+        add(
+            teacher_row(e.reference_steps, w),
+            ref,
+            e.reference_steps,
+            2 * e.reference_steps if w != 1 else e.reference_steps,
+            t0,
+            kind="teacher",
+            cfg=w,
+        )
         for k in ladder:
             t0 = time.time()
             add(teacher_row(k, w), run_teacher(k, w), k, 2 * k if w != 1 else k, t0, kind="teacher", cfg=w)
@@ -81,8 +103,17 @@ def evaluate_digits(trainer, stage, log=_log) -> dict:
             add(teacher_row(k, 1.0), run_teacher(k, 1.0), k, k, t0, kind="teacher", cfg=1.0)
 
     def student(k: int, os: int | None = None):
-        return generate(trainer.base_unet, trainer.conditioner, prompts, noise, steps=k, cfg=1.0, eta=e.eta,
-                        onestep_timestep=os, **kw)
+        return generate(
+            trainer.base_unet,
+            trainer.conditioner,
+            prompts,
+            noise,
+            steps=k,
+            cfg=1.0,
+            eta=e.eta,
+            onestep_timestep=os,
+            **kw,
+        )
 
     with stage.sampling_context():
         for k in e.steps:
@@ -97,9 +128,13 @@ def evaluate_digits(trainer, stage, log=_log) -> dict:
     final = lora_tensors(trainer.base_unet)
     try:
         for i, s in stage_loras:
-            init_lora_from(trainer.base_unet, str(trainer.out / "lora" / f"stage{i + 1}_{s.name}_k{s.segments}.safetensors"))
+            init_lora_from(
+                trainer.base_unet, str(trainer.out / "lora" / f"stage{i + 1}_{s.name}_k{s.segments}.safetensors")
+            )
             t0 = time.time()
-            add(f"stage k={s.segments} LoRA {s.segments}", student(s.segments), s.segments, s.segments, t0, kind="stage")
+            add(
+                f"stage k={s.segments} LoRA {s.segments}", student(s.segments), s.segments, s.segments, t0, kind="stage"
+            )
     finally:
         load_lora_tensors(trainer.base_unet, final)
     out["rows"][teacher_row(e.reference_steps, w)].update(trajectory_error=0.0, frechet_teacher=0.0)  # itself
@@ -143,9 +178,17 @@ def add_comparisons(out: dict, steps) -> None:
         cands = [n for n, r in rows.items() if r.get("kind") in ("student", "stage") and r["nfe"] == c]
         for n in cands:
             # ties on adherence (both read every digit right) count for the LoRA: it is not worse
-            wins = {metric: (rows[n][metric] >= rows[base][metric]) if up else (rows[n][metric] < rows[base][metric])
-                    for metric, up in JUDGED}
-            comp[f"{n} vs {base}"] = {"calls": c, "lora": n, "teacher": base, "wins": wins, "lora_wins_all": all(wins.values())}
+            wins = {
+                metric: (rows[n][metric] >= rows[base][metric]) if up else (rows[n][metric] < rows[base][metric])
+                for metric, up in JUDGED
+            }
+            comp[f"{n} vs {base}"] = {
+                "calls": c,
+                "lora": n,
+                "teacher": base,
+                "wins": wins,
+                "lora_wins_all": all(wins.values()),
+            }
     out["equal_calls"] = comp
     out["verdict"] = verdict_line(out)
 
@@ -168,27 +211,37 @@ def verdict_line(out: dict) -> str:
 
 
 def format_table(metrics: dict) -> str:
-    head = (f"{'sampler':<24} {'calls':>5} {'adher.':>6} {'Fr->teach':>9} {'Fr->real':>8} {'traj.err':>8} "
-            f"{'reward':>6} {'match':>5}")
+    head = (
+        f"{'sampler':<24} {'calls':>5} {'adher.':>6} {'Fr->teach':>9} {'Fr->real':>8} {'traj.err':>8} "
+        f"{'reward':>6} {'match':>5}"
+    )
     lines = [head]
     for name, r in metrics["rows"].items():
         if "frechet_teacher" not in r:  # a metrics.json from before the reader
-            lines.append(f"{name:<24} {r['nfe']:>5} {r['adherence']:>6.3f} {'-':>9} {r['frechet']:>8.3f} "
-                         f"{r.get('trajectory_error', 0):>8.4f}")
+            lines.append(
+                f"{name:<24} {r['nfe']:>5} {r['adherence']:>6.3f} {'-':>9} {r['frechet']:>8.3f} "
+                f"{r.get('trajectory_error', 0):>8.4f}"
+            )
             continue
         match = r.get("teacher_steps_to_match", "")
         match = "" if "teacher_steps_to_match" not in r else (">max" if match is None else str(match))
-        lines.append(f"{name:<24} {r['nfe']:>5} {r['adherence']:>6.3f} {r['frechet_teacher']:>9.2f} {r['frechet']:>8.2f} "
-                     f"{r['trajectory_error']:>8.4f} {r['adherence_reward']:>6.3f} {match:>5}")
-    lines.append(f"(n={metrics['n_samples']} samples, same noise and prompts; adher. = the independent reader's accuracy "
-                 f"on the captioned digit; Fr->teach / Fr->real = Frechet distance in its features to the reference / "
-                 f"to {metrics['real_samples']} held-out digits; traj.err vs {metrics['reference']}; reward = the embedded "
-                 f"classifier (the feedback reward); match = teacher DDIM steps at cfg {metrics.get('teacher_cfg', 3):g} "
-                 f"reaching the row's traj.err)")
+        lines.append(
+            f"{name:<24} {r['nfe']:>5} {r['adherence']:>6.3f} {r['frechet_teacher']:>9.2f} {r['frechet']:>8.2f} "
+            f"{r['trajectory_error']:>8.4f} {r['adherence_reward']:>6.3f} {match:>5}"
+        )
+    lines.append(
+        f"(n={metrics['n_samples']} samples, same noise and prompts; adher. = the independent reader's accuracy "
+        f"on the captioned digit; Fr->teach / Fr->real = Frechet distance in its features to the reference / "
+        f"to {metrics['real_samples']} held-out digits; traj.err vs {metrics['reference']}; reward = the embedded "
+        f"classifier (the feedback reward); match = teacher DDIM steps at cfg {metrics.get('teacher_cfg', 3):g} "
+        f"reaching the row's traj.err)"
+    )
     for c in metrics.get("equal_calls", {}).values():
         mark = {m: ("LoRA" if v else "teacher") for m, v in c["wins"].items()}
-        lines.append(f"  {c['calls']} calls: {c['lora']} vs {c['teacher']}: traj.err {mark['trajectory_error']}, "
-                     f"Frechet->teacher {mark['frechet_teacher']}, adherence {mark['adherence']}")
+        lines.append(
+            f"  {c['calls']} calls: {c['lora']} vs {c['teacher']}: traj.err {mark['trajectory_error']}, "
+            f"Frechet->teacher {mark['frechet_teacher']}, adherence {mark['adherence']}"
+        )
     if metrics.get("verdict"):
         lines.append(metrics["verdict"])
     return "\n".join(lines)

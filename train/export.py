@@ -34,24 +34,43 @@ def lora_alpha(unet) -> float:
     return float(cfg.lora_alpha)
 
 
-def lora_metadata(cfg: TrainConfig, stage_metadata: dict, base_model: str, prediction_type: str,
-                  last: bool = True) -> HyperSDMetadata:
+def lora_metadata(
+    cfg: TrainConfig, stage_metadata: dict, base_model: str, prediction_type: str, last: bool = True
+) -> HyperSDMetadata:
     """The header of a LoRA exported after a stage (``stage_metadata``: that stage's ``metadata()``).
     export.steps describes the final LoRA; a stage's own LoRA serves its own step counts.
     ``base_model``: the model kind's name, unless export.base_model overrides it."""
     e = cfg.export
     steps = e.steps if (e.steps and last) else stage_metadata.get("steps")
-    extra = {"solver_steps": cfg.solver_steps, "segments_schedule": [s.segments for s in cfg.stages],
-             "stages": [s.name for s in cfg.stages], "lora_rank": cfg.lora.rank}
-    return HyperSDMetadata(base_model=e.base_model or base_model, steps=list(steps or []),
-                           segments=stage_metadata.get("segments"), prediction_type=prediction_type,
-                           strength=e.strength, eta=e.eta, cfg=e.cfg, spacing=e.spacing,
-                           onestep_timestep=stage_metadata.get("onestep_timestep"), stage=stage_metadata.get("stage"),
-                           extra=extra)
+    extra = {
+        "solver_steps": cfg.solver_steps,
+        "segments_schedule": [s.segments for s in cfg.stages],
+        "stages": [s.name for s in cfg.stages],
+        "lora_rank": cfg.lora.rank,
+    }
+    return HyperSDMetadata(
+        base_model=e.base_model or base_model,
+        steps=list(steps or []),
+        segments=stage_metadata.get("segments"),
+        prediction_type=prediction_type,
+        strength=e.strength,
+        eta=e.eta,
+        cfg=e.cfg,
+        spacing=e.spacing,
+        onestep_timestep=stage_metadata.get("onestep_timestep"),
+        stage=stage_metadata.get("stage"),
+        extra=extra,
+    )
 
 
-def export_lora(unet, folder: str | os.PathLike, name: str, metadata: HyperSDMetadata,
-                options: ExportConfig | None = None, resolution: int | None = None) -> dict[str, str]:
+def export_lora(
+    unet,
+    folder: str | os.PathLike,
+    name: str,
+    metadata: HyperSDMetadata,
+    options: ExportConfig | None = None,
+    resolution: int | None = None,
+) -> dict[str, str]:
     """Write <folder>/<name>.safetensors (kohya) and <folder>/<name>_diffusers/ (peft); returns paths.
 
     ``options`` (the config's export section; defaults if None): dtype fp16 | bf16 | fp32;
@@ -69,11 +88,13 @@ def export_lora(unet, folder: str | os.PathLike, name: str, metadata: HyperSDMet
     named = peft_sd
     if key_names == "sd-scripts" and metadata.base_model == "sdxl":
         lpb = int(unet.config.layers_per_block)
-        named = {"unet." + _renamed(k[len("unet."):], lpb): v for k, v in peft_sd.items()}
+        named = {"unet." + _renamed(k[len("unet.") :], lpb): v for k, v in peft_sd.items()}
     kohya = cast_lora(to_kohya(named, default_alpha=lora_alpha(unet)), dtype)  # = kohya_state_dict(unet)
     rank = unet.peft_config[ADAPTER].r
-    header = {**metadata.to_header(),
-              **tool_metadata(metadata, rank, lora_alpha(unet), resolution, options.title or name, dtype)}
+    header = {
+        **metadata.to_header(),
+        **tool_metadata(metadata, rank, lora_alpha(unet), resolution, options.title or name, dtype),
+    }
     kohya_path = save_lora(folder / f"{name}.safetensors", kohya, header)
     ddir = folder / f"{name}_diffusers"
     tmp = folder / f".tmp-{name}_diffusers"
@@ -81,8 +102,11 @@ def export_lora(unet, folder: str | os.PathLike, name: str, metadata: HyperSDMet
     from diffusers.loaders import StableDiffusionLoraLoaderMixin  # not the pipeline: no image-processor imports
 
     StableDiffusionLoraLoaderMixin.save_lora_weights(
-        tmp, unet_lora_layers=cast_lora({k[len("unet."):]: v for k, v in peft_sd.items()}, dtype),
-        unet_lora_adapter_metadata=unet.peft_config[ADAPTER].to_dict(), safe_serialization=True)
+        tmp,
+        unet_lora_layers=cast_lora({k[len("unet.") :]: v for k, v in peft_sd.items()}, dtype),
+        unet_lora_adapter_metadata=unet.peft_config[ADAPTER].to_dict(),
+        safe_serialization=True,
+    )
     shutil.rmtree(ddir, ignore_errors=True)
     os.replace(tmp, ddir)  # the folder appears complete or not at all
     return {"kohya": str(kohya_path), "diffusers": str(ddir / "pytorch_lora_weights.safetensors")}

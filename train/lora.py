@@ -15,18 +15,26 @@ def available_targets(unet: torch.nn.Module, wanted: list[str]) -> list[str]:
     names = [n for n, m in unet.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
     found = [w for w in wanted if any(n == w or n.endswith("." + w) for n in names)]
     if not found:
-        raise ValueError(f"none of lora.target_modules {wanted} exists in the UNet; "
-                         "use module names such as to_q, to_k, to_v, to_out.0, conv1")
+        raise ValueError(
+            f"none of lora.target_modules {wanted} exists in the UNet; "
+            "use module names such as to_q, to_k, to_v, to_out.0, conv1"
+        )
     return found
 
 
-def add_lora(unet: torch.nn.Module, rank: int, alpha: float | None, target_modules: list[str]) -> list[torch.nn.Parameter]:
+def add_lora(
+    unet: torch.nn.Module, rank: int, alpha: float | None, target_modules: list[str]
+) -> list[torch.nn.Parameter]:
     """Freeze the UNet and add a trainable LoRA (lora_B starts at zero: the student starts as the teacher)."""
     from peft import LoraConfig
 
     unet.requires_grad_(False)
-    config = LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian",
-                        target_modules=available_targets(unet, target_modules))
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha or rank,
+        init_lora_weights="gaussian",
+        target_modules=available_targets(unet, target_modules),
+    )
     unet.add_adapter(config, adapter_name=ADAPTER)
     params = lora_parameters(unet)
     for p in params:
@@ -63,8 +71,10 @@ def load_lora_tensors(unet: torch.nn.Module, tensors: dict[str, torch.Tensor]) -
     params = lora_named_parameters(unet)
     missing, extra = set(params) - set(tensors), set(tensors) - set(params)
     if missing or extra:
-        raise ValueError(f"LoRA checkpoint does not match the model (missing {len(missing)}, unexpected {len(extra)} "
-                         "tensors); was it written with another model or lora.rank/target_modules?")
+        raise ValueError(
+            f"LoRA checkpoint does not match the model (missing {len(missing)}, unexpected {len(extra)} "
+            "tensors); was it written with another model or lora.rank/target_modules?"
+        )
     for n, p in params.items():
         p.copy_(tensors[n].to(p.dtype))
 

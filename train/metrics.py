@@ -32,7 +32,9 @@ def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
 
 @torch.no_grad()
 def classifier_features(classifier, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    return torch.cat([classifier.features(images[i:i + batch].clamp(-1, 1).float()) for i in range(0, len(images), batch)])
+    return torch.cat(
+        [classifier.features(images[i : i + batch].clamp(-1, 1).float()) for i in range(0, len(images), batch)]
+    )
 
 
 @torch.no_grad()
@@ -64,13 +66,18 @@ def score_images(classifier, images, labels, real_feats, reference=None, reader=
     adherence and both Fréchet distances (to real digits and to ``reference``, the teacher's many-step
     samples) are the reader's, ``adherence_reward``/``frechet_reward`` the classifier's."""
     if reader is None:
-        out = {"frechet": frechet_distance(classifier_features(classifier, images), real_feats),
-               "adherence": prompt_adherence(classifier, images, labels)}
+        out = {
+            "frechet": frechet_distance(classifier_features(classifier, images), real_feats),
+            "adherence": prompt_adherence(classifier, images, labels),
+        }
     else:
         f = reader.features(images)
-        out = {"adherence": reader.adherence(images, labels), "frechet": frechet_distance(f, real_feats["reader"]),
-               "adherence_reward": prompt_adherence(classifier, images, labels),
-               "frechet_reward": frechet_distance(classifier_features(classifier, images), real_feats["reward"])}
+        out = {
+            "adherence": reader.adherence(images, labels),
+            "frechet": frechet_distance(f, real_feats["reader"]),
+            "adherence_reward": prompt_adherence(classifier, images, labels),
+            "frechet_reward": frechet_distance(classifier_features(classifier, images), real_feats["reward"]),
+        }
         if reference is not None:
             out["frechet_teacher"] = frechet_distance(f, reader.features(reference))
     if reference is not None:
@@ -89,7 +96,9 @@ class DigitReader:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, hidden: int = 64, seed: int = 0):
         from sklearn.neural_network import MLPClassifier
 
-        self.mlp = MLPClassifier(hidden_layer_sizes=(hidden,), solver="lbfgs", alpha=1e-2, max_iter=300, random_state=seed)
+        self.mlp = MLPClassifier(
+            hidden_layer_sizes=(hidden,), solver="lbfgs", alpha=1e-2, max_iter=300, random_state=seed
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # ConvergenceWarning at max_iter: the fit is still deterministic
             self.mlp.fit(self._pixels(images), labels.cpu().numpy())

@@ -14,8 +14,9 @@ def build_optimizer(params, cfg, device: torch.device):
         try:
             import bitsandbytes as bnb
         except ImportError as e:
-            raise ImportError("optim.name=adamw8bit needs bitsandbytes (pip install bitsandbytes, CUDA only); "
-                              "or use optim.name=adamw") from e
+            raise ImportError(
+                "optim.name=adamw8bit needs bitsandbytes (pip install bitsandbytes, CUDA only); or use optim.name=adamw"
+            ) from e
         return bnb.optim.AdamW8bit(params, **kw)
     fused = cfg.fused if cfg.fused is not None else device.type == "cuda"
     if fused:

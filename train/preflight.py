@@ -39,18 +39,24 @@ def check_run_folder(out: Path, resume: bool, overwrite: bool) -> Path | None:
         return None
     if overwrite:
         if not (finished(out) or has_checkpoints(out) or (out / "config.json").is_file()):
-            raise PreflightError(f"{out} is not a training run's folder (no config.json, checkpoints/ or LoRA); "
-                                 "--overwrite only moves runs aside: choose an empty or new --output")
+            raise PreflightError(
+                f"{out} is not a training run's folder (no config.json, checkpoints/ or LoRA); "
+                "--overwrite only moves runs aside: choose an empty or new --output"
+            )
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         aside = out.with_name(f"{out.name}.replaced-{stamp}")
         out.rename(aside)
         return aside
     if finished(out) and not (resume and has_checkpoints(out)):
-        raise PreflightError(f"{out} holds a finished run ({', '.join(n for n in FINISHED_MARKERS if (out / n).exists())}); "
-                             "choose another --output, or pass --overwrite to move it aside and train again")
+        raise PreflightError(
+            f"{out} holds a finished run ({', '.join(n for n in FINISHED_MARKERS if (out / n).exists())}); "
+            "choose another --output, or pass --overwrite to move it aside and train again"
+        )
     if not resume and has_checkpoints(out):
-        raise PreflightError(f"{out} holds a started run (checkpoints/): pass --resume to continue it, "
-                             "--overwrite to move it aside, or choose another --output")
+        raise PreflightError(
+            f"{out} holds a started run (checkpoints/): pass --resume to continue it, "
+            "--overwrite to move it aside, or choose another --output"
+        )
     return None
 
 
@@ -72,8 +78,7 @@ def config_changes(old: dict, new: dict) -> dict[str, tuple]:
     """Dotted keys whose values differ between a run's recorded config and the new one."""
     a, b = _flatten(old), _flatten(new)
     keys = sorted(set(a) | set(b))
-    return {k: (a.get(k), b.get(k)) for k in keys
-            if k.split(".")[0] not in RUNTIME_KEYS and a.get(k) != b.get(k)}
+    return {k: (a.get(k), b.get(k)) for k in keys if k.split(".")[0] not in RUNTIME_KEYS and a.get(k) != b.get(k)}
 
 
 def check_resume_config(out: Path, new: dict, allow: bool) -> dict[str, tuple]:
@@ -84,14 +89,18 @@ def check_resume_config(out: Path, new: dict, allow: bool) -> dict[str, tuple]:
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PreflightError(f"{path} is unreadable ({e.__class__.__name__}); restore it, or pass "
-                             "--allow-config-change to resume with the config given now") from None
+        raise PreflightError(
+            f"{path} is unreadable ({e.__class__.__name__}); restore it, or pass "
+            "--allow-config-change to resume with the config given now"
+        ) from None
     changes = config_changes(old, new)
     if changes and not allow:
         listed = "; ".join(f"{k}: {o!r} -> {n!r}" for k, (o, n) in list(changes.items())[:8])
         more = f" (+{len(changes) - 8} more)" if len(changes) > 8 else ""
-        raise PreflightError(f"--resume with a changed training config ({listed}{more}); resume with the run's own "
-                             "config, or pass --allow-config-change to accept the change (it is recorded in the run)")
+        raise PreflightError(
+            f"--resume with a changed training config ({listed}{more}); resume with the run's own "
+            "config, or pass --allow-config-change to accept the change (it is recorded in the run)"
+        )
     return changes
 
 
@@ -100,8 +109,13 @@ def record_config_change(out: Path, changes: dict) -> None:
     from hypersd_core.lora_formats import atomic_write
 
     path = out / "config_changes.jsonl"
-    line = json.dumps({"time": datetime.datetime.now().isoformat(timespec="seconds"),
-                       "changes": {k: list(v) for k, v in changes.items()}}, default=str)
+    line = json.dumps(
+        {
+            "time": datetime.datetime.now().isoformat(timespec="seconds"),
+            "changes": {k: list(v) for k, v in changes.items()},
+        },
+        default=str,
+    )
     old = path.read_text(encoding="utf-8") if path.is_file() else ""
     atomic_write(str(path), lambda tmp: Path(tmp).write_text(old + line + "\n", encoding="utf-8"))
 
@@ -136,8 +150,10 @@ def detect_architecture(path: Path) -> str | None:
     try:
         if path.is_file():
             if path.suffix != ".safetensors":
-                raise PreflightError(f"{path}: only .safetensors checkpoints are loaded (a pickled .ckpt/.bin "
-                                     "runs code when loaded); convert it or get the safetensors release")
+                raise PreflightError(
+                    f"{path}: only .safetensors checkpoints are loaded (a pickled .ckpt/.bin "
+                    "runs code when loaded); convert it or get the safetensors release"
+                )
             return _arch_from_checkpoint_keys(inspect_safetensors(path)["tensors"])
         for sub in sorted(p for p in path.iterdir() if p.is_dir()):
             for f in sorted(sub.glob("*.safetensors")):
@@ -167,6 +183,8 @@ def check_model_files(model_cfg) -> str | None:
         raise PreflightError(f"{path} is a Stable Diffusion 2.x model; Hyper-SD training supports SD1.5 and SDXL")
     if arch and model_cfg.kind in ("sd15", "sdxl") and arch != model_cfg.kind:
         names = {"sd15": "SD1.5", "sdxl": "SDXL"}
-        raise PreflightError(f"model.kind={model_cfg.kind} (--preset {model_cfg.kind}) but {path} holds an {names[arch]} "
-                             f"model; use --preset {arch} (or model.kind={arch})")
+        raise PreflightError(
+            f"model.kind={model_cfg.kind} (--preset {model_cfg.kind}) but {path} holds an {names[arch]} "
+            f"model; use --preset {arch} (or model.kind={arch})"
+        )
     return arch

@@ -18,8 +18,15 @@ class GuidedUNet(torch.nn.Module):
     ``added_cond`` holds SDXL's extra conditioning (text_embeds, time_ids) when needed.
     """
 
-    def __init__(self, unet, cond: torch.Tensor, uncond: torch.Tensor | None = None, cfg: float = 1.0,
-                 added_cond: dict | None = None, added_uncond: dict | None = None):
+    def __init__(
+        self,
+        unet,
+        cond: torch.Tensor,
+        uncond: torch.Tensor | None = None,
+        cfg: float = 1.0,
+        added_cond: dict | None = None,
+        added_uncond: dict | None = None,
+    ):
         super().__init__()
         self.net = UNetNet(unet)
         self.cond, self.uncond, self.cfg = cond, uncond, float(cfg)
@@ -37,10 +44,23 @@ class GuidedUNet(torch.nn.Module):
 
 
 @torch.no_grad()
-def sample_images(unet, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None = None, *,
-                  steps: int, cfg: float = 1.0, eta: float = 0.0, spacing: str = "trailing",
-                  schedule: VPSchedule | None = None, prediction_type: str = "epsilon", seed: int | None = 0,
-                  onestep_timestep: int | None = None, added_cond=None, added_uncond=None) -> torch.Tensor:
+def sample_images(
+    unet,
+    noise: torch.Tensor,
+    cond: torch.Tensor,
+    uncond: torch.Tensor | None = None,
+    *,
+    steps: int,
+    cfg: float = 1.0,
+    eta: float = 0.0,
+    spacing: str = "trailing",
+    schedule: VPSchedule | None = None,
+    prediction_type: str = "epsilon",
+    seed: int | None = 0,
+    onestep_timestep: int | None = None,
+    added_cond=None,
+    added_uncond=None,
+) -> torch.Tensor:
     """Generate from unit-variance VP noise (diffusers' convention) -> x0 in model space.
 
     ``steps`` TSCD/DDIM steps (eta=0 is DDIM); with ``onestep_timestep``, one step is the one-step

@@ -35,7 +35,7 @@ def init_lora_from(unet: torch.nn.Module, path: str) -> None:
     if detect_format(sd) == "kohya":
         names = [n for n, _ in unet.named_modules()]
         sd, _ = kohya_to_peft(sd, names)
-    sd = {k[len("unet."):] if k.startswith("unet.") else k: v for k, v in sd.items()}
+    sd = {k[len("unet.") :] if k.startswith("unet.") else k: v for k, v in sd.items()}
     set_peft_model_state_dict(unet, sd, adapter_name="default")
 
 
@@ -61,8 +61,11 @@ def prepare_student(unet: torch.nn.Module, cfg: TrainConfig, accelerator, weight
         from accelerate.optimizer import AcceleratedOptimizer
 
         prepared = accelerator.prepare(unet)
-        optimizer = AcceleratedOptimizer(build_zero_optimizer(lora_params, cfg.optim, accelerator.device),
-                                         device_placement=False, scaler=accelerator.scaler)
+        optimizer = AcceleratedOptimizer(
+            build_zero_optimizer(lora_params, cfg.optim, accelerator.device),
+            device_placement=False,
+            scaler=accelerator.scaler,
+        )
     else:
         opt = build_optimizer(lora_params, cfg.optim, accelerator.device)
         prepared, optimizer = accelerator.prepare(unet, opt)
@@ -87,14 +90,18 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         # cpu=True without CUDA: processes started by torchrun (`accelerate launch --multi_gpu`) then
         # form a gloo CPU group; `accelerate launch --cpu` with several processes needs MPI instead.
-        self.acc = acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
-                                     cpu=not torch.cuda.is_available(),
-                                     kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
-                                     log_with=trackers(cfg.log_with, self.out) or None,
-                                     project_config=ProjectConfiguration(project_dir=str(self.out)))
+        self.acc = acc = Accelerator(
+            mixed_precision=cfg.mixed_precision,
+            gradient_accumulation_steps=cfg.grad_accum,
+            cpu=not torch.cuda.is_available(),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+            log_with=trackers(cfg.log_with, self.out) or None,
+            project_config=ProjectConfiguration(project_dir=str(self.out)),
+        )
         if not self.resume and acc.is_main_process and ckpt.latest_checkpoint(self.out) is not None:
-            raise FileExistsError(f"{self.out} already holds checkpoints: pass --resume to continue that run, "
-                                  "or choose another --output")
+            raise FileExistsError(
+                f"{self.out} already holds checkpoints: pass --resume to continue that run, or choose another --output"
+            )
         torch.manual_seed(cfg.seed + acc.process_index)
         self.model = m = load_model(cfg.model)
         self.weight_dtype = DTYPES[cfg.model.dtype] if acc.device.type == "cuda" else torch.float32
@@ -110,21 +117,41 @@ class Trainer:
         acc.register_save_state_pre_hook(lambda models, weights, out_dir: weights.clear())
         acc.register_load_state_pre_hook(lambda models, in_dir: models.clear())
         self.base_unet = m.unet
-        self.conditioner = TextConditioner(m.text_encoders, m.tokenizers, acc.device, self.weight_dtype,
-                                           resolution=cfg.data.resolution or m.resolution,
-                                           memo=cfg.data.kind == "digits")
-        self.source = build_source(cfg.data, m, self.conditioner, acc.device, acc.process_index, acc.num_processes, cfg.seed)
+        self.conditioner = TextConditioner(
+            m.text_encoders,
+            m.tokenizers,
+            acc.device,
+            self.weight_dtype,
+            resolution=cfg.data.resolution or m.resolution,
+            memo=cfg.data.kind == "digits",
+        )
+        self.source = build_source(
+            cfg.data, m, self.conditioner, acc.device, acc.process_index, acc.num_processes, cfg.seed
+        )
         self.generator = torch.Generator().manual_seed(cfg.seed * 7 + 1000 * acc.process_index + 1)
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         acc.init_trackers(cfg.tracker_project, config=flat_config(cfg.to_dict()))  # main process only
         self.ctx = StageContext(
-            config=cfg, accelerator=acc, unet=self.unet, base_unet=self.base_unet, schedule=m.schedule,
-            prediction_type=m.prediction_type, lora_params=self.lora_params, optimizer=self.optimizer,
-            uncond=self.conditioner.uncond, decode=self.decode, teacher=self.teacher, generator=self.generator,
-            log=self.log, output_dir=str(self.out), weight_dtype=self.weight_dtype, extras=dict(m.extras),
-            encode=self.conditioner.encode)
+            config=cfg,
+            accelerator=acc,
+            unet=self.unet,
+            base_unet=self.base_unet,
+            schedule=m.schedule,
+            prediction_type=m.prediction_type,
+            lora_params=self.lora_params,
+            optimizer=self.optimizer,
+            uncond=self.conditioner.uncond,
+            decode=self.decode,
+            teacher=self.teacher,
+            generator=self.generator,
+            log=self.log,
+            output_dir=str(self.out),
+            weight_dtype=self.weight_dtype,
+            extras=dict(m.extras),
+            encode=self.conditioner.encode,
+        )
         return self.ctx
 
     @contextlib.contextmanager
@@ -181,11 +208,15 @@ class Trainer:
             for p in ckpt.remove_partial_files(self.out):
                 print(f"removed {p.name}, left half-written by the interrupted run", flush=True)
         self.acc.wait_for_everyone()
-        folder = ckpt.latest_checkpoint(self.out, verify=True, report=(lambda line: print(line, flush=True)) if main else None)
+        folder = ckpt.latest_checkpoint(
+            self.out, verify=True, report=(lambda line: print(line, flush=True)) if main else None
+        )
         if folder is None:
             if ckpt.latest_checkpoint(self.out) is not None:
-                raise ResumeError(f"no intact checkpoint in {ckpt.checkpoint_root(self.out)} (all are damaged, see above); "
-                                  "train again with --overwrite (the damaged run is moved aside)")
+                raise ResumeError(
+                    f"no intact checkpoint in {ckpt.checkpoint_root(self.out)} (all are damaged, see above); "
+                    "train again with --overwrite (the damaged run is moved aside)"
+                )
             if self.resume:
                 print(f"--resume: no checkpoint in {self.out}; starting from the beginning")
             return {"stage": 0, "step": 0, "global_step": 0}, None
@@ -193,16 +224,20 @@ class Trainer:
         if self.acc.is_main_process:
             print(f"resuming from {folder.name}: stage {state['stage'] + 1}, step {state['step']}", flush=True)
         if state.get("num_processes", 1) != self.acc.num_processes:
-            raise ResumeError(f"checkpoint {folder} was written by {state['num_processes']} processes; resume it with "
-                              f"the same number (got {self.acc.num_processes})")
+            raise ResumeError(
+                f"checkpoint {folder} was written by {state['num_processes']} processes; resume it with "
+                f"the same number (got {self.acc.num_processes})"
+            )
         load_lora_tensors(self.base_unet, ckpt.read_part(folder, "lora")[0])
         return state, folder
 
     def _restore_process_state(self, folder: Path) -> None:
         acc_dir = folder / ckpt.ACCELERATE_DIR
         if not acc_dir.is_dir():
-            raise ResumeError(f"checkpoint {folder} has no {ckpt.ACCELERATE_DIR}/ folder (written by an older "
-                              "version of the trainer); train again with --overwrite")
+            raise ResumeError(
+                f"checkpoint {folder} has no {ckpt.ACCELERATE_DIR}/ folder (written by an older "
+                "version of the trainer); train again with --overwrite"
+            )
         self.acc.load_state(str(acc_dir))  # optimizer (shards) and this process's RNG states
         tensors, meta = ckpt.read_part(folder, f"rank{self.acc.process_index}")
         ckpt.load_zero_shard(self.optimizer, tensors)
@@ -250,8 +285,15 @@ class Trainer:
                 if cfg.sample.every and state["global_step"] % cfg.sample.every == 0:
                     self._tb_grid(stage, state["global_step"])
                 if cfg.checkpoint_every and step + 1 < scfg.steps and state["global_step"] % cfg.checkpoint_every == 0:
-                    self._save(stage, {"stage": idx, "step": step + 1, "global_step": state["global_step"],
-                                       "stage_seconds": stage_times})
+                    self._save(
+                        stage,
+                        {
+                            "stage": idx,
+                            "step": step + 1,
+                            "global_step": state["global_step"],
+                            "stage_seconds": stage_times,
+                        },
+                    )
             if bar is not None:
                 bar.close()
             stage_times[f"{idx}:{scfg.name}:k{scfg.segments}"] = round(time.time() - t0, 1)
@@ -268,8 +310,10 @@ class Trainer:
         from accelerate.utils import gather_object
 
         data_stats = gather_object([self.source.stats()]) if acc.num_processes > 1 else [self.source.stats()]
-        self.results["data"] = {"per_process": data_stats,  # skipped samples by reason, per process
-                                "skipped": sum(d.get("skipped", 0) for d in data_stats)}
+        self.results["data"] = {
+            "per_process": data_stats,  # skipped samples by reason, per process
+            "skipped": sum(d.get("skipped", 0) for d in data_stats),
+        }
         if acc.is_main_process:
             self._final_outputs(stage)
             self.results["total_seconds"] = round(time.time() - t_start, 1)
@@ -284,27 +328,42 @@ class Trainer:
         if not bad:
             return
         last = ckpt.latest_checkpoint(self.out)
-        kept = f"the last good checkpoint ({last.name}) is intact" if last is not None else "no checkpoint was written yet"
+        kept = (
+            f"the last good checkpoint ({last.name}) is intact" if last is not None else "no checkpoint was written yet"
+        )
         raise TrainingDiverged(
             f"stage {idx + 1} step {step + 1}: {', '.join(bad)} became NaN/Inf, so training stopped and nothing was saved "
             f"past it; {kept}. Lower the learning rate (now {lr:g}) and rerun, e.g. --resume --allow-config-change "
-            f"--set optim.lr={lr / 4:g}")
+            f"--set optim.lr={lr / 4:g}"
+        )
 
     def _progress(self, scfg, idx: int, start: int):
         if not (self.cfg.progress and self.acc.is_local_main_process):
             return None
         from tqdm.auto import tqdm
 
-        return tqdm(total=scfg.steps, initial=start, desc=f"stage {idx + 1}/{len(self.cfg.stages)} {scfg.name} k={scfg.segments}")
+        return tqdm(
+            total=scfg.steps,
+            initial=start,
+            desc=f"stage {idx + 1}/{len(self.cfg.stages)} {scfg.name} k={scfg.segments}",
+        )
 
     # -- outputs --------------------------------------------------------------------------------
     def _export(self, stage, name: str, last: bool) -> dict:
         self.acc.wait_for_everyone()
         paths = {}
         if self.acc.is_main_process:
-            metadata = lora_metadata(self.cfg, stage.metadata(), self.model.base_model, self.model.prediction_type, last)
-            paths = export_lora(self.base_unet, self.out / ("lora" if not last else ""), name, metadata,
-                                self.cfg.export, self.cfg.data.resolution or self.model.resolution)
+            metadata = lora_metadata(
+                self.cfg, stage.metadata(), self.model.base_model, self.model.prediction_type, last
+            )
+            paths = export_lora(
+                self.base_unet,
+                self.out / ("lora" if not last else ""),
+                name,
+                metadata,
+                self.cfg.export,
+                self.cfg.data.resolution or self.model.resolution,
+            )
         self.acc.wait_for_everyone()
         return paths
 
@@ -313,6 +372,7 @@ class Trainer:
         if s.prompts:
             return list(s.prompts)[: s.num] if s.num else list(s.prompts)
         from .digits import caption
+
         return [caption(d % 10) for d in range(s.num)]
 
     def _grid_rows(self, stage, seed: int) -> dict:
@@ -320,10 +380,23 @@ class Trainer:
         prompts = self.grid_prompts()
         shape = (len(prompts), m.unet.config.in_channels, m.unet.config.sample_size, m.unet.config.sample_size)
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.acc.device)
-        return sample_grid_rows(self.base_unet, lambda: self.teacher(local=True), stage.sampling_context, self.conditioner, prompts, noise,
-                                student_steps=s.steps, teacher_steps=s.teacher_steps, teacher_cfg=s.teacher_cfg,
-                                student_cfg=s.cfg, eta=s.eta, schedule=m.schedule, prediction_type=m.prediction_type,
-                                decode=self.decode, onestep_timestep=stage.metadata().get("onestep_timestep"))
+        return sample_grid_rows(
+            self.base_unet,
+            lambda: self.teacher(local=True),
+            stage.sampling_context,
+            self.conditioner,
+            prompts,
+            noise,
+            student_steps=s.steps,
+            teacher_steps=s.teacher_steps,
+            teacher_cfg=s.teacher_cfg,
+            student_cfg=s.cfg,
+            eta=s.eta,
+            schedule=m.schedule,
+            prediction_type=m.prediction_type,
+            decode=self.decode,
+            onestep_timestep=stage.metadata().get("onestep_timestep"),
+        )
 
     def _tb_grid(self, stage, step: int) -> None:
         if not self.acc.trackers:
@@ -343,10 +416,13 @@ class Trainer:
             self.metrics = metrics
 
     def _print_summary(self) -> None:
-        print(f"\nLoRA (kohya): {self.results['lora'].get('kohya')}\nLoRA (diffusers): {self.results['lora'].get('diffusers')}")
+        print(
+            f"\nLoRA (kohya): {self.results['lora'].get('kohya')}\nLoRA (diffusers): {self.results['lora'].get('diffusers')}"
+        )
         print(f"sample grid: {self.results.get('grid')}")
         m = getattr(self, "metrics", None)
         if m:
             from .evaluate import format_table
+
             print(format_table(m))
         print(f"total time: {self.results.get('total_seconds')} s")

@@ -8,8 +8,22 @@ from benchmarks.data_cpu import main, verdicts
 
 def test_tiny_run(tmp_path):
     out = tmp_path / "d.json"
-    assert main(["--tiny", "--data-dir", str(tmp_path / "data"), "--out", str(out), "--workers", "0,2",
-                 "--sources", "folder,webdataset-stream"]) == 0
+    assert (
+        main(
+            [
+                "--tiny",
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--out",
+                str(out),
+                "--workers",
+                "0,2",
+                "--sources",
+                "folder,webdataset-stream",
+            ]
+        )
+        == 0
+    )
     res = json.loads(out.read_text())
     assert len(list((tmp_path / "data" / "tiny" / "folder").glob("*.jpg"))) == 40
     assert len(list((tmp_path / "data" / "tiny" / "shards").glob("*.tar"))) == 4

@@ -12,7 +12,9 @@ from benchmarks import faults
 
 @pytest.mark.slow
 def test_faults_tiny(tmp_path, tokenizer_path):
-    code = faults.main(["--tiny", "--kills", "2", "--tokenizer", str(tokenizer_path), "--out", str(tmp_path / "faults")])
+    code = faults.main(
+        ["--tiny", "--kills", "2", "--tokenizer", str(tokenizer_path), "--out", str(tmp_path / "faults")]
+    )
     res = json.loads((tmp_path / "faults.json").read_text())
     k, d = res["kills"], res["disk_full"]
     assert k["any_kill_inside_checkpoint_write"] and k["lora_bit_identical"] and not k["partial_files_after_resume"]

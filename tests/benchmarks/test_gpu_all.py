@@ -17,8 +17,21 @@ def test_tiny_run_writes_results_and_docs(tmp_path, monkeypatch):
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{BEGIN}\nold\n{END}\n")
     out = tmp_path / "res"
-    rc = main(["--tiny", "--only", "memory_sdxl_dmd,realtime_comfyui", "--budget", "1500", "--out-dir", str(out),
-               "--results-md", str(doc), "--readme", str(readme)])
+    rc = main(
+        [
+            "--tiny",
+            "--only",
+            "memory_sdxl_dmd,realtime_comfyui",
+            "--budget",
+            "1500",
+            "--out-dir",
+            str(out),
+            "--results-md",
+            str(doc),
+            "--readme",
+            str(readme),
+        ]
+    )
     assert rc == 0
     manifest = json.loads((out / "gpu_all.json").read_text())
     rows = {r["task"]: r for r in manifest["tasks"]}

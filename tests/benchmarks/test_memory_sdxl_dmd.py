@@ -66,7 +66,10 @@ def tiny_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("mem") / "m.json"
     _reset_accelerate()
     try:
-        assert main(["--tiny", "--stages", "dmd", "--ranks", "4", "--gc", "on", "--fake-updates", "1", "--out", str(out)]) == 0
+        assert (
+            main(["--tiny", "--stages", "dmd", "--ranks", "4", "--gc", "on", "--fake-updates", "1", "--out", str(out)])
+            == 0
+        )
         one = json.loads(out.read_text())
         two = measure("sdxl-tiny", stage="dmd", rank=4, gradient_checkpointing=True, batch=2, fake_updates=1)
     finally:
@@ -88,8 +91,18 @@ def test_tiny_peaks_cover_what_must_be_alive_and_grow_with_batch(tiny_runs):
     one = res["runs"][0]
     for r in (one, two):
         s = r["static_bytes"]
-        persistent = sum(s[k] for k in ("base_weights", "lora_student", "lora_fake", "adamw_student", "adamw_fake",
-                                        "reference_bank", "batch"))
+        persistent = sum(
+            s[k]
+            for k in (
+                "base_weights",
+                "lora_student",
+                "lora_fake",
+                "adamw_student",
+                "adamw_fake",
+                "reference_bank",
+                "batch",
+            )
+        )
         assert s["base_weights"] > 0 and s["lora_student"] == s["lora_fake"] > 0
         # AdamW: two fp32 moments per fp32 LoRA parameter (+ 4-byte step counters)
         assert 2 * s["lora_student"] <= s["adamw_student"] <= 2 * s["lora_student"] + 4 * 4096

@@ -13,8 +13,24 @@ def finite(x) -> bool:
 
 def test_quality_quick_end_to_end(tmp_path):
     out = tmp_path / "q.json"
-    assert main(["--quick", "--model", "tiny", "--eval-seeds", "1", "--methods", f"{TSCD};{BASELINE}",
-                 "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--quick",
+                "--model",
+                "tiny",
+                "--eval-seeds",
+                "1",
+                "--methods",
+                f"{TSCD};{BASELINE}",
+                "--work",
+                str(tmp_path / "work"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     res = json.loads(out.read_text())
     for key in ("cpu_model", "cpu_cores", "torch", "date_utc", "git_commit"):
         assert res["machine"][key] not in (None, "")

@@ -16,8 +16,22 @@ def finite(x) -> bool:
 
 def test_inference_paths_tiny(tmp_path):
     out = tmp_path / "s.json"
-    assert main(["--tiny", "--models", "sd15-tiny,sdxl-tiny", "--steps", "1,2", "--sections", "inference",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--tiny",
+                "--models",
+                "sd15-tiny,sdxl-tiny",
+                "--steps",
+                "1,2",
+                "--sections",
+                "inference",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     res = json.loads(out.read_text())
     assert res["tiny"] and "mean nothing" in res["note"]
     paths = {(r["model"], r["steps"], r["path"]) for r in res["inference"]}
@@ -36,8 +50,9 @@ def test_inference_paths_tiny(tmp_path):
 
 
 def test_sampler_loop_is_one_graph_tiny():
-    res = compile_section(SPECS["sd15-tiny"], device=torch.device("cpu"), dtype=torch.float32, resolution=64,
-                          steps=4, eta=0.3, full=False)
+    res = compile_section(
+        SPECS["sd15-tiny"], device=torch.device("cpu"), dtype=torch.float32, resolution=64, steps=4, eta=0.3, full=False
+    )
     r = res["sampler_standin_denoiser"]
     assert r["fullgraph_compile"] == "ok"
     assert r["explain_graph_break_count"] == 0 and r["explain_graph_count"] == 1
@@ -57,7 +72,17 @@ def test_training_paths_tiny(tmp_path):
 
 
 def test_scaling_rows_tiny():
-    rows = scaling_section(SPECS["sd15-tiny"], device="cpu", mixed_precision="no", dtype=torch.float32,
-                           batches=(1, 2), resolutions=(32,), rank=4, gradient_checkpointing=False, warmup=0, iters=1)
+    rows = scaling_section(
+        SPECS["sd15-tiny"],
+        device="cpu",
+        mixed_precision="no",
+        dtype=torch.float32,
+        batches=(1, 2),
+        resolutions=(32,),
+        rank=4,
+        gradient_checkpointing=False,
+        warmup=0,
+        iters=1,
+    )
     assert [(r["batch"], r["resolution"]) for r in rows] == [(1, 32), (2, 32)]
     assert all(finite(r["samples_per_s"]) for r in rows)

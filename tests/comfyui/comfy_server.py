@@ -29,8 +29,7 @@ def free_port() -> int:
 
 
 class ComfyServer:
-    def __init__(self, comfy_path: Path, dirs: dict[str, Path], extra_paths_yaml: Path,
-                 python: str = sys.executable):
+    def __init__(self, comfy_path: Path, dirs: dict[str, Path], extra_paths_yaml: Path, python: str = sys.executable):
         self.comfy_path = Path(comfy_path)
         self.dirs = dirs  # output, input, temp, user
         self.extra_paths_yaml = extra_paths_yaml
@@ -44,12 +43,28 @@ class ComfyServer:
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self, timeout: float = 240.0) -> "ComfyServer":
         cmd = [
-            self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-            "--disable-auto-launch", "--disable-api-nodes", "--disable-metadata",
-            "--database-url", "sqlite:///:memory:",
-            "--extra-model-paths-config", str(self.extra_paths_yaml),
-            "--output-directory", str(self.dirs["output"]), "--input-directory", str(self.dirs["input"]),
-            "--temp-directory", str(self.dirs["temp"]), "--user-directory", str(self.dirs["user"]),
+            self.python,
+            "main.py",
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--disable-auto-launch",
+            "--disable-api-nodes",
+            "--disable-metadata",
+            "--database-url",
+            "sqlite:///:memory:",
+            "--extra-model-paths-config",
+            str(self.extra_paths_yaml),
+            "--output-directory",
+            str(self.dirs["output"]),
+            "--input-directory",
+            str(self.dirs["input"]),
+            "--temp-directory",
+            str(self.dirs["temp"]),
+            "--user-directory",
+            str(self.dirs["user"]),
         ]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._log = open(self.log_path, "w")
@@ -90,8 +105,9 @@ class ComfyServer:
             return json.loads(r.read())
 
     def _post(self, path: str, payload: dict):
-        req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.url + path, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 return json.loads(r.read())
@@ -124,8 +140,11 @@ class ComfyServer:
                 status = entry.get("status", {})
                 if status.get("status_str") != "success":
                     errors = [m[1] for m in status.get("messages", []) if m[0] == "execution_error"]
-                    msg = "; ".join(f"{e.get('node_type')} (node {e.get('node_id')}): {e.get('exception_type')}: "
-                                    f"{e.get('exception_message')}" for e in errors) or _pretty(status)
+                    msg = "; ".join(
+                        f"{e.get('node_type')} (node {e.get('node_id')}): {e.get('exception_type')}: "
+                        f"{e.get('exception_message')}"
+                        for e in errors
+                    ) or _pretty(status)
                     raise ComfyError(f"prompt failed: {msg}\n{self.log_tail(30)}")
                 return entry["outputs"]
             time.sleep(0.25)
@@ -139,8 +158,14 @@ class ComfyServer:
 
 def run_in_comfy(comfy_path: Path, script: Path, *args: str, timeout: float = 900) -> str:
     """Run one of our helper scripts with ComfyUI importable (cwd = the tree); fail with its output."""
-    proc = subprocess.run([sys.executable, str(script), *map(str, args)], cwd=comfy_path, capture_output=True,
-                          text=True, timeout=timeout, env=dict(os.environ, PYTHONPATH=""))
+    proc = subprocess.run(
+        [sys.executable, str(script), *map(str, args)],
+        cwd=comfy_path,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, PYTHONPATH=""),
+    )
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
         raise RuntimeError(f"{script.name} failed (exit {proc.returncode}):\n{tail}")

@@ -64,8 +64,9 @@ def _locked(folder: Path):
 def sd15_files(comfy_path, cache_dir) -> dict[str, Path]:
     """The random SD1.5 components (diffusers layout), the LDM checkpoint and the LoRAs."""
     for module in ("diffusers", "transformers"):
-        pytest.importorskip(module, reason=f"the random SD1.5 test models are built with {module}: "
-                                           "pip install -e '.[train]'")
+        pytest.importorskip(
+            module, reason=f"the random SD1.5 test models are built with {module}: pip install -e '.[train]'"
+        )
     with _locked(cache_dir):
         components = {k: cache_dir / "components" / v for k, v in sd15_models.COMPONENT_FILES.items()}
         if not all(p.exists() for p in components.values()):
@@ -108,8 +109,13 @@ def comfy_dirs(tmp_path_factory, comfy_path, sd15_files, cache_dir) -> dict[str,
         (dirs["models"] / "controlnet" / CONTROLNET).symlink_to(_controlnet_file(cache_dir))
     write_input_image(dirs["input"] / INPUT_IMAGE, IMAGE_SIZE)
 
-    lines = ["hypersd_tests:", f"  base_path: {dirs['models']}", "  checkpoints: checkpoints",
-             "  loras: loras", "  controlnet: controlnet"]
+    lines = [
+        "hypersd_tests:",
+        f"  base_path: {dirs['models']}",
+        "  checkpoints: checkpoints",
+        "  loras: loras",
+        "  controlnet: controlnet",
+    ]
     if not _pack_linked_in(comfy_path):
         # Not linked into the tree: offer it from a temp custom_nodes folder instead of writing there.
         nodes_dir = base / "custom_nodes"

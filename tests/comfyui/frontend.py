@@ -21,7 +21,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None)
+CHROMEDRIVER = shutil.which("chromedriver") or (
+    "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None
+)
 THUMBNAIL_WIDTH = 512
 
 # What the frontend made of a workflow: node types it lacks, its graph (nodes, links, widget
@@ -61,9 +63,19 @@ def chromium(width: int = 1400, height: int = 900):
     profile = tempfile.mkdtemp(prefix="hypersd-chromium-")
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--window-size={width},{height}", f"--user-data-dir={profile}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--window-size={width},{height}",
+        f"--user-data-dir={profile}",
+    ):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
@@ -78,22 +90,28 @@ def chromium(width: int = 1400, height: int = 900):
 
 # No first-run templates browser and no missing-model dialog (the test server has none of the
 # model files the templates name) over the canvas.
-QUIET_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWarning": False,
-                  "Comfy.Minimap.Visible": False}
+QUIET_SETTINGS = {
+    "Comfy.TutorialCompleted": True,
+    "Comfy.Workflow.ShowMissingModelsWarning": False,
+    "Comfy.Minimap.Visible": False,
+}
 
 
 def open_app(driver, url: str, timeout: float = 240.0) -> list[dict]:
     """Load the frontend and wait until it has registered the server's node types; its console log so far."""
     import urllib.request
 
-    req = urllib.request.Request(url + "/settings", data=json.dumps(QUIET_SETTINGS).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url + "/settings", data=json.dumps(QUIET_SETTINGS).encode(), headers={"Content-Type": "application/json"}
+    )
     urllib.request.urlopen(req, timeout=30).close()
     driver.get(url)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if driver.execute_script("return !!(window.app && app.graph && window.LiteGraph && "
-                                 "LiteGraph.registered_node_types['HyperSDLoraLoader'])"):
+        if driver.execute_script(
+            "return !!(window.app && app.graph && window.LiteGraph && "
+            "LiteGraph.registered_node_types['HyperSDLoraLoader'])"
+        ):
             time.sleep(1.0)  # extensions finish their setup
             return driver.get_log("browser")
         time.sleep(0.5)

@@ -25,8 +25,9 @@ def main(components_dir: str, out_path: str) -> None:
     model = comfy.sd.load_diffusion_model_state_dict(load("unet.safetensors"))
     if model is None:
         raise SystemExit("ComfyUI did not recognise the UNet state dict as a diffusion model")
-    clip = comfy.sd.load_text_encoder_state_dicts([load("text_encoder.safetensors")],
-                                                  clip_type=comfy.sd.CLIPType.STABLE_DIFFUSION)
+    clip = comfy.sd.load_text_encoder_state_dicts(
+        [load("text_encoder.safetensors")], clip_type=comfy.sd.CLIPType.STABLE_DIFFUSION
+    )
     vae = comfy.sd.VAE(sd=load("vae.safetensors"))
     sd = model.model.state_dict_for_saving(clip.get_sd(), vae.get_sd(), None)
     sd = {k: (v.to(torch.float16) if v.is_floating_point() else v).contiguous() for k, v in sd.items()}

@@ -82,12 +82,20 @@ def diffusers_tcd(job, noise, cond, lora):
         modules = {name.replace(".", "_"): m for name, m in unet.named_modules()}
         for key in [k for k in lora if k.endswith(".lora_down.weight")]:
             stem = key[: -len(".lora_down.weight")]
-            weight = modules[stem[len("lora_unet_"):]].weight
-            delta = lora_delta(lora[key].float(), lora[f"{stem}.lora_up.weight"].float(),
-                               float(lora[f"{stem}.alpha"]), job["strength"])
+            weight = modules[stem[len("lora_unet_") :]].weight
+            delta = lora_delta(
+                lora[key].float(), lora[f"{stem}.lora_up.weight"].float(), float(lora[f"{stem}.alpha"]), job["strength"]
+            )
             weight += delta.reshape(weight.shape)
-    sched = TCDScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                         original_inference_steps=50, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    sched = TCDScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        original_inference_steps=50,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
     sched.set_timesteps(job["steps"])
     gen = torch.Generator().manual_seed(job["seed"])
     latents = noise * sched.init_noise_sigma

@@ -19,24 +19,51 @@ VERSION = "sd15-random-v2"
 SEED = 1234
 
 UNET_CONFIG = dict(
-    sample_size=64, in_channels=4, out_channels=4, center_input_sample=False, flip_sin_to_cos=True,
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    center_input_sample=False,
+    flip_sin_to_cos=True,
     freq_shift=0,
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, downsample_padding=1,
-    mid_block_scale_factor=1, act_fn="silu", norm_num_groups=32, norm_eps=1e-5,
-    cross_attention_dim=768, attention_head_dim=8,
+    block_out_channels=(320, 640, 1280, 1280),
+    layers_per_block=2,
+    downsample_padding=1,
+    mid_block_scale_factor=1,
+    act_fn="silu",
+    norm_num_groups=32,
+    norm_eps=1e-5,
+    cross_attention_dim=768,
+    attention_head_dim=8,
 )
 VAE_CONFIG = dict(
-    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    layers_per_block=2, act_fn="silu", norm_num_groups=32, sample_size=512, scaling_factor=0.18215,
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    layers_per_block=2,
+    act_fn="silu",
+    norm_num_groups=32,
+    sample_size=512,
+    scaling_factor=0.18215,
 )
 # CLIP ViT-L/14 text tower.
 TEXT_CONFIG = dict(
-    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-    num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5,
-    projection_dim=768, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+    vocab_size=49408,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+    projection_dim=768,
+    bos_token_id=49406,
+    eos_token_id=49407,
+    pad_token_id=49407,
 )
 
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"  # the official SD1.5 file name the workflows expect
@@ -99,8 +126,9 @@ def lora_targets(unet_sd_shapes: dict[str, tuple]) -> dict[str, tuple]:
         if not key.endswith(".weight"):
             continue
         mod = key[: -len(".weight")]
-        outer_conv = (mod.startswith(("down_blocks.0.resnets.", "up_blocks.3.resnets."))
-                      and mod.endswith((".conv1", ".conv2")))
+        outer_conv = mod.startswith(("down_blocks.0.resnets.", "up_blocks.3.resnets.")) and mod.endswith(
+            (".conv1", ".conv2")
+        )
         if (mod.endswith(linear) and ".attentions." in mod) or outer_conv:
             out[mod] = tuple(shape)
     return out
@@ -195,10 +223,20 @@ def _atomic_save(write, path: Path) -> None:
 
 # -- ControlNet -------------------------------------------------------------------------------
 CONTROLNET_CONFIG = dict(
-    in_channels=4, conditioning_channels=3, flip_sin_to_cos=True, freq_shift=0,
-    down_block_types=UNET_CONFIG["down_block_types"], block_out_channels=UNET_CONFIG["block_out_channels"],
-    layers_per_block=2, downsample_padding=1, mid_block_scale_factor=1, act_fn="silu", norm_num_groups=32,
-    norm_eps=1e-5, cross_attention_dim=768, attention_head_dim=8,
+    in_channels=4,
+    conditioning_channels=3,
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    down_block_types=UNET_CONFIG["down_block_types"],
+    block_out_channels=UNET_CONFIG["block_out_channels"],
+    layers_per_block=2,
+    downsample_padding=1,
+    mid_block_scale_factor=1,
+    act_fn="silu",
+    norm_num_groups=32,
+    norm_eps=1e-5,
+    cross_attention_dim=768,
+    attention_head_dim=8,
     conditioning_embedding_out_channels=(16, 32, 96, 256),
 )
 

@@ -21,16 +21,28 @@ GOOD = "Hyper-SD15-1step-lora.safetensors"
 
 def _loader_prompt(lora_name: str, model_only: bool = False) -> dict:
     if model_only:
-        lora = {"class_type": "HyperSDLoraLoaderModelOnly", "inputs": {
-            "model": ["ckpt", 0], "lora_name": lora_name, "strength_model": 1.0}}
+        lora = {
+            "class_type": "HyperSDLoraLoaderModelOnly",
+            "inputs": {"model": ["ckpt", 0], "lora_name": lora_name, "strength_model": 1.0},
+        }
         show = ["lora", 1]
     else:
-        lora = {"class_type": "HyperSDLoraLoader", "inputs": {
-            "model": ["ckpt", 0], "clip": ["ckpt", 1], "lora_name": lora_name, "strength_model": 1.0,
-            "strength_clip": 1.0}}
+        lora = {
+            "class_type": "HyperSDLoraLoader",
+            "inputs": {
+                "model": ["ckpt", 0],
+                "clip": ["ckpt", 1],
+                "lora_name": lora_name,
+                "strength_model": 1.0,
+                "strength_clip": 1.0,
+            },
+        }
         show = ["lora", 2]
-    return {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
-            "lora": lora, "show": {"class_type": "PreviewAny", "inputs": {"source": show}}}
+    return {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
+        "lora": lora,
+        "show": {"class_type": "PreviewAny", "inputs": {"source": show}},
+    }
 
 
 def _good_sd(comfy) -> dict:
@@ -91,20 +103,31 @@ def _cases(comfy):
     good = _good_sd(comfy)
     raw = (comfy.dirs["models"] / "loras" / GOOD).resolve().read_bytes()
     header = json.dumps({"__metadata__": {"x": "y" * 10}}).encode()
-    te_only = {"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 768),
-               "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.zeros(3072, 4),
-               "lora_te_text_model_encoder_layers_0_mlp_fc1.alpha": torch.tensor(4.0)}
+    te_only = {
+        "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 768),
+        "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.zeros(3072, 4),
+        "lora_te_text_model_encoder_layers_0_mlp_fc1.alpha": torch.tensor(4.0),
+    }
     return {
         "bad_truncated.safetensors": (lambda p: p.write_bytes(raw[: len(raw) // 2]), ["truncated"]),
         "bad_nan.safetensors": (lambda p: save_file(_variant(p, good, _nan), str(p)), ["NaN or Inf"]),
         "bad_inf.safetensors": (lambda p: save_file(_variant(p, good, _inf), str(p)), ["NaN or Inf"]),
         "bad_shape.safetensors": (lambda p: save_file(_variant(p, good, _wrong_shape), str(p)), ["does not fit"]),
-        "bad_rank.safetensors": (lambda p: save_file(_variant(p, good, _rank_mismatch), str(p)), ["disagree on the rank"]),
+        "bad_rank.safetensors": (
+            lambda p: save_file(_variant(p, good, _rank_mismatch), str(p)),
+            ["disagree on the rank"],
+        ),
         "bad_sdxl_part.safetensors": (lambda p: save_file(_variant(p, good, _other_base), str(p)), ["SDXL"]),
-        "bad_unknown_keys.safetensors": (lambda p: save_file(_variant(p, good, _unknown_keys), str(p)), ["match nothing"]),
+        "bad_unknown_keys.safetensors": (
+            lambda p: save_file(_variant(p, good, _unknown_keys), str(p)),
+            ["match nothing"],
+        ),
         "bad_integer.safetensors": (lambda p: save_file(_variant(p, good, _integer), str(p)), ["not floating point"]),
         "bad_empty.safetensors": (lambda p: save_file({}, str(p)), ["holds no tensors"]),
-        "bad_pickle.safetensors": (lambda p: p.write_bytes(b"\x80\x04\x95" + b"\x00" * 200), ["pickle", "not safetensors"]),
+        "bad_pickle.safetensors": (
+            lambda p: p.write_bytes(b"\x80\x04\x95" + b"\x00" * 200),
+            ["pickle", "not safetensors"],
+        ),
         "bad_zip.safetensors": (lambda p: p.write_bytes(b"PK\x03\x04" + b"\x00" * 200), ["zip archive"]),
         "bad_huge_header.safetensors": (lambda p: p.write_bytes(struct.pack("<Q", 2**40) + header), ["header claims"]),
         "bad_text_encoder_only.safetensors": (lambda p: save_file(te_only, str(p)), ["no diffusion-model weights"]),
@@ -142,16 +165,21 @@ def test_every_bad_lora_file_is_a_clear_node_error(comfy, bad_files, model_only)
         assert GOOD in " ".join(map(str, out["show"]["text"]))
 
 
-@pytest.mark.parametrize("node, inputs, words", [
-    ("HyperSDScheduler", {"steps": 0, "spacing": "trailing", "denoise": 1.0}, ["steps"]),
-    ("HyperSDScheduler", {"steps": 4, "spacing": "trailing", "denoise": 0.0}, ["denoise"]),
-    ("HyperSDOneStepScheduler", {"timestep": 0}, ["timestep"]),
-    ("HyperSDOneStepScheduler", {"timestep": 1000}, ["timestep"]),
-    ("HyperSDTSCDSampler", {"eta": 1.5}, ["eta"]),
-    ("HyperSDTSCDSampler", {"eta": -0.1}, ["eta"]),
-])
+@pytest.mark.parametrize(
+    "node, inputs, words",
+    [
+        ("HyperSDScheduler", {"steps": 0, "spacing": "trailing", "denoise": 1.0}, ["steps"]),
+        ("HyperSDScheduler", {"steps": 4, "spacing": "trailing", "denoise": 0.0}, ["denoise"]),
+        ("HyperSDOneStepScheduler", {"timestep": 0}, ["timestep"]),
+        ("HyperSDOneStepScheduler", {"timestep": 1000}, ["timestep"]),
+        ("HyperSDTSCDSampler", {"eta": 1.5}, ["eta"]),
+        ("HyperSDTSCDSampler", {"eta": -0.1}, ["eta"]),
+    ],
+)
 def test_bad_node_parameters(comfy, node, inputs, words):
-    prompt = txt2img(CHECKPOINT, GOOD, 1.0, steps=1, spacing="tcd", eta=1.0, seed=1, size=IMAGE_SIZE, prefix="bad_param")
+    prompt = txt2img(
+        CHECKPOINT, GOOD, 1.0, steps=1, spacing="tcd", eta=1.0, seed=1, size=IMAGE_SIZE, prefix="bad_param"
+    )
     target = "sampler" if node == "HyperSDTSCDSampler" else "sigmas"
     if node == "HyperSDOneStepScheduler":
         prompt["sigmas"] = {"class_type": node, "inputs": {"model": ["lora", 0], **inputs}}
@@ -172,8 +200,19 @@ def test_soak_50_prompts_memory_flat(comfy):
     rss = {}
     for i in range(50):
         steps = (1, 2, 4)[i % 3]
-        comfy.run(txt2img(CHECKPOINT, GOOD, 1.0, steps=steps, spacing="tcd", eta=0.5, seed=100 + i, size=IMAGE_SIZE,
-                          prefix=f"soak/{i}"))
+        comfy.run(
+            txt2img(
+                CHECKPOINT,
+                GOOD,
+                1.0,
+                steps=steps,
+                spacing="tcd",
+                eta=0.5,
+                seed=100 + i,
+                size=IMAGE_SIZE,
+                prefix=f"soak/{i}",
+            )
+        )
         if i + 1 in (5, 50):
             rss[i + 1] = proc.memory_info().rss
     growth = rss[50] / rss[5] - 1

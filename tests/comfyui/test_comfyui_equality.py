@@ -28,8 +28,17 @@ RUN = dict(strength=1.0, steps=2, spacing="tcd", eta=0.3, seed=2024)
 
 @pytest.fixture(scope="module")
 def server_latent(comfy):
-    prompt = txt2img(CHECKPOINT, LORA, RUN["strength"], RUN["steps"], RUN["spacing"], RUN["eta"], RUN["seed"],
-                     IMAGE_SIZE, prefix="equality")
+    prompt = txt2img(
+        CHECKPOINT,
+        LORA,
+        RUN["strength"],
+        RUN["steps"],
+        RUN["spacing"],
+        RUN["eta"],
+        RUN["seed"],
+        IMAGE_SIZE,
+        prefix="equality",
+    )
     return read_latent(saved_files(comfy, comfy.run(prompt), "latents")[0])
 
 
@@ -38,9 +47,17 @@ def references(comfy_path, sd15_files, tmp_path_factory):
     from safetensors.torch import load_file
 
     folder = tmp_path_factory.mktemp("reference")
-    job = dict(RUN, repo=str(REPO), checkpoint=str(sd15_files["checkpoint"]), lora=str(sd15_files[LORA]),
-               prompt=POSITIVE, size=IMAGE_SIZE, unet=str(sd15_files["unet"]),
-               text_encoder=str(sd15_files["text_encoder"]), out=str(folder / "reference.safetensors"))
+    job = dict(
+        RUN,
+        repo=str(REPO),
+        checkpoint=str(sd15_files["checkpoint"]),
+        lora=str(sd15_files[LORA]),
+        prompt=POSITIVE,
+        size=IMAGE_SIZE,
+        unet=str(sd15_files["unet"]),
+        text_encoder=str(sd15_files["text_encoder"]),
+        out=str(folder / "reference.safetensors"),
+    )
     (folder / "job.json").write_text(json.dumps(job))
     stdout = run_in_comfy(comfy_path, HERE / "reference_tscd.py", folder / "job.json")
     info = json.loads(stdout.strip().splitlines()[-1])

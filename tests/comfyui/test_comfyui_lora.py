@@ -19,8 +19,13 @@ PEFT = "hypersd15-peft-layout-test-lora.safetensors"
 def _settings_prompt(lora_name: str, strength_model: float = -1.0, strength_mode: str | None = None) -> dict:
     """Only the loader (its key mapping runs at execute) feeding a text preview: no sampling.
     strength_mode None: a prompt saved before that input existed (-1 = recommended)."""
-    inputs = {"model": ["ckpt", 0], "clip": ["ckpt", 1], "lora_name": lora_name, "strength_model": strength_model,
-              "strength_clip": 1.0}
+    inputs = {
+        "model": ["ckpt", 0],
+        "clip": ["ckpt", 1],
+        "lora_name": lora_name,
+        "strength_model": strength_model,
+        "strength_clip": 1.0,
+    }
     if strength_mode is not None:
         inputs["strength_mode"] = strength_mode
     return {
@@ -55,12 +60,14 @@ def test_strength_mode_through_the_server(comfy):
 @pytest.fixture(scope="module")
 def one_step_latents(comfy):
     def run(lora, strength, tag):
-        prompt = txt2img(CHECKPOINT, lora, strength, steps=1, spacing="tcd", eta=1.0, seed=7, size=IMAGE_SIZE,
-                         prefix=f"lora_{tag}")
+        prompt = txt2img(
+            CHECKPOINT, lora, strength, steps=1, spacing="tcd", eta=1.0, seed=7, size=IMAGE_SIZE, prefix=f"lora_{tag}"
+        )
         return read_latent(saved_files(comfy, comfy.run(prompt), "latents")[0])
 
-    return {tag: run(lora, s, tag) for tag, lora, s in
-            (("kohya", KOHYA, 1.0), ("peft", PEFT, 1.0), ("off", KOHYA, 0.0))}
+    return {
+        tag: run(lora, s, tag) for tag, lora, s in (("kohya", KOHYA, 1.0), ("peft", PEFT, 1.0), ("off", KOHYA, 0.0))
+    }
 
 
 def test_lora_changes_the_image_and_layouts_agree(comfy, one_step_latents):

@@ -25,8 +25,12 @@ WORKFLOWS = sorted((Path(__file__).resolve().parents[2] / "workflows").glob("*.j
 
 def base_model(workflow: dict) -> str:
     """'sd15' or 'sdxl' from the checkpoint and LoRA file names the workflow loads."""
-    names = " ".join(str(v) for n in workflow["nodes"] for v in (n.get("widgets_values") or [])
-                     if n["type"] in ("CheckpointLoaderSimple", "HyperSDLoraLoader", "LoraLoader", "UNETLoader"))
+    names = " ".join(
+        str(v)
+        for n in workflow["nodes"]
+        for v in (n.get("widgets_values") or [])
+        if n["type"] in ("CheckpointLoaderSimple", "HyperSDLoraLoader", "LoraLoader", "UNETLoader")
+    )
     if "xl" in names.lower():
         return "sdxl"
     if CHECKPOINT in names or "SD15" in names:
@@ -54,8 +58,10 @@ def adapt(prompt: dict, tag: str) -> dict:
         elif typ == "SaveImage":
             inputs["filename_prefix"] = f"workflows/{tag}"
         elif typ == "VAEDecode":
-            prompt[f"{node_id}_latent"] = {"class_type": "SaveLatent", "inputs": {
-                "samples": inputs["samples"], "filename_prefix": f"workflows/{tag}_{node_id}"}}
+            prompt[f"{node_id}_latent"] = {
+                "class_type": "SaveLatent",
+                "inputs": {"samples": inputs["samples"], "filename_prefix": f"workflows/{tag}_{node_id}"},
+            }
     return prompt
 
 

@@ -31,9 +31,14 @@ def frontend(comfy):
 
 def our_errors(entries):
     """Console errors of our extension or of the graph code (not the test server's missing files)."""
-    return [e["message"] for e in entries if e["level"] == "SEVERE"
-            and ("hypersd" in e["message"].lower() or "TypeError" in e["message"] or "ReferenceError" in e["message"])
-            and "Failed to load resource" not in e["message"] and "Failed to fetch" not in e["message"]]
+    return [
+        e["message"]
+        for e in entries
+        if e["level"] == "SEVERE"
+        and ("hypersd" in e["message"].lower() or "TypeError" in e["message"] or "ReferenceError" in e["message"])
+        and "Failed to load resource" not in e["message"]
+        and "Failed to fetch" not in e["message"]
+    ]
 
 
 def test_our_web_extension_loads(frontend):
@@ -63,7 +68,9 @@ def test_template_opens_in_the_frontend(frontend, path):
         values = node["widgets_values"]
         assert len(widgets) >= len(values), f"{path.name} node {node['id']} ({node['type']}): widgets {widgets}"
         for w, v in zip(widgets, values):
-            assert same(w["value"], v), f"{path.name} node {node['id']} ({node['type']}) widget {w['name']}: {w['value']!r} != {v!r}"
+            assert same(w["value"], v), (
+                f"{path.name} node {node['id']} ({node['type']}) widget {w['name']}: {w['value']!r} != {v!r}"
+            )
     # the prompt the frontend would queue: every runnable node, wired as the file's links say
     prompt = result["prompt"]
     runnable = {str(n["id"]): n for n in wf["nodes"] if n["type"] not in FRONTEND_ONLY and n["mode"] == 0}
@@ -96,7 +103,9 @@ def test_old_saved_loader_values_are_migrated(frontend):
         loader = next(n for n in old["nodes"] if n["type"] == "HyperSDLoraLoader")
         loader["widgets_values"] = [loader["widgets_values"][0], old_strength, 1.0]
         result = load_workflow(driver, old)
-        widgets = {w["name"]: w["value"] for w in next(n for n in result["nodes"] if n["id"] == loader["id"])["widgets"]}
+        widgets = {
+            w["name"]: w["value"] for w in next(n for n in result["nodes"] if n["id"] == loader["id"])["widgets"]
+        }
         assert (widgets["strength_mode"], widgets["strength_model"]) == (mode, strength)
         inputs = result["prompt"][str(loader["id"])]["inputs"]
         assert (inputs["strength_mode"], inputs["strength_model"]) == (mode, strength)

@@ -36,8 +36,9 @@ def _export_like_train(unet, out_dir):
     from train.export import export_lora, lora_metadata
     from train.stages import get_stage
 
-    cfg = load_config("sd15", overrides=[f"lora.rank={RANK}", f"export.strength={EXPORT['strength']}",
-                                         f"export.eta={EXPORT['eta']}"])
+    cfg = load_config(
+        "sd15", overrides=[f"lora.rank={RANK}", f"export.strength={EXPORT['strength']}", f"export.eta={EXPORT['eta']}"]
+    )
     last = len(cfg.stages) - 1
     stage = get_stage(cfg.stages[last].name)(None, cfg.stages[last], last)  # metadata() reads only its config
     metadata = lora_metadata(cfg, stage.metadata(), base_model="sd15", prediction_type="epsilon")
@@ -51,8 +52,12 @@ def _encode(comfy_path, text_encoder_path):
 
     te = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG)).eval()
     flat = not any(k.startswith("text_model.") for k in te.state_dict())
-    te.load_state_dict({(k.removeprefix("text_model.") if flat else k): v.float()
-                        for k, v in load_file(str(text_encoder_path)).items()})
+    te.load_state_dict(
+        {
+            (k.removeprefix("text_model.") if flat else k): v.float()
+            for k, v in load_file(str(text_encoder_path)).items()
+        }
+    )
     tok = CLIPTokenizer.from_pretrained(str(comfy_path / "comfy" / "sd1_tokenizer"))
     ids = tok([POSITIVE], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     with torch.no_grad():
@@ -93,8 +98,9 @@ def trained(comfy_path, comfy_dirs, sd15_files, tmp_path_factory):
     n_modules = sum(1 for n in lora_named_parameters(unet) if "lora_A" in n)
     del unet
     gc.collect()
-    return types.SimpleNamespace(meta=meta, path=paths["kohya"], reference=ref / 0.18215, base=base / 0.18215,
-                                 n_modules=n_modules)
+    return types.SimpleNamespace(
+        meta=meta, path=paths["kohya"], reference=ref / 0.18215, base=base / 0.18215, n_modules=n_modules
+    )
 
 
 def _prompt(strength, meta, prefix):

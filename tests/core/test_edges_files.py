@@ -12,9 +12,11 @@ from safetensors.torch import save_file
 from hypersd_core.lora_formats import LoraFormatError, load_lora, save_lora
 from hypersd_core.safetensors_check import SafetensorsFileError, inspect_safetensors
 
-GOOD = {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.randn(4, 32),
-        "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.randn(32, 4),
-        "lora_unet_down_blocks_0_attentions_0_proj_in.alpha": torch.tensor(4.0)}
+GOOD = {
+    "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.randn(4, 32),
+    "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.randn(32, 4),
+    "lora_unet_down_blocks_0_attentions_0_proj_in.alpha": torch.tensor(4.0),
+}
 
 
 def _good(path):
@@ -32,7 +34,11 @@ FILE_CASES = [
     ("truncated", lambda good: good[: len(good) - 40], ["truncated", "download or copy it again"]),
     ("cut in header", lambda good: good[:20], ["ends inside its header"]),
     ("empty", lambda good: b"", ["too short"]),
-    ("pickle renamed", lambda good: b"\x80\x04\x95\x10\x00" + b"\x00" * 64, ["a pickle", "not safetensors", "unpickling runs code"]),
+    (
+        "pickle renamed",
+        lambda good: b"\x80\x04\x95\x10\x00" + b"\x00" * 64,
+        ["a pickle", "not safetensors", "unpickling runs code"],
+    ),
     ("zip checkpoint renamed", lambda good: b"PK\x03\x04" + b"\x00" * 64, ["a zip archive"]),
     ("huge header", lambda good: struct.pack("<Q", 2**40) + b"{}", ["header claims", "corrupt"]),
     ("header not json", lambda good: struct.pack("<Q", 8) + b"not json" + b"\x00" * 8, ["not valid JSON"]),
@@ -56,10 +62,13 @@ def test_broken_safetensors_one_line(tmp_path, name, make, needles):
     assert set(inspect_safetensors(tmp_path / "good.safetensors")["tensors"]) == set(GOOD)  # good still loads
 
 
-@pytest.mark.parametrize("value, needles", [
-    (float("nan"), ["NaN or Inf", "lora_down.weight"]),
-    (float("inf"), ["NaN or Inf"]),
-])
+@pytest.mark.parametrize(
+    "value, needles",
+    [
+        (float("nan"), ["NaN or Inf", "lora_down.weight"]),
+        (float("inf"), ["NaN or Inf"]),
+    ],
+)
 def test_non_finite_lora_refused_at_load_and_save(tmp_path, value, needles):
     sd = {k: v.clone() for k, v in GOOD.items()}
     key = next(k for k in sd if k.endswith("lora_down.weight"))

@@ -38,14 +38,17 @@ def test_tscd_knobs(kw, needle):
         sample_tscd(model, X, SIG, **kw)
 
 
-@pytest.mark.parametrize("call, needle", [
-    (lambda: get_sigmas_tscd(4, denoise=0), "denoise must be in"),
-    (lambda: get_sigmas_tscd(0), "steps must be an integer in"),
-    (lambda: get_sigmas_tscd(2.5), "steps must be an integer in"),
-    (lambda: get_sigmas_tscd(4, spacing="karras"), "spacing must be one of"),
-    (lambda: get_sigmas_onestep(0 - 1), "timestep must be in"),
-    (lambda: get_sigmas_onestep(1000), "timestep must be in"),
-])
+@pytest.mark.parametrize(
+    "call, needle",
+    [
+        (lambda: get_sigmas_tscd(4, denoise=0), "denoise must be in"),
+        (lambda: get_sigmas_tscd(0), "steps must be an integer in"),
+        (lambda: get_sigmas_tscd(2.5), "steps must be an integer in"),
+        (lambda: get_sigmas_tscd(4, spacing="karras"), "spacing must be one of"),
+        (lambda: get_sigmas_onestep(0 - 1), "timestep must be in"),
+        (lambda: get_sigmas_onestep(1000), "timestep must be in"),
+    ],
+)
 def test_schedule_arguments(call, needle):
     with pytest.raises(ValueError, match=needle):
         call()

@@ -41,10 +41,22 @@ def test_tscd_under_k_diffusion_wrapper(unet, z, cond, quantize, spacing, steps,
     # noise_sampler (ComfyUI's "seed" extra arg is its own convention); same seed in both runs.
     extra = {"cond": cond}
     kd_net, our_net = VPNet(unet, residual=True), VPNet(unet, residual=True)
-    kd = sample_tscd(kdiff_model(kd_net, schedule, quantize), x, sigmas, extra_args=extra, eta=eta,
-                     noise_sampler=seeded_noise_sampler(x, 7))
-    ours = sample_tscd(DiscreteVPDenoiser(our_net, schedule), x, sigmas, extra_args=extra, eta=eta,
-                       noise_sampler=seeded_noise_sampler(x, 7))
+    kd = sample_tscd(
+        kdiff_model(kd_net, schedule, quantize),
+        x,
+        sigmas,
+        extra_args=extra,
+        eta=eta,
+        noise_sampler=seeded_noise_sampler(x, 7),
+    )
+    ours = sample_tscd(
+        DiscreteVPDenoiser(our_net, schedule),
+        x,
+        sigmas,
+        extra_args=extra,
+        eta=eta,
+        noise_sampler=seeded_noise_sampler(x, 7),
+    )
     # k-diffusion interpolates t in float32 (or quantizes it); ours maps on-grid sigmas to exact
     # integers: both give the network the schedule's timesteps up to float32 rounding.
     for a, b in zip(kd_net.timesteps, our_net.timesteps):

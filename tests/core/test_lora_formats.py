@@ -83,7 +83,9 @@ def test_pipeline_file_alpha_from_prefixed_header(tmp_path, patterned):
 
     unet, config, deltas = patterned
     StableDiffusionPipeline.save_lora_weights(
-        tmp_path, unet_lora_layers=get_peft_model_state_dict(unet), unet_lora_adapter_metadata=config.to_dict(),
+        tmp_path,
+        unet_lora_layers=get_peft_model_state_dict(unet),
+        unet_lora_adapter_metadata=config.to_dict(),
         weight_name="p.safetensors",
     )
     sd, header = load_lora(tmp_path / "p.safetensors")
@@ -172,7 +174,10 @@ def test_infer_base_model(cross, expected):
 
 
 def test_infer_base_model_without_cross_attention():
-    kohya = {"lora_unet_x_to_q.lora_down.weight": torch.zeros(4, 320), "lora_unet_x_to_q.lora_up.weight": torch.zeros(320, 4)}
+    kohya = {
+        "lora_unet_x_to_q.lora_down.weight": torch.zeros(4, 320),
+        "lora_unet_x_to_q.lora_up.weight": torch.zeros(320, 4),
+    }
     assert infer_base_model(kohya) is None
     assert infer_base_model({"lora_te2_a.lora_down.weight": torch.zeros(4, 8)}) == "sdxl"
 
@@ -185,8 +190,18 @@ def test_lora_delta_conventions():
 
 # -- metadata and files -------------------------------------------------------------------------
 def test_metadata_header_round_trip(tmp_path):
-    meta = HyperSDMetadata(base_model="sd15", steps=[1, 2, 4, 8], segments=1, strength=0.8, eta=0.3, cfg=1.0,
-                           spacing="tcd", onestep_timestep=999, stage="unified", extra={"note": "x"})
+    meta = HyperSDMetadata(
+        base_model="sd15",
+        steps=[1, 2, 4, 8],
+        segments=1,
+        strength=0.8,
+        eta=0.3,
+        cfg=1.0,
+        spacing="tcd",
+        onestep_timestep=999,
+        stage="unified",
+        extra={"note": "x"},
+    )
     header = meta.to_header()
     assert all(isinstance(v, str) and k.startswith("hypersd.") for k, v in header.items())
     assert HyperSDMetadata.from_header(header) == meta
@@ -241,18 +256,24 @@ def _pair(prefix: str, module: str, width: int, sep: str = ".") -> dict:
     if prefix == "kohya":
         name = "lora_unet_" + module.replace(".", "_")
         return {f"{name}.lora_down.weight": torch.zeros(2, width), f"{name}.lora_up.weight": torch.zeros(width, 2)}
-    return {f"{prefix}{module}.lora_A.weight": torch.zeros(2, width), f"{prefix}{module}.lora_B.weight": torch.zeros(width, 2)}
+    return {
+        f"{prefix}{module}.lora_A.weight": torch.zeros(2, width),
+        f"{prefix}{module}.lora_B.weight": torch.zeros(width, 2),
+    }
 
 
-@pytest.mark.parametrize("sd, expected", [
-    (_pair("transformer.", "single_transformer_blocks.0.attn.to_q", 3072), "flux"),
-    (_pair("transformer.", "transformer_blocks.0.attn.to_q", 3072), "flux"),  # double blocks only: FLUX.1's width
-    (_pair("kohya", "double_blocks.0.img_attn.qkv", 3072), "flux"),  # BFL names, kohya layout
-    (_pair("transformer.", "transformer_blocks.0.attn.to_q", 1536), "sd3"),  # SD3 medium
-    (_pair("kohya", "transformer_blocks.3.attn.to_q", 2432), "sd3"),  # SD3.5 large
-    (_pair("unet.", "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k", 768), "sd15"),
-    (_pair("kohya", "input_blocks.4.1.transformer_blocks.0.attn2.to_k", 2048), "sdxl"),  # LDM names
-])
+@pytest.mark.parametrize(
+    "sd, expected",
+    [
+        (_pair("transformer.", "single_transformer_blocks.0.attn.to_q", 3072), "flux"),
+        (_pair("transformer.", "transformer_blocks.0.attn.to_q", 3072), "flux"),  # double blocks only: FLUX.1's width
+        (_pair("kohya", "double_blocks.0.img_attn.qkv", 3072), "flux"),  # BFL names, kohya layout
+        (_pair("transformer.", "transformer_blocks.0.attn.to_q", 1536), "sd3"),  # SD3 medium
+        (_pair("kohya", "transformer_blocks.3.attn.to_q", 2432), "sd3"),  # SD3.5 large
+        (_pair("unet.", "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k", 768), "sd15"),
+        (_pair("kohya", "input_blocks.4.1.transformer_blocks.0.attn2.to_k", 2048), "sdxl"),  # LDM names
+    ],
+)
 def test_infer_base_model_flow_transformers(sd, expected):
     assert infer_base_model(sd) == expected
 
@@ -260,7 +281,13 @@ def test_infer_base_model_flow_transformers(sd, expected):
 def test_lora_modules_strips_each_layout_suffix():
     from hypersd_core.lora_formats import lora_modules
 
-    sd = {"lora_unet_a_b.lora_down.weight": 0, "lora_unet_a_b.lora_up.weight": 0, "lora_unet_a_b.alpha": 0,
-          "transformer.x.y.lora_A.weight": 0, "transformer.x.y.lora_B.weight": 0, "unet.z.lora.down.weight": 0,
-          "transformer.x.y.alpha": 0}
+    sd = {
+        "lora_unet_a_b.lora_down.weight": 0,
+        "lora_unet_a_b.lora_up.weight": 0,
+        "lora_unet_a_b.alpha": 0,
+        "transformer.x.y.lora_A.weight": 0,
+        "transformer.x.y.lora_B.weight": 0,
+        "unet.z.lora.down.weight": 0,
+        "transformer.x.y.alpha": 0,
+    }
     assert lora_modules(sd) == {"lora_unet_a_b", "transformer.x.y", "unet.z"}

@@ -20,11 +20,17 @@ def test_pseudo_huber_value_and_limits():
     z = torch.zeros(4)
     assert float(pseudo_huber(z, z, c)) == 0.0
     d = torch.tensor([3.0, -4.0])
-    assert float(pseudo_huber(d, torch.zeros(2), c)) == pytest.approx(((9 + c * c) ** 0.5 + (16 + c * c) ** 0.5) / 2 - c)
+    assert float(pseudo_huber(d, torch.zeros(2), c)) == pytest.approx(
+        ((9 + c * c) ** 0.5 + (16 + c * c) ** 0.5) / 2 - c
+    )
     assert float(pseudo_huber(torch.full((3,), 10.0), torch.zeros(3), c)) == pytest.approx(10 - c, rel=1e-6)  # ~|d|
     tiny = 1e-5
-    assert float(pseudo_huber(torch.full((3,), tiny), torch.zeros(3), c)) == pytest.approx(tiny**2 / (2 * c), rel=1e-3)  # ~d^2/2c
-    assert pseudo_huber(torch.ones(2, dtype=torch.bfloat16), torch.zeros(2, dtype=torch.bfloat16)).dtype == torch.float32
+    assert float(pseudo_huber(torch.full((3,), tiny), torch.zeros(3), c)) == pytest.approx(
+        tiny**2 / (2 * c), rel=1e-3
+    )  # ~d^2/2c
+    assert (
+        pseudo_huber(torch.ones(2, dtype=torch.bfloat16), torch.zeros(2, dtype=torch.bfloat16)).dtype == torch.float32
+    )
 
 
 def test_consistency_loss_kinds():
@@ -41,7 +47,8 @@ def test_adversarial_losses():
     assert float(adversarial_g_loss(fake)) == pytest.approx(0.75)
     sp = lambda v: math.log1p(math.exp(v))
     assert float(adversarial_d_loss(real, fake, "nonsaturating")) == pytest.approx(
-        (sp(-2) + sp(-0.5)) / 2 + (sp(-2) + sp(0.5)) / 2)
+        (sp(-2) + sp(-0.5)) / 2 + (sp(-2) + sp(0.5)) / 2
+    )
     assert float(adversarial_g_loss(fake, "nonsaturating")) == pytest.approx((sp(2) + sp(-0.5)) / 2)
     with pytest.raises(ValueError, match="hinge"):
         adversarial_d_loss(real, fake, "wgan")

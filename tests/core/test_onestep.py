@@ -35,8 +35,13 @@ def test_lcm_onestep_t800_parity(unet, z, cond):
     schedule = VPSchedule(sch.alphas_cumprod)
     net = VPNet(unet, residual=True)
     sigmas = get_sigmas_onestep(800, schedule)
-    out = sample_dmd_onestep(DiscreteVPDenoiser(net, schedule), comfy_start(z, sigmas, schedule), sigmas,
-                             extra_args={"cond": cond}, rescale_start=True)
+    out = sample_dmd_onestep(
+        DiscreteVPDenoiser(net, schedule),
+        comfy_start(z, sigmas, schedule),
+        sigmas,
+        extra_args={"cond": cond},
+        rescale_start=True,
+    )
     assert float(net.timesteps[0]) == 800.0
     assert float((net.inputs[0] - z).abs().max()) < 1e-6  # the model sees unit noise, as in diffusers
     # LCM's boundary scalings at t = 800 are c_skip ~ 4e-9, c_out ~ 1 - 2e-9: denoised ~ x0.
@@ -50,8 +55,13 @@ def test_without_rescale_the_result_differs(unet, z, cond, rescale):
     schedule = VPSchedule(sch.alphas_cumprod)
     net = VPNet(unet)
     sigmas = get_sigmas_onestep(800, schedule)
-    out = sample_dmd_onestep(DiscreteVPDenoiser(net, schedule), comfy_start(z, sigmas, schedule), sigmas,
-                             extra_args={"cond": cond}, rescale_start=rescale)
+    out = sample_dmd_onestep(
+        DiscreteVPDenoiser(net, schedule),
+        comfy_start(z, sigmas, schedule),
+        sigmas,
+        extra_args={"cond": cond},
+        rescale_start=rescale,
+    )
     diff, peak = float((out - ref).abs().max()), float(ref.abs().max())
     if rescale:
         assert diff <= 2e-6 * peak
@@ -74,8 +84,12 @@ def test_onestep_at_999_needs_no_rescale(unet, z, cond):
     ref, sch = lcm_onestep(VPNet(unet, residual=True), z, cond, 999)
     schedule = VPSchedule(sch.alphas_cumprod)
     sigmas = get_sigmas_onestep(999, schedule)
-    out = sample_dmd_onestep(DiscreteVPDenoiser(VPNet(unet, residual=True), schedule),
-                             comfy_start(z, sigmas, schedule), sigmas, extra_args={"cond": cond})
+    out = sample_dmd_onestep(
+        DiscreteVPDenoiser(VPNet(unet, residual=True), schedule),
+        comfy_start(z, sigmas, schedule),
+        sigmas,
+        extra_args={"cond": cond},
+    )
     assert float((out - ref).abs().max()) <= 1e-5
 
 
@@ -103,5 +117,6 @@ def test_tscd_sigmas_take_a_loras_onestep_timestep_only_for_one_full_step():
     assert torch.equal(get_sigmas_tscd(1, s, onestep_timestep=800), get_sigmas_onestep(800, s))
     assert not torch.equal(get_sigmas_tscd(1, s), get_sigmas_onestep(800, s))
     for steps, denoise in ((2, 1.0), (4, 1.0), (1, 0.5)):  # more steps, or img2img: the TSCD schedule
-        assert torch.equal(get_sigmas_tscd(steps, s, denoise=denoise, onestep_timestep=800),
-                           get_sigmas_tscd(steps, s, denoise=denoise))
+        assert torch.equal(
+            get_sigmas_tscd(steps, s, denoise=denoise, onestep_timestep=800), get_sigmas_tscd(steps, s, denoise=denoise)
+        )

@@ -25,7 +25,10 @@ SCHED = VPSchedule.scaled_linear()
 
 def _sample(t):
     g = torch.Generator().manual_seed(0)
-    x0, eps = torch.randn(3, 4, 5, 5, generator=g, dtype=torch.float64), torch.randn(3, 4, 5, 5, generator=g, dtype=torch.float64)
+    x0, eps = (
+        torch.randn(3, 4, 5, 5, generator=g, dtype=torch.float64),
+        torch.randn(3, 4, 5, 5, generator=g, dtype=torch.float64),
+    )
     alpha, sigma = SCHED.alpha_sigma(t, dtype=torch.float64)
     return x0, eps, alpha, sigma, add_noise(x0, eps, alpha, sigma)
 
@@ -51,7 +54,7 @@ def test_jump_to_clean_and_renoise():
     z = torch.randn_like(x0)
     x_t = renoise(x_s, z, ab_s, ab_t)
     # renoise from s to t composes with the forward process: the x0 coefficient is sqrt(ab_t).
-    lin = (x_t - (ab_t / ab_s).sqrt() * (1 - ab_s).sqrt() * eps - (1 - ab_t / ab_s).sqrt() * z)
+    lin = x_t - (ab_t / ab_s).sqrt() * (1 - ab_s).sqrt() * eps - (1 - ab_t / ab_s).sqrt() * z
     assert torch.allclose(lin, ab_t.sqrt() * x0, atol=1e-12)
     assert torch.equal(renoise(x_s, z, ab_s, ab_s), x_s)
 
@@ -88,9 +91,14 @@ def test_denoiser_eps_zero_returns_input_and_quantize():
         DiscreteVPDenoiser(net, SCHED, "flow")
 
 
-@pytest.mark.parametrize("prediction_type, steps, eta", [
-    ("v_prediction", 2, 0.0), ("v_prediction", 4, 0.3), ("sample", 3, 1.0),
-])
+@pytest.mark.parametrize(
+    "prediction_type, steps, eta",
+    [
+        ("v_prediction", 2, 0.0),
+        ("v_prediction", 4, 0.3),
+        ("sample", 3, 1.0),
+    ],
+)
 def test_tcd_parity_v_and_x0_models(unet, z, cond, prediction_type, steps, eta):
     """DiscreteVPDenoiser on a v- (or x0-) prediction network matches TCDScheduler configured
     with that prediction_type; compared as the final diffusers sample (schedule ends at t = 0)."""
@@ -101,8 +109,16 @@ def test_tcd_parity_v_and_x0_models(unet, z, cond, prediction_type, steps, eta):
     model = DiscreteVPDenoiser(VPNet(unet), schedule, prediction_type)
     sigmas = schedule.sigmas_for_timesteps(sch.timesteps.tolist(), final="t0")
     seen = []
-    out = sample_tscd(model, z / sch.alphas_cumprod[999].sqrt(), sigmas, extra_args={"cond": cond}, eta=eta,
-                      callback=seen.append, noise_sampler=diffusers_noise_sampler(z.shape, 9), schedule=schedule)
+    out = sample_tscd(
+        model,
+        z / sch.alphas_cumprod[999].sqrt(),
+        sigmas,
+        extra_args={"cond": cond},
+        eta=eta,
+        callback=seen.append,
+        noise_sampler=diffusers_noise_sampler(z.shape, 9),
+        schedule=schedule,
+    )
     assert max(float((s["denoised"] - r).abs().max()) for s, r in zip(seen, x0s)) <= 1e-5
     assert float((out - final / sch.alphas_cumprod[0].sqrt()).abs().max()) <= 1e-5
 
@@ -128,7 +144,9 @@ def test_vp_to_ve_and_unit_noise_start_match_the_denoiser_input():
     torch.testing.assert_close(x_ve * ve_input_scale(sigma).reshape(-1, 1, 1, 1), x_t)  # back to VP
     # the sampler start from unit noise z: its VP model input is z itself
     z = eps
-    torch.testing.assert_close(unit_noise_to_ve(z, sigma.reshape(-1, 1, 1, 1)) * ve_input_scale(sigma).reshape(-1, 1, 1, 1), z)
+    torch.testing.assert_close(
+        unit_noise_to_ve(z, sigma.reshape(-1, 1, 1, 1)) * ve_input_scale(sigma).reshape(-1, 1, 1, 1), z
+    )
 
 
 def test_denoiser_keeps_comfyui_seed_from_a_plain_diffusers_unet(unet, cond, z):

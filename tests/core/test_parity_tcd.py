@@ -37,9 +37,16 @@ def run_pair(unet, z, cond, steps, eta, residual=True, own_table=False, predicti
     sigmas = schedule.sigmas_for_timesteps(sch.timesteps.tolist(), final="t0")
     steps_seen = []
     alpha = lambda t: sch.alphas_cumprod[t].sqrt()
-    out = sample_tscd(model, z / alpha(sch.timesteps[0]), sigmas, extra_args={"cond": cond},
-                      callback=steps_seen.append, eta=eta,
-                      noise_sampler=diffusers_noise_sampler(z.shape, SEED), schedule=schedule)
+    out = sample_tscd(
+        model,
+        z / alpha(sch.timesteps[0]),
+        sigmas,
+        extra_args={"cond": cond},
+        callback=steps_seen.append,
+        eta=eta,
+        noise_sampler=diffusers_noise_sampler(z.shape, SEED),
+        schedule=schedule,
+    )
     d = {
         "x": max(float((s["x"] - r / alpha(t)).abs().max()) for s, r, t in zip(steps_seen, samples, sch.timesteps)),
         "x0": max(float((s["denoised"] - r).abs().max()) for s, r in zip(steps_seen, x0s)),
@@ -87,10 +94,25 @@ def test_final_zero_returns_last_x0(unet, z, cond):
     seen = []
     x_ve = z / sch.alphas_cumprod[999].sqrt()
     zero = schedule.sigmas_for_timesteps(sch.timesteps.tolist(), final="zero")
-    out = sample_tscd(model, x_ve, zero, extra_args={"cond": cond}, callback=seen.append, eta=0.3,
-                      noise_sampler=diffusers_noise_sampler(z.shape, SEED), schedule=schedule)
+    out = sample_tscd(
+        model,
+        x_ve,
+        zero,
+        extra_args={"cond": cond},
+        callback=seen.append,
+        eta=0.3,
+        noise_sampler=diffusers_noise_sampler(z.shape, SEED),
+        schedule=schedule,
+    )
     assert torch.equal(out, seen[-1]["denoised"])
     t0 = schedule.sigmas_for_timesteps(sch.timesteps.tolist(), final="t0")
-    out_t0 = sample_tscd(model, x_ve, t0, extra_args={"cond": cond}, eta=0.3,
-                         noise_sampler=diffusers_noise_sampler(z.shape, SEED), schedule=schedule)
+    out_t0 = sample_tscd(
+        model,
+        x_ve,
+        t0,
+        extra_args={"cond": cond},
+        eta=0.3,
+        noise_sampler=diffusers_noise_sampler(z.shape, SEED),
+        schedule=schedule,
+    )
     assert 1e-3 < float((out_t0 - out).abs().max()) < 0.2

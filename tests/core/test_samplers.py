@@ -122,11 +122,14 @@ def test_get_sigmas_tscd(steps, spacing, pick):
     assert t0[-1] == SCHED.sigmas[0].float()
 
 
-@pytest.mark.parametrize("steps, denoise, expected", [
-    (4, 0.5, [499, 374, 249, 124]),  # last 4 of 8 trailing steps
-    (4, 0.7, [799, 599, 399, 199]),  # int(4/0.7) = 5 total, as ComfyUI's BasicScheduler
-    (2, 1.0, [999, 499]),
-])
+@pytest.mark.parametrize(
+    "steps, denoise, expected",
+    [
+        (4, 0.5, [499, 374, 249, 124]),  # last 4 of 8 trailing steps
+        (4, 0.7, [799, 599, 399, 199]),  # int(4/0.7) = 5 total, as ComfyUI's BasicScheduler
+        (2, 1.0, [999, 499]),
+    ],
+)
 def test_trailing_img2img(steps, denoise, expected):
     sig = get_sigmas_tscd(steps, spacing="trailing", denoise=denoise)
     assert torch.equal(sig[:-1], SCHED.sigmas[expected].float())
@@ -150,12 +153,15 @@ def test_trailing_equals_comfyui_simple_when_steps_divide_1000(steps):
     assert torch.equal(get_sigmas_tscd(steps, spacing="trailing"), comfy)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(steps=4, denoise=0.0), r"denoise must be in \(0, 1\]"),
-    (dict(steps=4, denoise=1.2), r"denoise must be in \(0, 1\]"),
-    (dict(steps=4, spacing="karras"), "spacing must be one of"),
-    (dict(steps=0), "steps must be an integer"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(steps=4, denoise=0.0), r"denoise must be in \(0, 1\]"),
+        (dict(steps=4, denoise=1.2), r"denoise must be in \(0, 1\]"),
+        (dict(steps=4, spacing="karras"), "spacing must be one of"),
+        (dict(steps=0), "steps must be an integer"),
+    ],
+)
 def test_get_sigmas_tscd_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         get_sigmas_tscd(**kwargs)

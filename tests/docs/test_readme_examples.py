@@ -52,8 +52,9 @@ def fences(doc: str) -> list[tuple[str, str, int]]:
 
 
 def blocks(language: str) -> list:
-    return [pytest.param(code, id=f"{doc}:{line}") for doc in DOCS for lang, code, line in fences(doc)
-            if lang == language]
+    return [
+        pytest.param(code, id=f"{doc}:{line}") for doc in DOCS for lang, code, line in fences(doc) if lang == language
+    ]
 
 
 def commands(code: str) -> list[list[str]]:
@@ -77,10 +78,22 @@ def test_python_example_runs(code):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=64, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(8, 16), norm_num_groups=4, attention_head_dim=2,
-                                cross_attention_dim=16, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).eval().requires_grad_(False)
+    unet = (
+        UNet2DConditionModel(
+            sample_size=64,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=1,
+            block_out_channels=(8, 16),
+            norm_num_groups=4,
+            attention_head_dim=2,
+            cross_attention_dim=16,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        )
+        .eval()
+        .requires_grad_(False)
+    )
     namespace = {"unet": unet, "emb": torch.randn(1, 77, 16)}
     exec(compile(code, "<readme example>", "exec"), namespace)
     if "image_latent" in namespace:
@@ -93,8 +106,9 @@ def test_python_example_runs(code):
 
 
 def _run(argv, cwd, timeout=300):
-    r = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    r = subprocess.run(
+        argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, PYTHONPATH=str(REPO))
+    )
     assert r.returncode == 0, f"{' '.join(argv)}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
     return r
 
@@ -105,7 +119,7 @@ def _train_args(cmd: list[str]) -> list[str] | None:
         i = cmd.index("--config_file") if "--config_file" in cmd else None
         if i is not None:
             assert (REPO / cmd[i + 1]).is_file(), f"accelerate config {cmd[i + 1]} does not exist"
-        return cmd[cmd.index("-m") + 2:] if cmd[cmd.index("-m") + 1] == "train" else None
+        return cmd[cmd.index("-m") + 2 :] if cmd[cmd.index("-m") + 1] == "train" else None
     if cmd[0] in ("python", ".venv/bin/python") and cmd[1:3] == ["-m", "train"]:
         return cmd[3:]
     return None
@@ -153,9 +167,14 @@ def test_shell_example_runs(code, tmp_path):
 
 def _serve_once(tmp_path: Path) -> None:
     """Start the demo (embedded model) on a free port, fetch its page, stop it."""
-    proc = subprocess.Popen([sys.executable, "-m", "hypersd_demo", "--port", "0", "--threads", "1"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hypersd_demo", "--port", "0", "--threads", "1"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     try:
         deadline, url = time.time() + 240, None
         while time.time() < deadline and url is None:

@@ -8,8 +8,14 @@ from hypersd_core.samplers import get_sigmas_onestep, sample_dmd_onestep
 from hypersd_core.schedule import VPSchedule
 from train.sampling import GuidedUNet
 from train.stages.adapters import adapter_parameters, add_zero_adapter, use_adapter
-from train.stages.dmd import (DMDOptions, build_reference_bank, distribution_matching, fake_score_loss,
-                              generate_onestep, regression_loss)
+from train.stages.dmd import (
+    DMDOptions,
+    build_reference_bank,
+    distribution_matching,
+    fake_score_loss,
+    generate_onestep,
+    regression_loss,
+)
 
 SCHED = VPSchedule.scaled_linear()
 
@@ -25,7 +31,9 @@ def test_generator_equals_onestep_sampler(tiny_unet, embeddings, timestep):
     with torch.no_grad():
         x = generate_onestep(tiny_unet, z, cond, SCHED, timestep)
         sigmas = get_sigmas_onestep(timestep, SCHED)
-        ref = sample_dmd_onestep(DiscreteVPDenoiser(GuidedUNet(tiny_unet, cond), SCHED), z * (sigmas[0] ** 2 + 1).sqrt(), sigmas)
+        ref = sample_dmd_onestep(
+            DiscreteVPDenoiser(GuidedUNet(tiny_unet, cond), SCHED), z * (sigmas[0] ** 2 + 1).sqrt(), sigmas
+        )
     torch.testing.assert_close(x, ref, rtol=1e-4, atol=1e-5)
 
 
@@ -58,8 +66,9 @@ def test_dm_gradient_reaches_only_the_generator(tiny_unet, embeddings):
     use_adapter(tiny_unet, "student", student)
     opts = DMDOptions(real_cfg=2.0)
     x = generate_onestep(tiny_unet, torch.randn(2, 1, 8, 8), cond, SCHED)
-    loss = distribution_matching(tiny_unet, x, cond, uncond, opts, SCHED, "student",
-                                 generator=torch.Generator().manual_seed(0))
+    loss = distribution_matching(
+        tiny_unet, x, cond, uncond, opts, SCHED, "student", generator=torch.Generator().manual_seed(0)
+    )
     (loss + regression_loss(x, torch.zeros_like(x))).backward()
     got = _grads(tiny_unet)
     assert got and all(".student." in n for n in got)
@@ -88,7 +97,9 @@ def test_fake_updates_train_only_the_fake_adapter(tiny_unet, embeddings):
 
     def held_out():  # the same t and eps every time
         with torch.no_grad():
-            return fake_score_loss(tiny_unet, x, cond, DMDOptions(), SCHED, generator=torch.Generator().manual_seed(9)).item()
+            return fake_score_loss(
+                tiny_unet, x, cond, DMDOptions(), SCHED, generator=torch.Generator().manual_seed(9)
+            ).item()
 
     before = held_out()
     g = torch.Generator().manual_seed(0)

@@ -26,8 +26,16 @@ def test_refl_head_matches_sample_tscd(tiny_unet, embeddings, eta):
     sigmas = get_sigmas_tscd(4, SCHED, spacing="trailing")
     seen = []
     x = noise * (sigmas[0] ** 2 + 1).sqrt()
-    sample_tscd(den, x, sigmas, eta=eta, noise_sampler=seeded_noise_sampler(x, 7), schedule=SCHED, disable=True,
-                callback=lambda d: seen.append(d["denoised"]))
+    sample_tscd(
+        den,
+        x,
+        sigmas,
+        eta=eta,
+        noise_sampler=seeded_noise_sampler(x, 7),
+        schedule=SCHED,
+        disable=True,
+        callback=lambda d: seen.append(d["denoised"]),
+    )
     for stop in range(4):
         with torch.no_grad():
             got = refl_x0(den, noise, 4, stop, eta=eta, spacing="trailing", schedule=SCHED, seed=7)
@@ -76,7 +84,9 @@ def test_a_few_refl_steps_raise_the_reward(tiny_unet, embeddings):
 
     before = mean_reward()
     for _ in range(8):
-        loss, _ = feedback_loss(reward, lambda z: z, refl_x0(den, noise, 2, 1, schedule=SCHED, seed=0), ["a", "b"], opts)
+        loss, _ = feedback_loss(
+            reward, lambda z: z, refl_x0(den, noise, 2, 1, schedule=SCHED, seed=0), ["a", "b"], opts
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -98,12 +108,19 @@ def test_feedback_term_uses_per_reward_threshold(tiny_unet, embeddings, threshol
     from train.stages.feedback import FeedbackTerm
 
     cond, _ = embeddings
-    ctx = SimpleNamespace(extras={"classifier": DigitClassifier(resolution=8)}, device="cpu", schedule=SCHED,
-                          prediction_type="epsilon", generator=torch.Generator().manual_seed(0), base_unet=tiny_unet,
-                          decode=lambda x, grad=False: x)
+    ctx = SimpleNamespace(
+        extras={"classifier": DigitClassifier(resolution=8)},
+        device="cpu",
+        schedule=SCHED,
+        prediction_type="epsilon",
+        generator=torch.Generator().manual_seed(0),
+        base_unet=tiny_unet,
+        decode=lambda x, grad=False: x,
+    )
     opts = FeedbackOptions(rewards=[{"name": "digits", "threshold": threshold, "weight": 2.0}], weight=0.5, steps=[2])
-    batch = SimpleNamespace(x0=torch.zeros(2, 1, 8, 8), cond=cond, prompts=["a handwritten digit 3", "handwritten seven"],
-                            added_cond=None)
+    batch = SimpleNamespace(
+        x0=torch.zeros(2, 1, 8, 8), cond=cond, prompts=["a handwritten digit 3", "handwritten seven"], added_cond=None
+    )
     loss, logs = FeedbackTerm(ctx, opts)(batch)
     assert (loss.item() > 0) == pulls
     assert logs["feedback/above_threshold_digits"] == (0.0 if pulls else 1.0)

@@ -12,14 +12,23 @@ from train.rewards import build_reward
 from train.rewards.convert_imagereward import ImageRewardConversionError, convert, main
 
 # Tiny stand-in for ViT-L/16 at 224 px: 32 px images, 8 px patches -> 16 patches + [CLS].
-VIT = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-           intermediate_size=128, layer_norm_eps=1e-6, hidden_act="gelu")
+VIT = dict(
+    image_size=32,
+    patch_size=8,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=128,
+    layer_norm_eps=1e-6,
+    hidden_act="gelu",
+)
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "cat", "dog", "photo", "of"]
 TEXT, TEXT_LAYERS, HEAD_DIMS = 24, 2, (1024, 128, 64, 16, 1)
 
 # Key patterns of the official model, recorded from THUDM/ImageReward's own ImageReward(med_config)
 # (commit c1392c6) with layer numbers replaced by {i}; the tiny checkpoint below must have the same.
-ORIGINAL_PATTERNS = set("""
+ORIGINAL_PATTERNS = set(
+    """
 blip.text_encoder.embeddings.LayerNorm.bias blip.text_encoder.embeddings.LayerNorm.weight
 blip.text_encoder.embeddings.position_embeddings.weight blip.text_encoder.embeddings.position_ids
 blip.text_encoder.embeddings.word_embeddings.weight
@@ -46,7 +55,8 @@ blip.visual_encoder.blocks.{i}.norm2.bias blip.visual_encoder.blocks.{i}.norm2.w
 blip.visual_encoder.cls_token blip.visual_encoder.norm.bias blip.visual_encoder.norm.weight
 blip.visual_encoder.patch_embed.proj.bias blip.visual_encoder.patch_embed.proj.weight blip.visual_encoder.pos_embed
 mlp.layers.{i}.bias mlp.layers.{i}.weight
-""".split())
+""".split()
+)
 
 
 def _linear(sd, name, n_out, n_in):
@@ -65,9 +75,12 @@ def original_state_dict(vocab_size: int) -> dict[str, torch.Tensor]:
     BertModel with cross-attention, BLIP_Pretrain's vision_proj/text_proj and ImageReward's MLP."""
     torch.manual_seed(0)
     d, p, n_pos = VIT["hidden_size"], VIT["patch_size"], (VIT["image_size"] // VIT["patch_size"]) ** 2 + 1
-    sd = {"blip.visual_encoder.cls_token": torch.randn(1, 1, d), "blip.visual_encoder.pos_embed": torch.randn(1, n_pos, d),
-          "blip.visual_encoder.patch_embed.proj.weight": torch.randn(d, 3, p, p) / (3 * p * p) ** 0.5,
-          "blip.visual_encoder.patch_embed.proj.bias": 0.1 * torch.randn(d)}
+    sd = {
+        "blip.visual_encoder.cls_token": torch.randn(1, 1, d),
+        "blip.visual_encoder.pos_embed": torch.randn(1, n_pos, d),
+        "blip.visual_encoder.patch_embed.proj.weight": torch.randn(d, 3, p, p) / (3 * p * p) ** 0.5,
+        "blip.visual_encoder.patch_embed.proj.bias": 0.1 * torch.randn(d),
+    }
     for i in range(VIT["num_hidden_layers"]):
         b = f"blip.visual_encoder.blocks.{i}"
         _norm(sd, f"{b}.norm1", d)
@@ -108,11 +121,25 @@ def original(tmp_path_factory):
     root = tmp_path_factory.mktemp("imagereward_original")
     (root / "bert").mkdir()
     (root / "bert" / "vocab.txt").write_text("\n".join(WORDS) + "\n")
-    med = {"architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
-           "hidden_dropout_prob": 0.1, "hidden_size": TEXT, "initializer_range": 0.02, "intermediate_size": 37,
-           "layer_norm_eps": 1e-12, "max_position_embeddings": 64, "model_type": "bert", "num_attention_heads": 2,
-           "num_hidden_layers": TEXT_LAYERS, "pad_token_id": 0, "type_vocab_size": 2, "vocab_size": len(WORDS) + 2,
-           "encoder_width": 768, "add_cross_attention": True}
+    med = {
+        "architectures": ["BertModel"],
+        "attention_probs_dropout_prob": 0.1,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "hidden_size": TEXT,
+        "initializer_range": 0.02,
+        "intermediate_size": 37,
+        "layer_norm_eps": 1e-12,
+        "max_position_embeddings": 64,
+        "model_type": "bert",
+        "num_attention_heads": 2,
+        "num_hidden_layers": TEXT_LAYERS,
+        "pad_token_id": 0,
+        "type_vocab_size": 2,
+        "vocab_size": len(WORDS) + 2,
+        "encoder_width": 768,
+        "add_cross_attention": True,
+    }
     (root / "med_config.json").write_text(json.dumps(med))
     sd = original_state_dict(len(WORDS) + 2)
     torch.save(sd, root / "ImageReward.pt")
@@ -134,8 +161,13 @@ def test_tiny_checkpoint_has_the_official_key_names(original):
 def test_converted_folder_loads_with_no_missing_or_unexpected_keys(converted):
     from transformers import BlipForImageTextRetrieval
 
-    assert {p.name for p in converted.iterdir()} >= {"config.json", "model.safetensors", "mlp.safetensors",
-                                                    "imagereward.json", "tokenizer_config.json"}
+    assert {p.name for p in converted.iterdir()} >= {
+        "config.json",
+        "model.safetensors",
+        "mlp.safetensors",
+        "imagereward.json",
+        "tokenizer_config.json",
+    }
     _, info = BlipForImageTextRetrieval.from_pretrained(str(converted), output_loading_info=True)
     assert not info["missing_keys"]
     assert not info["unexpected_keys"] and not info["mismatched_keys"]
@@ -203,13 +235,17 @@ def test_errors_name_the_problem(original, tmp_path):
     with pytest.raises(ImageRewardConversionError, match="lacks vocab.txt.*bert-base-uncased"):
         run(root / "ImageReward.pt", tokenizer=tmp_path)
     missing = {k: v for k, v in sd.items() if ".blocks.1.norm2." not in k}
-    with pytest.raises(ImageRewardConversionError, match=r"missing .*vision_model\.encoder\.layers\.1\.layer_norm2\.bias"):
+    with pytest.raises(
+        ImageRewardConversionError, match=r"missing .*vision_model\.encoder\.layers\.1\.layer_norm2\.bias"
+    ):
         run(_write_pt(tmp_path, missing))
     extra = dict(sd, **{"blip.itm_head.weight": torch.zeros(2, TEXT), "mlp.layers.9.weight": torch.zeros(1)})
     with pytest.raises(ImageRewardConversionError, match=r"unexpected keys: blip\.itm_head\.weight, mlp\.layers\.9"):
         run(_write_pt(tmp_path, extra))
     wrong = dict(sd, **{"blip.visual_encoder.pos_embed": torch.zeros(1, 50, VIT["hidden_size"])})
-    with pytest.raises(ImageRewardConversionError, match=r"shape mismatch.*position_embedding: \(1, 50, 32\) vs \(1, 17, 32\)"):
+    with pytest.raises(
+        ImageRewardConversionError, match=r"shape mismatch.*position_embedding: \(1, 50, 32\) vs \(1, 17, 32\)"
+    ):
         run(_write_pt(tmp_path, wrong))
     head = dict(sd, **{"mlp.layers.2.weight": torch.zeros(128, 999)})
     with pytest.raises(ImageRewardConversionError, match=r"mlp\.layers\.2: weight \(128, 999\)"):
@@ -235,8 +271,16 @@ def test_vocab_mismatch_and_cli_errors(original, tmp_path, capsys):
     with pytest.raises(ImageRewardConversionError, match=f"has {len(WORDS) + 2} tokens.*vocab_size 30524"):
         convert(root / "ImageReward.pt", tmp_path / "med.json", root / "bert", tmp_path / "out", vision=VIT)
     # the command line converts ViT-L/16 checkpoints only: a tiny one is refused with a message, no traceback
-    args = ["--checkpoint", str(root / "ImageReward.pt"), "--med-config", str(root / "med_config.json"),
-            "--tokenizer", str(root / "bert"), "--out", str(tmp_path / "cli")]
+    args = [
+        "--checkpoint",
+        str(root / "ImageReward.pt"),
+        "--med-config",
+        str(root / "med_config.json"),
+        "--tokenizer",
+        str(root / "bert"),
+        "--out",
+        str(tmp_path / "cli"),
+    ]
     with pytest.raises(SystemExit, match="error: the checkpoint does not match ImageReward's model"):
         main(args)
     assert not (tmp_path / "cli").exists()

@@ -26,8 +26,15 @@ def clip_folder(tmp_path_factory):
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(0)
-    cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8, projection_dim=16)
+    cfg = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+        projection_dim=16,
+    )
     folder = tmp_path_factory.mktemp("clip")
     CLIPVisionModelWithProjection(cfg).save_pretrained(folder)
     save_file(_mlp_state(16), str(folder / "head.safetensors"))
@@ -45,8 +52,9 @@ def _grad_check(reward, images, prompts):
 
 
 def test_aesthetic_reward_loads_and_backprops(clip_folder):
-    reward = build_reward({"name": "aesthetic", "clip_path": str(clip_folder),
-                           "head_path": str(clip_folder / "head.safetensors")})
+    reward = build_reward(
+        {"name": "aesthetic", "clip_path": str(clip_folder), "head_path": str(clip_folder / "head.safetensors")}
+    )
     images = torch.rand(2, 3, 40, 48) * 2 - 1
     r = _grad_check(reward, images, ["a", "b"])
     assert not torch.allclose(r[0], r[1])
@@ -70,7 +78,9 @@ def test_aesthetic_reward_names_missing_files(tmp_path, clip_folder):
 def test_aesthetic_head_dimension_mismatch(tmp_path, clip_folder):
     save_file(_mlp_state(24), str(tmp_path / "head.safetensors"))
     with pytest.raises(ValueError, match="takes 24-d embeddings"):
-        build_reward({"name": "aesthetic", "clip_path": str(clip_folder), "head_path": str(tmp_path / "head.safetensors")})
+        build_reward(
+            {"name": "aesthetic", "clip_path": str(clip_folder), "head_path": str(tmp_path / "head.safetensors")}
+        )
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +93,26 @@ def blip_folder(tmp_path_factory):
     BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
     torch.manual_seed(0)
     cfg = BlipConfig(
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        text_config=dict(vocab_size=len(words), hidden_size=32, encoder_hidden_size=32, intermediate_size=37,
-                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=64),
-        projection_dim=16, image_text_hidden_size=16)
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        text_config=dict(
+            vocab_size=len(words),
+            hidden_size=32,
+            encoder_hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=64,
+        ),
+        projection_dim=16,
+        image_text_hidden_size=16,
+    )
     BlipForImageTextRetrieval(cfg).save_pretrained(folder)
     save_file(_mlp_state(32), str(folder / "mlp.safetensors"))
     (folder / "imagereward.json").write_text(json.dumps({"mean": 0.0, "std": 1.0, "max_length": 8}))

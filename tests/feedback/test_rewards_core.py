@@ -3,8 +3,15 @@
 import pytest
 import torch
 
-from hypersd_core.rewards import (CLIP_MEAN, Reward, WeightedRewards, clip_preprocess, resize_center_crop, score,
-                                  to_unit_range)
+from hypersd_core.rewards import (
+    CLIP_MEAN,
+    Reward,
+    WeightedRewards,
+    clip_preprocess,
+    resize_center_crop,
+    score,
+    to_unit_range,
+)
 
 
 def brightness(images, prompts):

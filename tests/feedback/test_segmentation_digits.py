@@ -24,10 +24,26 @@ def coco_folder(tmp_path_factory):
     for i in range(2):
         Image.fromarray(rng.randint(0, 255, (40, 48, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
         images.append({"id": i + 1, "file_name": f"{i}.png", "height": 40, "width": 48})
-        anns.append({"id": 10 + i, "image_id": i + 1, "category_id": 1 + i, "iscrowd": 0,
-                     "segmentation": [[4, 4, 30, 4, 30, 30, 4, 30]], "bbox": [4, 4, 26, 26]})
-    anns.append({"id": 99, "image_id": 1, "category_id": 2, "iscrowd": 1,
-                 "segmentation": {"counts": [5, 5], "size": [40, 48]}, "bbox": [0, 0, 1, 1]})
+        anns.append(
+            {
+                "id": 10 + i,
+                "image_id": i + 1,
+                "category_id": 1 + i,
+                "iscrowd": 0,
+                "segmentation": [[4, 4, 30, 4, 30, 30, 4, 30]],
+                "bbox": [4, 4, 26, 26],
+            }
+        )
+    anns.append(
+        {
+            "id": 99,
+            "image_id": 1,
+            "category_id": 2,
+            "iscrowd": 1,
+            "segmentation": {"counts": [5, 5], "size": [40, 48]},
+            "bbox": [0, 0, 1, 1],
+        }
+    )
     data = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]}
     (root / "instances.json").write_text(json.dumps(data))
     (root / "captions.json").write_text(json.dumps({"annotations": [{"image_id": 1, "caption": "a cat on a mat"}]}))
@@ -35,8 +51,9 @@ def coco_folder(tmp_path_factory):
 
 
 def test_coco_reader(coco_folder):
-    coco = CocoInstances(str(coco_folder / "instances.json"), str(coco_folder / "images"),
-                         str(coco_folder / "captions.json"))
+    coco = CocoInstances(
+        str(coco_folder / "instances.json"), str(coco_folder / "images"), str(coco_folder / "captions.json")
+    )
     assert [r["caption"] for r in coco.records] == ["a cat on a mat", "a photo of dog"]  # crowd skipped
     t = coco.target(coco.index_of("a photo of dog"), 20)  # 40x48 -> 20x24, centre crop 20x20 (left 2)
     assert t["labels"].tolist() == [2] and t["masks"].shape == (1, 20, 20)
@@ -62,9 +79,17 @@ def test_segmentation_reward_from_files_backprops(tmp_path, coco_folder):
     small = dict(rpn_pre_nms_top_n_train=64, rpn_post_nms_top_n_train=16, box_batch_size_per_image=16)
     det = build_maskrcnn("resnet18", num_classes=3, min_size=32, max_size=32, **small)
     save_file({k: v.contiguous() for k, v in det.state_dict().items()}, str(tmp_path / "det.safetensors"))
-    spec = {"name": "segmentation", "weights": str(tmp_path / "det.safetensors"),
-            "instances_json": str(coco_folder / "instances.json"), "images_dir": str(coco_folder / "images"),
-            "backbone": "resnet18", "num_classes": 3, "min_size": 32, "max_size": 32, "detector_kwargs": small}
+    spec = {
+        "name": "segmentation",
+        "weights": str(tmp_path / "det.safetensors"),
+        "instances_json": str(coco_folder / "instances.json"),
+        "images_dir": str(coco_folder / "images"),
+        "backbone": "resnet18",
+        "num_classes": 3,
+        "min_size": 32,
+        "max_size": 32,
+        "detector_kwargs": small,
+    }
     reward = build_reward(spec)
     images, prompts = reward.sample_batch(2, 32, torch.Generator().manual_seed(0))
     assert images.shape == (2, 3, 32, 32) and images.min() >= -1 and images.max() <= 1

@@ -36,9 +36,22 @@ def _run(config: str, output: Path, resume: bool = False, overrides=()):
 
 def test_feedback_then_unified_exports_one_lora_for_1_to_8_steps(tmp_path):
     stages = [
-        {"name": "feedback", "segments": 2, "steps": 2, "loss": "mse", "ema_decay": 0.5, "options": {"feedback": FB_OPTS}},
-        {"name": "unified", "segments": 1, "steps": 2, "loss": "mse", "ema_decay": 0.5,
-         "options": {"dmd": DMD_OPTS, "feedback": dict(FB_OPTS, steps=[1])}},
+        {
+            "name": "feedback",
+            "segments": 2,
+            "steps": 2,
+            "loss": "mse",
+            "ema_decay": 0.5,
+            "options": {"feedback": FB_OPTS},
+        },
+        {
+            "name": "unified",
+            "segments": 1,
+            "steps": 2,
+            "loss": "mse",
+            "ema_decay": 0.5,
+            "options": {"dmd": DMD_OPTS, "feedback": dict(FB_OPTS, steps=[1])},
+        },
     ]
     cfg = _config(tmp_path, stages, export={"steps": None, "spacing": "tcd", "eta": 0.3})
     results = _run(cfg, tmp_path / "out")
@@ -86,8 +99,15 @@ def test_dmd_resumes_after_a_kill_to_the_same_lora(tmp_path, monkeypatch):
     """Uninterrupted run vs a run killed after its step-2 checkpoint and resumed: the exported
     LoRAs are identical, so the fake-score adapter, its optimizer and the regression bank were
     all restored."""
-    stages = [{"name": "dmd", "segments": 1, "steps": 4, "ema_decay": 0.0,
-               "options": {"dmd": DMD_OPTS, "feedback": dict(FB_OPTS, steps=[1])}}]
+    stages = [
+        {
+            "name": "dmd",
+            "segments": 1,
+            "steps": 4,
+            "ema_decay": 0.0,
+            "options": {"dmd": DMD_OPTS, "feedback": dict(FB_OPTS, steps=[1])},
+        }
+    ]
     cfg = _config(tmp_path, stages, checkpoint_every=2)
     full = _run(cfg, tmp_path / "full")
 
@@ -117,17 +137,35 @@ def test_dmd_resumes_after_a_kill_to_the_same_lora(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_two_processes_keep_generator_and_fake_score_in_sync(tmp_path):
-    stages = [{"name": "dmd", "segments": 1, "steps": 3, "ema_decay": 0.0,
-               "options": {"dmd": DMD_OPTS, "feedback": dict(FB_OPTS, steps=[1])}}]
+    stages = [
+        {
+            "name": "dmd",
+            "segments": 1,
+            "steps": 3,
+            "ema_decay": 0.0,
+            "options": {"dmd": DMD_OPTS, "feedback": dict(FB_OPTS, steps=[1])},
+        }
+    ]
     cfg = _config(tmp_path, stages)
     out = tmp_path / "out"
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
     with socket.socket() as s:  # a free port for the rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port),
-           str(Path(__file__).with_name("_rank_dump.py")), cfg, str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        str(Path(__file__).with_name("_rank_dump.py")),
+        cfg,
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (load_file(str(out / f"rank{i}of2.safetensors")) for i in range(2))

@@ -21,8 +21,10 @@ REPO = Path(__file__).resolve().parents[2]
 def _comfy_root() -> Path:
     path = os.environ.get("COMFYUI_PATH")
     if not path:
-        pytest.skip("COMFYUI_PATH is unset: point it to a copy of ComfyUI with this repo linked into custom_nodes/ "
-                    "(cp -r ../shared/vendor/ComfyUI /tmp/c && ln -s $PWD /tmp/c/custom_nodes/hypersd)")
+        pytest.skip(
+            "COMFYUI_PATH is unset: point it to a copy of ComfyUI with this repo linked into custom_nodes/ "
+            "(cp -r ../shared/vendor/ComfyUI /tmp/c && ln -s $PWD /tmp/c/custom_nodes/hypersd)"
+        )
     root = Path(path).resolve()
     if not (root / "nodes.py").is_file() or not (root / "comfy").is_dir():
         pytest.fail(f"COMFYUI_PATH={path} is not a ComfyUI tree (no nodes.py / comfy/)")
@@ -52,7 +54,9 @@ def comfyui():
     pack = _pack_dir(root)
     loaded = sys.modules.get("nodes")
     if loaded is not None and Path(getattr(loaded, "__file__", "")).resolve() != root / "nodes.py":
-        pytest.fail(f"a module named 'nodes' ({loaded}) was imported before ComfyUI's; run these tests in their own process")
+        pytest.fail(
+            f"a module named 'nodes' ({loaded}) was imported before ComfyUI's; run these tests in their own process"
+        )
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     import comfy.cli_args
@@ -67,8 +71,14 @@ def comfyui():
     ok = asyncio.run(nodes.load_custom_node(str(pack)))
     module = f"custom_nodes.{pack.name}"
     return types.SimpleNamespace(
-        root=root, pack=pack, nodes=nodes, folder_paths=folder_paths, loaded=ok,
-        pack_ids=sorted(k for k, c in nodes.NODE_CLASS_MAPPINGS.items() if getattr(c, "RELATIVE_PYTHON_MODULE", None) == module),
+        root=root,
+        pack=pack,
+        nodes=nodes,
+        folder_paths=folder_paths,
+        loaded=ok,
+        pack_ids=sorted(
+            k for k, c in nodes.NODE_CLASS_MAPPINGS.items() if getattr(c, "RELATIVE_PYTHON_MODULE", None) == module
+        ),
         run=functools.partial(_run_node, nodes),
     )
 
@@ -89,7 +99,12 @@ def _meta_clip(model_config):
     import torch
 
     cpu = torch.device("cpu")
-    options = {"initial_device": torch.device("meta"), "load_device": cpu, "offload_device": cpu, "dtype": torch.float32}
+    options = {
+        "initial_device": torch.device("meta"),
+        "load_device": cpu,
+        "offload_device": cpu,
+        "dtype": torch.float32,
+    }
     return comfy.sd.CLIP(model_config.clip_target(), model_options=options)
 
 
@@ -135,15 +150,35 @@ def loras_dir(comfyui, tmp_path_factory):
 # ComfyUI's configs for the full-size flow-matching models, as its model detection describes the
 # FLUX.1-dev and SD3-medium checkpoints (comfy/model_detection.py).
 COMFY_FLUX_DEV = {
-    "image_model": "flux", "axes_dim": [16, 56, 56], "num_heads": 24, "mlp_ratio": 4.0, "theta": 10000,
-    "out_channels": 16, "qkv_bias": True, "txt_ids_dims": [], "in_channels": 16, "hidden_size": 3072,
-    "context_in_dim": 4096, "patch_size": 2, "vec_in_dim": 768, "depth": 19, "depth_single_blocks": 38,
+    "image_model": "flux",
+    "axes_dim": [16, 56, 56],
+    "num_heads": 24,
+    "mlp_ratio": 4.0,
+    "theta": 10000,
+    "out_channels": 16,
+    "qkv_bias": True,
+    "txt_ids_dims": [],
+    "in_channels": 16,
+    "hidden_size": 3072,
+    "context_in_dim": 4096,
+    "patch_size": 2,
+    "vec_in_dim": 768,
+    "depth": 19,
+    "depth_single_blocks": 38,
     "guidance_embed": True,
 }
 COMFY_SD3_MEDIUM = {
-    "in_channels": 16, "patch_size": 2, "out_channels": 16, "depth": 24, "input_size": None, "adm_in_channels": 2048,
+    "in_channels": 16,
+    "patch_size": 2,
+    "out_channels": 16,
+    "depth": 24,
+    "input_size": None,
+    "adm_in_channels": 2048,
     "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 1536}},
-    "num_patches": 36864, "pos_embed_max_size": 192, "pos_embed_scaling_factor": None, "x_block_self_attn_layers": [],
+    "num_patches": 36864,
+    "pos_embed_max_size": 192,
+    "pos_embed_scaling_factor": None,
+    "x_block_self_attn_layers": [],
 }
 
 

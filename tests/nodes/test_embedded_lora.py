@@ -24,9 +24,20 @@ def trained(comfyui, tmp_path_factory, tokenizer_path):
     from train.trainer import Trainer
 
     out_dir = tmp_path_factory.mktemp("embedded_run")
-    overrides = [f"output={out_dir}", f"model.tokenizer_path={tokenizer_path}", f"stage_all.steps={TRAIN_STEPS}",
-                 "data.batch_size=4", "threads=1", "progress=false", "checkpoint_every=0", "eval.enabled=false",
-                 f"sample.steps={list(STEPS)}", "sample.num=10", "sample.teacher_steps=2", "sample.seed=0"]
+    overrides = [
+        f"output={out_dir}",
+        f"model.tokenizer_path={tokenizer_path}",
+        f"stage_all.steps={TRAIN_STEPS}",
+        "data.batch_size=4",
+        "threads=1",
+        "progress=false",
+        "checkpoint_every=0",
+        "eval.enabled=false",
+        f"sample.steps={list(STEPS)}",
+        "sample.num=10",
+        "sample.teacher_steps=2",
+        "sample.seed=0",
+    ]
     trainer = Trainer(load_config("embedded", overrides=overrides))
     results = trainer.run()
     return trainer, results
@@ -81,8 +92,18 @@ def comfy_sample(comfyui, model, cond, steps, seed, eta):
     (sampler,) = comfyui.run("HyperSDTSCDSampler", eta)
     (sigmas,) = comfyui.run("HyperSDScheduler", model, steps, "trailing", 1.0)
     latent = torch.zeros(cond.shape[0], 1, 16, 16)
-    result, _ = comfyui.run("SamplerCustom", model, True, seed, 1.0, [[cond, {}]], [[cond[:1] * 0, {}]],
-                            sampler, sigmas, {"samples": latent})
+    result, _ = comfyui.run(
+        "SamplerCustom",
+        model,
+        True,
+        seed,
+        1.0,
+        [[cond, {}]],
+        [[cond[:1] * 0, {}]],
+        sampler,
+        sigmas,
+        {"samples": latent},
+    )
     return result["samples"]
 
 
@@ -114,13 +135,26 @@ def test_comfyui_equals_the_trainers_grid(comfyui, trained, loaded, eta):
     prompts = trainer.grid_prompts()
     labels = torch.arange(len(prompts)) % 10
     seed = trainer.cfg.sample.seed
-    noise = torch.randn(len(prompts), 1, 16, 16, generator=torch.Generator().manual_seed(seed))  # = the trainer's grid noise
+    noise = torch.randn(
+        len(prompts), 1, 16, 16, generator=torch.Generator().manual_seed(seed)
+    )  # = the trainer's grid noise
     cond, _ = trainer.conditioner.encode(prompts)
     clf = trainer.model.extras["classifier"]
     m = trainer.model
     for steps in STEPS:
-        ref = generate(trainer.base_unet, trainer.conditioner, prompts, noise, steps=steps, cfg=1.0, eta=eta,
-                       schedule=m.schedule, prediction_type=m.prediction_type, decode=trainer.decode, seed=seed)
+        ref = generate(
+            trainer.base_unet,
+            trainer.conditioner,
+            prompts,
+            noise,
+            steps=steps,
+            cfg=1.0,
+            eta=eta,
+            schedule=m.schedule,
+            prediction_type=m.prediction_type,
+            decode=trainer.decode,
+            seed=seed,
+        )
         got = comfy_sample(comfyui, patched, cond, steps, seed, eta).clamp(-1, 1)
         diff = (got - ref).abs().max().item()
         assert diff < 1e-4, f"{steps} steps, eta {eta}: ComfyUI vs trainer max abs diff {diff:.3g}"

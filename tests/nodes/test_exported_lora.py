@@ -52,7 +52,9 @@ def test_core_loraloader_and_ours_load_every_key(comfyui, exported, key_names, s
     model, clip = sd15_meta if kind == "sd15" else sdxl_meta
     with caplog.at_level(logging.WARNING):
         core_model, _ = comfyui.run("LoraLoader", model, clip, names[key_names], 1.0, 1.0)
-        ours_model, _, settings = comfyui.run("HyperSDLoraLoader", model, clip, names[key_names], 1.0, 1.0, "recommended")
+        ours_model, _, settings = comfyui.run(
+            "HyperSDLoraLoader", model, clip, names[key_names], 1.0, 1.0, "recommended"
+        )
     no_unloaded_keys(caplog)
     assert len(core_model.patches) == n_modules > 200  # one patched weight per exported module
     assert set(ours_model.patches) == set(core_model.patches)
@@ -81,7 +83,11 @@ def test_sgm_names_are_comfyuis_own_for_every_sdxl_module(comfyui):
     checked = 0
     for dk, lk in comfy.utils.unet_to_diffusers(dict(COMFY_SDXL)).items():
         module = dk[: -len(".weight")] if dk.endswith(".weight") else None
-        if module is None or not (".attentions." in module or ".resnets." in module) or "norm" in module.rsplit(".", 1)[-1]:
+        if (
+            module is None
+            or not (".attentions." in module or ".resnets." in module)
+            or "norm" in module.rsplit(".", 1)[-1]
+        ):
             continue
         assert sgm_unet_path(module) == lk[: -len(".weight")], module
         checked += 1

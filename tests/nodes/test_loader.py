@@ -10,7 +10,10 @@ import torch
 from hypersd_core.lora_formats import HyperSDMetadata, lora_delta, save_lora
 
 LAYOUTS = {
-    "kohya": lambda m: (f"lora_unet_{m.replace('.', '_')}.lora_down.weight", f"lora_unet_{m.replace('.', '_')}.lora_up.weight"),
+    "kohya": lambda m: (
+        f"lora_unet_{m.replace('.', '_')}.lora_down.weight",
+        f"lora_unet_{m.replace('.', '_')}.lora_up.weight",
+    ),
     "peft": lambda m: (f"unet.{m}.lora_A.weight", f"unet.{m}.lora_B.weight"),
     "peft_base_model": lambda m: (f"base_model.model.{m}.lora_A.weight", f"base_model.model.{m}.lora_B.weight"),
     "diffusers_old": lambda m: (f"unet.{m}.lora.down.weight", f"unet.{m}.lora.up.weight"),
@@ -36,7 +39,10 @@ def make_lora(modules, layout, rank=2, alpha=None, seed=0):
     sd = {}
     for mod, (_, shape) in modules.items():
         if len(shape) == 4:
-            down, up = torch.randn(rank, shape[1], *shape[2:], generator=gen), torch.randn(shape[0], rank, 1, 1, generator=gen)
+            down, up = (
+                torch.randn(rank, shape[1], *shape[2:], generator=gen),
+                torch.randn(shape[0], rank, 1, 1, generator=gen),
+            )
         else:
             down, up = torch.randn(rank, shape[1], generator=gen), torch.randn(shape[0], rank, generator=gen)
         kdown, kup = LAYOUTS[layout](mod)
@@ -98,7 +104,9 @@ def test_peft_patch_equals_core_delta_with_header_alpha(loader, sd15_meta, loras
     save_lora(loras_dir / "peft_alpha.safetensors", sd, header)
     patched, _, _ = run(loader, model, clip, "peft_alpha.safetensors", strength=0.7)
     gen = torch.Generator().manual_seed(1)
-    for mod in [m for m in modules if len(modules[m][1]) == 2][:3] + [m for m in modules if len(modules[m][1]) == 4][:2]:
+    for mod in [m for m in modules if len(modules[m][1]) == 2][:3] + [m for m in modules if len(modules[m][1]) == 4][
+        :2
+    ]:
         key, shape = modules[mod]
         w0 = torch.randn(shape, generator=gen)
         got = comfy.lora.calculate_weight(patched.patches[key], w0.clone(), key)
@@ -116,8 +124,13 @@ def test_text_encoder_keys_patch_clip(loader, sd15_meta, loras_dir, prefix, capl
             out = 3072 if proj == "mlp.fc1" else 768
             if prefix == "lora_te_":
                 name = f"lora_te_text_model_encoder_layers_{layer}_{proj.replace('.', '_')}"
-                sd.update({f"{name}.lora_down.weight": torch.zeros(2, dim), f"{name}.lora_up.weight": torch.zeros(out, 2),
-                           f"{name}.alpha": torch.tensor(2.0)})
+                sd.update(
+                    {
+                        f"{name}.lora_down.weight": torch.zeros(2, dim),
+                        f"{name}.lora_up.weight": torch.zeros(out, 2),
+                        f"{name}.alpha": torch.tensor(2.0),
+                    }
+                )
             else:
                 name = f"text_encoder.text_model.encoder.layers.{layer}.{proj}"
                 sd.update({f"{name}.lora_A.weight": torch.zeros(2, dim), f"{name}.lora_B.weight": torch.zeros(out, 2)})
@@ -133,8 +146,9 @@ def test_text_encoder_keys_patch_clip(loader, sd15_meta, loras_dir, prefix, capl
 def test_metadata_strength_is_the_default_and_explicit_strength_wins(loader, sd15_meta, loras_dir):
     model, clip = sd15_meta
     modules = dict(list(unet_modules(model).items())[:5])
-    meta = HyperSDMetadata(base_model="sd15", steps=list(range(1, 9)), strength=0.8, eta=0.5, spacing="tcd",
-                           onestep_timestep=800)
+    meta = HyperSDMetadata(
+        base_model="sd15", steps=list(range(1, 9)), strength=0.8, eta=0.5, spacing="tcd", onestep_timestep=800
+    )
     save_lora(loras_dir / "ours.safetensors", make_lora(modules, "kohya"), meta)
     patched, _, settings = run(loader, model, clip, "ours.safetensors")
     assert {p[0][0] for p in patched.patches.values()} == {0.8}
@@ -165,8 +179,12 @@ def test_sdxl_lora_on_sd15_model_is_refused(loader, sd15_meta, sdxl_meta, loras_
 
 def test_modules_the_model_lacks_are_refused(loader, sd15_meta, loras_dir):
     sd = make_lora(dict(list(unet_modules(sd15_meta[0]).items())[:3]), "kohya")
-    sd.update({"lora_unet_down_blocks_7_foo.lora_down.weight": torch.zeros(2, 8),
-               "lora_unet_down_blocks_7_foo.lora_up.weight": torch.zeros(8, 2)})
+    sd.update(
+        {
+            "lora_unet_down_blocks_7_foo.lora_down.weight": torch.zeros(2, 8),
+            "lora_unet_down_blocks_7_foo.lora_up.weight": torch.zeros(8, 2),
+        }
+    )
     save_lora(loras_dir / "partial.safetensors", sd)
     with pytest.raises(ValueError, match=r"1 module\(s\) of partial.safetensors match nothing.*down_blocks_7_foo"):
         run(loader, *sd15_meta, "partial.safetensors")
@@ -175,7 +193,11 @@ def test_modules_the_model_lacks_are_refused(loader, sd15_meta, loras_dir):
 @pytest.mark.parametrize(
     "name, content, message",
     [
-        ("corrupt.safetensors", b"\x00\x01 this is not a safetensors file", "corrupt.safetensors: .*corrupt or not safetensors"),
+        (
+            "corrupt.safetensors",
+            b"\x00\x01 this is not a safetensors file",
+            "corrupt.safetensors: .*corrupt or not safetensors",
+        ),
         ("pickled.ckpt", b"PK\x03\x04 pickle", "not a .safetensors file"),
     ],
 )
@@ -190,7 +212,9 @@ def test_unknown_layout_and_bad_values_are_refused(loader, sd15_meta, loras_dir)
     with pytest.raises(ValueError, match="unrecognised LoRA layout"):
         run(loader, *sd15_meta, "checkpoint_like.safetensors")
     modules = dict(list(unet_modules(sd15_meta[0]).items())[:2])
-    save_lora(loras_dir / "sd3.safetensors", make_lora(modules, "kohya"), HyperSDMetadata(base_model="sd3", strength=0.125))
+    save_lora(
+        loras_dir / "sd3.safetensors", make_lora(modules, "kohya"), HyperSDMetadata(base_model="sd3", strength=0.125)
+    )
     with pytest.raises(ValueError, match=r"sd3.safetensors is a SD3 LoRA but the model is SD1\.5"):
         run(loader, *sd15_meta, "sd3.safetensors")
     save_lora(loras_dir / "plain.safetensors", make_lora(modules, "kohya"))
@@ -209,7 +233,11 @@ def test_strength_mode_and_old_saved_values(loader, sd15_meta, loras_dir):
     prompts saved before strength_mode existed keep their meaning: -1 = recommended, else custom."""
     model, clip = sd15_meta
     modules = dict(list(unet_modules(model).items())[:5])
-    save_lora(loras_dir / "strength.safetensors", make_lora(modules, "kohya"), HyperSDMetadata(base_model="sd15", strength=0.8))
+    save_lora(
+        loras_dir / "strength.safetensors",
+        make_lora(modules, "kohya"),
+        HyperSDMetadata(base_model="sd15", strength=0.8),
+    )
     assert strengths(run(loader, model, clip, "strength.safetensors", 0.3, mode="recommended")[0]) == {0.8}
     assert strengths(run(loader, model, clip, "strength.safetensors", 0.3, mode="custom")[0]) == {0.3}
     assert strengths(run(loader, model, clip, "strength.safetensors", -1.0, mode="custom")[0]) == {-1.0}
@@ -226,7 +254,13 @@ def test_model_only_loader_skips_text_encoder_keys(comfyui, sd15_meta, loras_dir
     modules = dict(list(unet_modules(model).items())[:6])
     sd = make_lora(modules, "kohya")
     te = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
-    sd.update({f"{te}.lora_down.weight": torch.zeros(2, 768), f"{te}.lora_up.weight": torch.zeros(768, 2), f"{te}.alpha": torch.tensor(2.0)})
+    sd.update(
+        {
+            f"{te}.lora_down.weight": torch.zeros(2, 768),
+            f"{te}.lora_up.weight": torch.zeros(768, 2),
+            f"{te}.alpha": torch.tensor(2.0),
+        }
+    )
     save_lora(loras_dir / "with_te.safetensors", sd, HyperSDMetadata(base_model="sd15", strength=0.9))
     with caplog.at_level(logging.INFO):
         patched, settings = only.execute(model, "with_te.safetensors", 1.0, "recommended").args
@@ -245,14 +279,24 @@ def diffusers_lora(model_cls, config: dict, name: str, rank: int = 1):
     sd, gen = {}, torch.Generator().manual_seed(0)
     for mod_name, mod in model.named_modules():
         if isinstance(mod, torch.nn.Linear) and "transformer_blocks" in mod_name:
-            sd[f"transformer.{mod_name}.lora_A.weight"] = torch.randn(rank, mod.in_features, generator=gen, dtype=torch.float16)
+            sd[f"transformer.{mod_name}.lora_A.weight"] = torch.randn(
+                rank, mod.in_features, generator=gen, dtype=torch.float16
+            )
             sd[f"transformer.{mod_name}.lora_B.weight"] = torch.zeros(mod.out_features, rank, dtype=torch.float16)
     return sd
 
 
 FLUX_DEV = dict(guidance_embeds=True)  # diffusers' defaults are FLUX.1-dev's shapes
-SD3_MEDIUM = dict(sample_size=128, num_layers=24, attention_head_dim=64, num_attention_heads=24, caption_projection_dim=1536,
-                  pooled_projection_dim=2048, joint_attention_dim=4096, pos_embed_max_size=192)
+SD3_MEDIUM = dict(
+    sample_size=128,
+    num_layers=24,
+    attention_head_dim=64,
+    num_attention_heads=24,
+    caption_projection_dim=1536,
+    pooled_projection_dim=2048,
+    joint_attention_dim=4096,
+    pos_embed_max_size=192,
+)
 
 
 @pytest.mark.parametrize("steps", [8, 16])
@@ -262,8 +306,12 @@ def test_hyper_flux_loras_load_at_their_recommended_strength(comfyui, flux_meta,
         save_lora(loras_dir / name, diffusers_lora("FluxTransformer2DModel", FLUX_DEV, name))
     mappings = comfyui.nodes.NODE_CLASS_MAPPINGS
     with caplog.at_level(logging.WARNING):
-        patched, clip, settings = mappings["HyperSDLoraLoader"].execute(flux_meta, None, name, 1.0, 1.0, "recommended").args
-        patched_only, settings_only = mappings["HyperSDLoraLoaderModelOnly"].execute(flux_meta, name, 1.0, "recommended").args
+        patched, clip, settings = (
+            mappings["HyperSDLoraLoader"].execute(flux_meta, None, name, 1.0, 1.0, "recommended").args
+        )
+        patched_only, settings_only = (
+            mappings["HyperSDLoraLoaderModelOnly"].execute(flux_meta, name, 1.0, "recommended").args
+        )
     no_key_warnings(caplog)
     assert clip is None and settings_only == settings
     # every one of the 19 double and 38 single blocks (diffusers' q/k/v land in ComfyUI's fused qkv slices)
@@ -302,5 +350,7 @@ def test_flow_and_unet_loras_on_the_wrong_model_are_refused(comfyui, flux_meta, 
         only.execute(sd3_meta, flux_name, 1.0, "recommended")
     modules = {m: v for m, v in unet_modules(sd15_meta[0]).items() if "attn2.to_k" in m}
     save_lora(loras_dir / "sd15_for_flux.safetensors", make_lora(modules, "peft"))
-    with pytest.raises(ValueError, match=r"SD1\.5 LoRA but the model is FLUX.1: load a FLUX.1 Hyper-SD LoRA \(e.g. Hyper-FLUX"):
+    with pytest.raises(
+        ValueError, match=r"SD1\.5 LoRA but the model is FLUX.1: load a FLUX.1 Hyper-SD LoRA \(e.g. Hyper-FLUX"
+    ):
         only.execute(flux_meta, "sd15_for_flux.safetensors", 1.0, "recommended")

@@ -8,8 +8,14 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-CORE_IDS = {"HyperSDLoraLoader", "HyperSDLoraLoaderModelOnly", "HyperSDTSCDSampler", "HyperSDScheduler",
-            "HyperSDDMDSampler", "HyperSDOneStepScheduler"}
+CORE_IDS = {
+    "HyperSDLoraLoader",
+    "HyperSDLoraLoaderModelOnly",
+    "HyperSDTSCDSampler",
+    "HyperSDScheduler",
+    "HyperSDDMDSampler",
+    "HyperSDOneStepScheduler",
+}
 
 
 def pack_module(comfyui):

@@ -35,7 +35,9 @@ def model_sampling(tiny_model):
 
 
 @pytest.mark.parametrize("sampler_id, extra", [("HyperSDDMDSampler", ()), ("HyperSDTSCDSampler", (0.3,))])
-def test_start_noise_is_unit_variance_below_sigma_max_for_txt2img_only(comfyui, tiny_model, model_sampling, sampler_id, extra):
+def test_start_noise_is_unit_variance_below_sigma_max_for_txt2img_only(
+    comfyui, tiny_model, model_sampling, sampler_id, extra
+):
     (sampler,) = comfyui.run(sampler_id, *extra)
     sig = model_sampling.sigmas
     noise = torch.randn(LATENT, generator=torch.Generator().manual_seed(0))
@@ -57,8 +59,9 @@ def sample_custom(comfyui, model, sampler, sigmas, latent, seed=7, add_noise=Tru
     gen = torch.Generator().manual_seed(11)
     positive = [[torch.randn(1, 77, 32, generator=gen), {}]]
     negative = [[torch.randn(1, 77, 32, generator=gen), {}]]
-    result, denoised = comfyui.run("SamplerCustom", model, add_noise, seed, cfg, positive, negative, sampler,
-                                   sigmas, {"samples": latent})
+    result, denoised = comfyui.run(
+        "SamplerCustom", model, add_noise, seed, cfg, positive, negative, sampler, sigmas, {"samples": latent}
+    )
     return result["samples"]
 
 

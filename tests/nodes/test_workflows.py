@@ -21,8 +21,11 @@ def load(path):
 def schema_inputs(cls):
     """[(name, type, options, optional)] in the order the frontend builds widgets and sockets."""
     spec = cls.INPUT_TYPES()
-    return [(name, s[0], s[1] if len(s) > 1 else {}, group == "optional")
-            for group in ("required", "optional") for name, s in spec.get(group, {}).items()]
+    return [
+        (name, s[0], s[1] if len(s) > 1 else {}, group == "optional")
+        for group in ("required", "optional")
+        for name, s in spec.get(group, {}).items()
+    ]
 
 
 def is_widget(typ, opts):
@@ -56,7 +59,9 @@ def check_value(where, typ, opts, value, own):
         assert isinstance(value, (int, float)) and not isinstance(value, bool), where
         if typ == "INT":
             assert float(value).is_integer(), where
-        assert opts.get("min", value) <= value <= opts.get("max", value), f"{where}: {value} outside [{opts.get('min')}, {opts.get('max')}]"
+        assert opts.get("min", value) <= value <= opts.get("max", value), (
+            f"{where}: {value} outside [{opts.get('min')}, {opts.get('max')}]"
+        )
     else:  # combo: our own fixed choices here; file lists in test_workflow_passes_comfyui_prompt_validation
         options = typ if isinstance(typ, list) else opts.get("options", [])
         assert isinstance(value, str), where
@@ -75,7 +80,15 @@ def test_there_is_a_workflow_for_every_case():
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_matches_the_node_schemas(comfyui, path):
     wf = load(path)
-    assert wf["version"] == 0.4 and {"nodes", "links", "groups", "config", "extra", "last_node_id", "last_link_id"} <= set(wf)
+    assert wf["version"] == 0.4 and {
+        "nodes",
+        "links",
+        "groups",
+        "config",
+        "extra",
+        "last_node_id",
+        "last_link_id",
+    } <= set(wf)
     mappings = comfyui.nodes.NODE_CLASS_MAPPINGS
     nodes = {n["id"]: n for n in wf["nodes"]}
     assert len(nodes) == len(wf["nodes"]) and wf["last_node_id"] >= max(nodes)
@@ -94,7 +107,9 @@ def test_workflow_matches_the_node_schemas(comfyui, path):
         assert len(values) == len(widgets), f"{where}: {len(values)} widget values for {[w[0] for w in widgets]}"
         for (name, typ, opts), value in zip(widgets, values):
             check_value(f"{where} widget {name}", typ, opts, value, own and name not in FILE_CHOICES)
-        sockets = {name: (typ, optional) for name, typ, opts, optional in schema_inputs(cls) if not is_widget(typ, opts)}
+        sockets = {
+            name: (typ, optional) for name, typ, opts, optional in schema_inputs(cls) if not is_widget(typ, opts)
+        }
         for inp in n["inputs"]:
             assert inp["name"] in sockets and inp["type"] == sockets[inp["name"]][0], f"{where}: input {inp}"
         missing = {k for k, (_, opt) in sockets.items() if not opt} - {i["name"] for i in n["inputs"]}
@@ -120,7 +135,9 @@ def test_links_are_consistent(path):
     for n in wf["nodes"]:
         for inp in n["inputs"]:
             assert inp["link"] is None or inp["link"] in ids
-            assert inp["link"] is not None or inp.get("shape") == 7, f"{path.name}: required input {inp['name']} unlinked"
+            assert inp["link"] is not None or inp.get("shape") == 7, (
+                f"{path.name}: required input {inp['name']} unlinked"
+            )
         for o in n["outputs"]:
             assert all(lid in ids for lid in o["links"] or [])
 
@@ -130,8 +147,13 @@ def test_note_names_every_model_file_and_cfg(path):
     wf = load(path)
     notes = [n["widgets_values"][0] for n in wf["nodes"] if n["type"] == "MarkdownNote"]
     assert len(notes) == 1
-    files = [v for n in wf["nodes"] if n["type"] != "MarkdownNote" for v in n["widgets_values"]
-             if isinstance(v, str) and v.endswith(".safetensors")]
+    files = [
+        v
+        for n in wf["nodes"]
+        if n["type"] != "MarkdownNote"
+        for v in n["widgets_values"]
+        if isinstance(v, str) and v.endswith(".safetensors")
+    ]
     assert files
     for f in files:
         assert f in notes[0], f"{path.name}: the note does not name {f}"

@@ -38,5 +38,15 @@ import comfy.supported_models as sm  # noqa: E402
 sampling = comfy.model_base.model_sampling(sm.SD15({}), comfy.model_base.ModelType.EPS)
 model = types.SimpleNamespace(get_model_object=lambda name: sampling, model_options={})
 sigmas = nodes.NODE_CLASS_MAPPINGS["HyperSDScheduler"].execute(model, 4, "tcd", 1.0).args[0]
-print(json.dumps({"loaded": ok, "ids": ids, "name": config.project.name, "version": config.project.version,
-                  "publisher": config.tool_comfy.publisher_id, "sigmas": [round(float(s), 4) for s in sigmas]}))
+print(
+    json.dumps(
+        {
+            "loaded": ok,
+            "ids": ids,
+            "name": config.project.name,
+            "version": config.project.version,
+            "publisher": config.tool_comfy.publisher_id,
+            "sigmas": [round(float(s), 4) for s in sigmas],
+        }
+    )
+)

@@ -22,8 +22,14 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 NAME, VERSION = PYPROJECT["project"]["name"], PYPROJECT["project"]["version"]
 ARCHIVE_TOP = {"__init__.py", "nodes", "hypersd_core", "web", "workflows", "README.md", "LICENSE", "pyproject.toml"}
 ARCHIVE_MAX_BYTES = 1_500_000
-CORE_IDS = {"HyperSDLoraLoader", "HyperSDLoraLoaderModelOnly", "HyperSDTSCDSampler", "HyperSDScheduler",
-            "HyperSDDMDSampler", "HyperSDOneStepScheduler"}
+CORE_IDS = {
+    "HyperSDLoraLoader",
+    "HyperSDLoraLoaderModelOnly",
+    "HyperSDTSCDSampler",
+    "HyperSDScheduler",
+    "HyperSDDMDSampler",
+    "HyperSDOneStepScheduler",
+}
 
 
 def test_registry_fields():
@@ -97,8 +103,14 @@ def test_archive_loads_in_comfyui(node_archive, tmp_path):
         pytest.skip("COMFYUI_PATH is not set: point it at a ComfyUI tree to load the archive")
     target = tmp_path / "custom_nodes" / NAME
     zipfile.ZipFile(node_archive).extractall(target)
-    proc = subprocess.run([sys.executable, str(HERE / "load_pack.py"), str(target)], cwd=comfy_path,
-                          capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONPATH=""))
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "load_pack.py"), str(target)],
+        cwd=comfy_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, PYTHONPATH=""),
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Unable to parse pyproject.toml" not in proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -106,7 +118,11 @@ def test_archive_loads_in_comfyui(node_archive, tmp_path):
     assert (report["name"], report["version"]) == (NAME, VERSION)
     assert report["publisher"] == PYPROJECT["tool"]["comfy"]["PublisherId"]
     # 4 tcd steps on SD1.5: t = 999, 759, 499, 259 -> sigma(t), then 0
-    assert report["sigmas"][0] == pytest.approx(14.6146, abs=1e-3) and report["sigmas"][-1] == 0 and len(report["sigmas"]) == 5
+    assert (
+        report["sigmas"][0] == pytest.approx(14.6146, abs=1e-3)
+        and report["sigmas"][-1] == 0
+        and len(report["sigmas"]) == 5
+    )
 
 
 def test_comfy_node_validate_passes(tmp_path):
@@ -115,8 +131,15 @@ def test_comfy_node_validate_passes(tmp_path):
     pytest.importorskip("comfy_cli", reason="pip install comfy-cli (in the test extras)")
     comfy = Path(sys.executable).with_name("comfy")
     env = dict(os.environ, HOME=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path / "config"))
-    proc = subprocess.run([str(comfy), "--skip-prompt", "--no-enable-telemetry", "node", "validate"], cwd=REPO,
-                          capture_output=True, text=True, timeout=300, env=env, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [str(comfy), "--skip-prompt", "--no-enable-telemetry", "node", "validate"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "All validation checks passed" in out and "Security warnings" not in out and "Warning" not in out, out

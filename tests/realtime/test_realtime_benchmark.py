@@ -44,9 +44,14 @@ def test_tiny_comfyui_benchmark_runs(tmp_path):
         pytest.skip("COMFYUI_PATH is unset: point it to a ComfyUI copy with this repo in custom_nodes/")
     repo = Path(__file__).resolve().parents[2]
     out = tmp_path / "comfy.json"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.realtime_comfyui", "--tiny", "--iters", "1",
-                           "--out", str(out)], cwd=repo, capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, PYTHONPATH=str(repo)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.realtime_comfyui", "--tiny", "--iters", "1", "--out", str(out)],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, PYTHONPATH=str(repo)),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     v = json.loads(out.read_text())["variants"]
     assert v["no_compile"]["ms"] > 0 and v["HyperSDRealtimeCompile"]["ms"] > 0

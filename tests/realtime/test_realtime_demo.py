@@ -31,8 +31,9 @@ def test_stale_request_is_dropped_without_generating(tiny):
 
 
 def _post(url, body):
-    req = urllib.request.Request(url + "generate", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url + "generate", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=60) as r:
         return r.status, r.read()
 
@@ -41,9 +42,26 @@ def _post(url, body):
 def demo_url(tokenizer_path):
     """`python -m hypersd_demo` on a free loopback port with the embedded model (or its stand-in)."""
     env = dict(os.environ, PYTHONPATH=str(REPO), HYPERSD_TOKENIZER=str(tokenizer_path))
-    proc = subprocess.Popen([sys.executable, "-m", "hypersd_demo", "--model", "embedded", "--port", "0",
-                             "--threads", "1", "--debounce-ms", "30"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hypersd_demo",
+            "--model",
+            "embedded",
+            "--port",
+            "0",
+            "--threads",
+            "1",
+            "--debounce-ms",
+            "30",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines, url = [], None
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -81,7 +99,9 @@ def test_demo_http_api(demo_url):
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None)
+CHROMEDRIVER = shutil.which("chromedriver") or (
+    "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None
+)
 
 
 @pytest.fixture
@@ -94,9 +114,18 @@ def browser():
     profile = tempfile.mkdtemp(prefix="hypersd-chromium-")
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={profile}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+    ):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     driver.set_page_load_timeout(60)
@@ -109,7 +138,8 @@ def _image_state(driver):
     return driver.execute_script(
         "const i = document.getElementById('image');"
         "return [i.getAttribute('src') || '', i.dataset.prompt || '', i.complete && i.naturalWidth,"
-        " document.getElementById('ms').textContent, document.getElementById('ips').textContent];")
+        " document.getElementById('ms').textContent, document.getElementById('ips').textContent];"
+    )
 
 
 def _wait_for(driver, cond, timeout=60):
@@ -127,7 +157,8 @@ def _pixels(driver):
     return driver.execute_script(
         "const i = document.getElementById('image'); const c = document.createElement('canvas');"
         "c.width = i.naturalWidth; c.height = i.naturalHeight; const g = c.getContext('2d');"
-        "g.drawImage(i, 0, 0); return Array.from(g.getImageData(0, 0, c.width, c.height).data);")
+        "g.drawImage(i, 0, 0); return Array.from(g.getImageData(0, 0, c.width, c.height).data);"
+    )
 
 
 def test_page_follows_typing_in_headless_chromium(demo_url, browser):

@@ -85,8 +85,12 @@ def _merged_reference(tiny, lora_sd, strength):
     for name, mod in tiny.unet.named_modules():
         key = "lora_unet_" + name.replace(".", "_")
         if f"{key}.lora_down.weight" in lora_sd:
-            d = lora_delta(lora_sd[f"{key}.lora_down.weight"], lora_sd[f"{key}.lora_up.weight"],
-                           float(lora_sd[f"{key}.alpha"]), strength)
+            d = lora_delta(
+                lora_sd[f"{key}.lora_down.weight"],
+                lora_sd[f"{key}.lora_up.weight"],
+                float(lora_sd[f"{key}.alpha"]),
+                strength,
+            )
             state[f"{name}.weight"] = state[f"{name}.weight"] + d.reshape(mod.weight.shape)
     return state
 

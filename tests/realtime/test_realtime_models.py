@@ -12,20 +12,54 @@ def sd15_folder(tmp_path_factory, tokenizer_path):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(32, 64), norm_num_groups=8, cross_attention_dim=32,
-                                attention_head_dim=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
-    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=8,
-                        latent_channels=4)
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=2, max_position_embeddings=77))
-    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                          set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=CLIPTokenizer.from_pretrained(str(tokenizer_path)),
-                                   unet=unet, scheduler=sched, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        norm_num_groups=8,
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1,
+        norm_num_groups=8,
+        latent_channels=4,
+    )
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+        )
+    )
+    sched = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text,
+        tokenizer=CLIPTokenizer.from_pretrained(str(tokenizer_path)),
+        unet=unet,
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     path = tmp_path_factory.mktemp("sd15")
     pipe.save_pretrained(path)
     return path
@@ -47,8 +81,15 @@ def test_sd15_folder_one_step_matches_diffusers_lcm(sd15_folder):
     pipe = StableDiffusionPipeline.from_pretrained(str(sd15_folder), safety_checker=None, local_files_only=True)
     pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    ref = pipe("a red cube", num_inference_steps=1, guidance_scale=1.0, latents=z.clone(), height=16, width=16,
-               output_type="latent").images
+    ref = pipe(
+        "a red cube",
+        num_inference_steps=1,
+        guidance_scale=1.0,
+        latents=z.clone(),
+        height=16,
+        width=16,
+        output_type="latent",
+    ).images
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
     img = gen.generate("a red cube", seed=0, height=16, width=16)
     assert img.shape == (1, 16, 16, 3) and img.dtype == torch.uint8
@@ -72,8 +113,12 @@ def _small_taesd():
     from diffusers import AutoencoderTiny
 
     torch.manual_seed(1)
-    return AutoencoderTiny(encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
-                           num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1))
+    return AutoencoderTiny(
+        encoder_block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8),
+        num_encoder_blocks=(1, 1),
+        num_decoder_blocks=(1, 1),
+    )
 
 
 def test_tiny_vae_from_folder_and_comfyui_decoder_file(tmp_path):
@@ -88,7 +133,7 @@ def test_tiny_vae_from_folder_and_comfyui_decoder_file(tmp_path):
     want = LatentDecoder(vae)(z)
     torch.testing.assert_close(LatentDecoder(load_tiny_vae(tmp_path / "taesd"))(z), want)
     # models/vae_approx/taesd_decoder.safetensors: the decoder's Sequential keys without a prefix
-    dec = {k[len("decoder.layers."):]: v for k, v in vae.state_dict().items() if k.startswith("decoder.")}
+    dec = {k[len("decoder.layers.") :]: v for k, v in vae.state_dict().items() if k.startswith("decoder.")}
     save_file(dec, str(tmp_path / "taesd_decoder.safetensors"))
     loaded = load_tiny_vae(tmp_path / "taesd_decoder.safetensors", config=dict(vae.config))
     torch.testing.assert_close(LatentDecoder(loaded)(z), want)
@@ -105,8 +150,11 @@ def test_lora_file_is_merged(tiny, tmp_path):
     base = build_generator(tiny)[0].generate("a cat", seed=1, height=32, width=32)
     mod = dict(tiny.unet.named_modules())["down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"]
     key = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"
-    sd = {f"{key}.lora_down.weight": torch.randn(2, mod.in_features), f"{key}.lora_up.weight":
-          torch.randn(mod.out_features, 2), f"{key}.alpha": torch.tensor(2.0)}
+    sd = {
+        f"{key}.lora_down.weight": torch.randn(2, mod.in_features),
+        f"{key}.lora_up.weight": torch.randn(mod.out_features, 2),
+        f"{key}.alpha": torch.tensor(2.0),
+    }
     save_lora(str(tmp_path / "l.safetensors"), sd)
     gen, merged = build_generator(tiny, lora=str(tmp_path / "l.safetensors"), lora_strength=1.0)
     assert len(merged) == 1

@@ -70,8 +70,9 @@ def _sample(model, size=32, seed=0):
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(1, 4, size // 8, size // 8, generator=g)
     cond = [[torch.randn(1, 77, 32, generator=g), {}]]
-    return comfy.sample.sample(model, noise, 2, 1.0, "euler", "simple", cond, cond,
-                               torch.zeros_like(noise), seed=seed, disable_pbar=True)
+    return comfy.sample.sample(
+        model, noise, 2, 1.0, "euler", "simple", cond, cond, torch.zeros_like(noise), seed=seed, disable_pbar=True
+    )
 
 
 def test_node_is_registered_with_schema(comfy):

@@ -27,8 +27,10 @@ from hypersd_core.lora_formats import load_lora
 
 REPO = Path(__file__).resolve().parents[2]
 # Stage 2 is long enough to be killed in; it has an EMA target and a discriminator.
-STAGES = [{"name": "tscd", "segments": 2, "steps": 3, "ema_decay": 0.5, "noise_perturbation": 0.05, "cfg_max": 2.0},
-          {"name": "tscd", "segments": 1, "steps": 11, "ema_decay": 0.5, "adv_weight": 0.1, "cfg_max": 2.0}]
+STAGES = [
+    {"name": "tscd", "segments": 2, "steps": 3, "ema_decay": 0.5, "noise_perturbation": 0.05, "cfg_max": 2.0},
+    {"name": "tscd", "segments": 1, "steps": 11, "ema_decay": 0.5, "adv_weight": 0.1, "cfg_max": 2.0},
+]
 
 
 def _free_port() -> int:
@@ -38,12 +40,39 @@ def _free_port() -> int:
 
 
 def launch_cmd(out, tokenizer_path, *extra) -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(_free_port()),
-            "-m", "train", "--preset", "tiny-test", "--output", str(out),
-            "--set", f"model.tokenizer_path={tokenizer_path}", "--set", "eval.enabled=false", "--set", "sample.steps=[1]",
-            "--set", "checkpoint_every=2", "--set", "stages=" + json.dumps(STAGES), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "train",
+        "--preset",
+        "tiny-test",
+        "--output",
+        str(out),
+        "--set",
+        f"model.tokenizer_path={tokenizer_path}",
+        "--set",
+        "eval.enabled=false",
+        "--set",
+        "sample.steps=[1]",
+        "--set",
+        "checkpoint_every=2",
+        "--set",
+        "stages=" + json.dumps(STAGES),
+        *extra,
+    ]
 
 
 ENV = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
@@ -127,7 +156,9 @@ def test_zero_shards_kill_and_resume(reference, tmp_path, tokenizer_path):
     assert owned[0] and owned[1], "both ranks hold optimizer state"
     n_lora = len([k for k in load_file(str(step8 / "lora.safetensors"))])
     assert len(owned[0]) + len(owned[1]) == n_lora  # the shards partition the LoRA parameters
-    assert (step8 / "accelerate" / "random_states_0.pkl").is_file() and (step8 / "accelerate" / "random_states_1.pkl").is_file()
+    assert (step8 / "accelerate" / "random_states_0.pkl").is_file() and (
+        step8 / "accelerate" / "random_states_1.pkl"
+    ).is_file()
     res = run(cmd + ["--resume"])
     assert "resuming from step-" in res.stdout
     assert_same_lora(out, reference)

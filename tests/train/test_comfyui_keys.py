@@ -13,12 +13,15 @@ from train.config import LoraConfig
 from train.export import kohya_state_dict
 from train.lora import add_lora
 
+
 @pytest.fixture(scope="module")
 def comfy():
     path = os.environ.get("COMFYUI_PATH")
     if not path:
-        pytest.skip("COMFYUI_PATH is unset: point it to a copy of ComfyUI (cp -r ../shared/vendor/ComfyUI /tmp/c) "
-                    "to check the exported keys against ComfyUI's LoRA key map")
+        pytest.skip(
+            "COMFYUI_PATH is unset: point it to a copy of ComfyUI (cp -r ../shared/vendor/ComfyUI /tmp/c) "
+            "to check the exported keys against ComfyUI's LoRA key map"
+        )
     root = Path(path).resolve()
     if not (root / "comfy" / "lora.py").is_file():
         pytest.fail(f"COMFYUI_PATH={path} is not a ComfyUI tree")
@@ -34,7 +37,9 @@ def comfy():
 
 
 def _comfy_key_map(comfy, kind):
-    cls, unet_cfg = (comfy.supported_models.SD15, COMFY_SD15) if kind == "sd15" else (comfy.supported_models.SDXL, COMFY_SDXL)
+    cls, unet_cfg = (
+        (comfy.supported_models.SD15, COMFY_SD15) if kind == "sd15" else (comfy.supported_models.SDXL, COMFY_SDXL)
+    )
     config = cls(dict(unet_cfg))
     with torch.device("meta"):
         model = config.get_model({}, device=torch.device("meta"))
@@ -49,8 +54,13 @@ def test_every_exported_key_maps_in_comfyui(comfy, kind):
     with torch.device("meta"):
         unet = UNet2DConditionModel(**(SD15 if kind == "sd15" else SDXL))
     add_lora(unet, 4, None, LoraConfig().target_modules)
-    modules = {k.rsplit(".", 2)[0] if not k.endswith(".alpha") else k[: -len(".alpha")] for k in kohya_state_dict(unet, to_cpu=False)}
+    modules = {
+        k.rsplit(".", 2)[0] if not k.endswith(".alpha") else k[: -len(".alpha")]
+        for k in kohya_state_dict(unet, to_cpu=False)
+    }
     key_map = _comfy_key_map(comfy, kind)
     unmapped = sorted(m for m in modules if m not in key_map)
     assert len(modules) > 100
-    assert not unmapped, f"{len(unmapped)} of {len(modules)} exported modules do not map in ComfyUI, e.g. {unmapped[:5]}"
+    assert not unmapped, (
+        f"{len(unmapped)} of {len(modules)} exported modules do not map in ComfyUI, e.g. {unmapped[:5]}"
+    )

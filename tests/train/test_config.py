@@ -19,7 +19,9 @@ def test_presets_load_and_validate():
     assert [s.segments for s in emb.stages] == [8, 4, 2, 1]
     # Adversarial weight rises and consistency weight falls across the stages.
     assert [s.adv_weight for s in emb.stages] == sorted(s.adv_weight for s in emb.stages)
-    assert [s.consistency_weight for s in emb.stages] == sorted((s.consistency_weight for s in emb.stages), reverse=True)
+    assert [s.consistency_weight for s in emb.stages] == sorted(
+        (s.consistency_weight for s in emb.stages), reverse=True
+    )
 
 
 def test_files_and_overrides(tmp_path):
@@ -33,16 +35,19 @@ def test_files_and_overrides(tmp_path):
     assert [s.segments for s in load_config("tiny-test", [str(j)], ["solver_steps=8"]).stages] == [4]
 
 
-@pytest.mark.parametrize("override, message", [
-    ("data.nope=1", "unknown key"),
-    ("solver_steps=50", "not divisible"),
-    ("mixed_precision=fp8", "mixed_precision"),
-    ("mixed_precision=yes", "mixed_precision"),
-    ("optim.name=sgd", "optim.name"),
-    ("data.batch_size=many", "expected an integer"),
-    ("stage_all.loss=l1", "huber"),
-    ("noequals", "key=value"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.nope=1", "unknown key"),
+        ("solver_steps=50", "not divisible"),
+        ("mixed_precision=fp8", "mixed_precision"),
+        ("mixed_precision=yes", "mixed_precision"),
+        ("optim.name=sgd", "optim.name"),
+        ("data.batch_size=many", "expected an integer"),
+        ("stage_all.loss=l1", "huber"),
+        ("noequals", "key=value"),
+    ],
+)
 def test_clear_errors(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config("embedded", overrides=[override])

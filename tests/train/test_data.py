@@ -57,8 +57,13 @@ def test_folder_txt_captions_and_batches(tmp_path):
 def test_folder_jsonl_and_csv(tmp_path):
     make_folder(tmp_path, 2)
     (tmp_path / "captions.jsonl").write_text(
-        json.dumps({"file_name": "img0.png", "text": "zero"}) + "\n" + json.dumps({"file_name": "img1.png", "text": "one"}) + "\n"
-        + json.dumps({"file_name": "gone.png", "text": "missing"}) + "\n")
+        json.dumps({"file_name": "img0.png", "text": "zero"})
+        + "\n"
+        + json.dumps({"file_name": "img1.png", "text": "one"})
+        + "\n"
+        + json.dumps({"file_name": "gone.png", "text": "missing"})
+        + "\n"
+    )
     recs = folder_records(str(tmp_path))
     assert sorted(r.caption for r in recs.records) == ["one", "zero"] and recs.skipped == {"missing image": 1}
     csv_path = tmp_path / "other.csv"
@@ -105,9 +110,16 @@ def write_shard(path, items):
 
 
 def test_webdataset_shards(tmp_path):
-    write_shard(tmp_path / "data-000.tar", [("a.png", png_bytes(10)), ("a.txt", b"first"),
-                                            ("b.png", png_bytes(200)), ("b.json", json.dumps({"caption": "second"}).encode()),
-                                            ("c.png", png_bytes(90))])
+    write_shard(
+        tmp_path / "data-000.tar",
+        [
+            ("a.png", png_bytes(10)),
+            ("a.txt", b"first"),
+            ("b.png", png_bytes(200)),
+            ("b.json", json.dumps({"caption": "second"}).encode()),
+            ("c.png", png_bytes(90)),
+        ],
+    )
     write_shard(tmp_path / "data-001.tar", [("d.png", b"broken"), ("d.txt", b"third")])
     recs = webdataset_records(str(tmp_path / "data-{000..001}.tar"))
     assert sorted(r.caption for r in recs.records) == ["first", "second", "third"]
@@ -220,18 +232,33 @@ def test_buckets_and_size_conditioning(tmp_path):
         shapes.add((h, w))
     assert len(shapes) == 3 and any(h > w for h, w in shapes) and any(w > h for h, w in shapes)
     ids = b.added_cond["time_ids"]
-    assert set(map(tuple, ids[:, :2].tolist())) <= {(32.0, 64.0), (30.0, 66.0), (64.0, 32.0), (66.0, 30.0), (40.0, 40.0), (39.0, 41.0)}
+    assert set(map(tuple, ids[:, :2].tolist())) <= {
+        (32.0, 64.0),
+        (30.0, 66.0),
+        (64.0, 32.0),
+        (66.0, 30.0),
+        (40.0, 40.0),
+        (39.0, 41.0),
+    }
 
 
 def test_streaming_shards_shuffle_split_and_resume(tmp_path):
     for s in range(4):
-        write_shard(tmp_path / f"s-{s}.tar", [item for i in range(3) for item in
-                                              ((f"k{s}{i}.png", png_bytes(20 * i)), (f"k{s}{i}.txt", f"s{s}i{i}".encode()))])
+        write_shard(
+            tmp_path / f"s-{s}.tar",
+            [
+                item
+                for i in range(3)
+                for item in ((f"k{s}{i}.png", png_bytes(20 * i)), (f"k{s}{i}.txt", f"s{s}i{i}".encode()))
+            ],
+        )
     shards = [str(tmp_path / f"s-{s}.tar") for s in range(4)]
     cfg = lambda **kw: DataConfig(kind="webdataset", streaming=True, batch_size=2, **kw)  # noqa: E731
 
     def src(rank=0, world=1, **kw):
-        return RecordSource(None, cfg(**kw), MODEL, FakeConditioner(), "cpu", rank=rank, world=world, seed=5, shards=shards)
+        return RecordSource(
+            None, cfg(**kw), MODEL, FakeConditioner(), "cpu", rank=rank, world=world, seed=5, shards=shards
+        )
 
     a = src()
     first = [a.next_batch().prompts for _ in range(6)]  # one epoch = 12 samples
@@ -271,8 +298,9 @@ def test_hf_datasets_from_local_files(tmp_path):
         if path == "imagefolder":
             target = img
         else:
-            ds = datasets.Dataset.from_dict({"image": [str(img / r["file_name"]) for r in rows],
-                                             "caption": [r["text"] for r in rows]}).cast_column("image", datasets.Image())
+            ds = datasets.Dataset.from_dict(
+                {"image": [str(img / r["file_name"]) for r in rows], "caption": [r["text"] for r in rows]}
+            ).cast_column("image", datasets.Image())
             target = tmp_path / path
             if path == "parquet":
                 target.mkdir()
@@ -342,8 +370,13 @@ def test_binary_txt_caption_is_skipped_and_counted(tmp_path):
     assert rec.skipped == {"unreadable caption": 2}
 
 
-@pytest.mark.parametrize("name, content", [("captions.jsonl", b'{"file_name": "img0.png", "text": "\xe9t\xe9"}\n'),
-                                           ("captions.csv", b"file_name,text\nimg0.png,\xe9t\xe9\n")])
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("captions.jsonl", b'{"file_name": "img0.png", "text": "\xe9t\xe9"}\n'),
+        ("captions.csv", b"file_name,text\nimg0.png,\xe9t\xe9\n"),
+    ],
+)
 def test_caption_file_not_utf8_one_line(tmp_path, name, content):
     make_folder(tmp_path, 1)
     (tmp_path / name).write_bytes(content)
@@ -355,8 +388,11 @@ def test_caption_file_not_utf8_one_line(tmp_path, name, content):
 
 def test_truncated_shard_among_good_ones_is_skipped(tmp_path):
     for i in range(2):
-        write_shard(tmp_path / f"good-{i}.tar", [(f"k{j}.png", png_bytes(10 * j)) for j in range(3)]
-                    + [(f"k{j}.txt", f"digit {j}".encode()) for j in range(3)])
+        write_shard(
+            tmp_path / f"good-{i}.tar",
+            [(f"k{j}.png", png_bytes(10 * j)) for j in range(3)]
+            + [(f"k{j}.txt", f"digit {j}".encode()) for j in range(3)],
+        )
     write_shard(tmp_path / "bad.tar", [("k0.png", png_bytes(5) * 200), ("k0.txt", b"digit")])
     data = (tmp_path / "bad.tar").read_bytes()
     (tmp_path / "bad.tar").write_bytes(data[:700])

@@ -4,8 +4,6 @@ embedded teacher gives a 2-step LoRA that beats the untrained teacher at the sam
 and reads as the captioned digit at least as often as the teacher without guidance at 2 steps
 (the same LoRA weights off), judged by the independent reader, which training never sees."""
 
-import torch
-
 TRAIN_STEPS = 40
 
 
@@ -16,11 +14,23 @@ def test_two_step_lora_beats_teacher_at_equal_calls(tmp_path, tokenizer_path):
     from train.metrics import digit_eval_set, digit_reader, frechet_distance, trajectory_error
     from train.trainer import Trainer
 
-    stage = ("{name: tscd, segments: 2, steps: %d, loss: mse, consistency_weight: 1.0, adv_weight: 0.0, "
-             "cfg_min: 3.0, cfg_max: 3.0, ema_decay: 0.9, noise_perturbation: 0.05}" % TRAIN_STEPS)
-    overrides = [f"output={tmp_path}", f"model.tokenizer_path={tokenizer_path}", f"stages=[{stage}]",
-                 "data.batch_size=16", "threads=1", "progress=false", "checkpoint_every=0", "eval.enabled=false",
-                 "sample.steps=[2]", "sample.num=2", "sample.teacher_steps=2"]
+    stage = (
+        "{name: tscd, segments: 2, steps: %d, loss: mse, consistency_weight: 1.0, adv_weight: 0.0, "
+        "cfg_min: 3.0, cfg_max: 3.0, ema_decay: 0.9, noise_perturbation: 0.05}" % TRAIN_STEPS
+    )
+    overrides = [
+        f"output={tmp_path}",
+        f"model.tokenizer_path={tokenizer_path}",
+        f"stages=[{stage}]",
+        "data.batch_size=16",
+        "threads=1",
+        "progress=false",
+        "checkpoint_every=0",
+        "eval.enabled=false",
+        "sample.steps=[2]",
+        "sample.num=2",
+        "sample.teacher_steps=2",
+    ]
     trainer = Trainer(load_config("embedded", overrides=overrides))
     trainer.run()
 

@@ -48,10 +48,18 @@ CONFIG_CASES = [
     (["--set", "model.kind=sd3"], None, ["model.kind must be one of"]),
     (["--set", "data.kind=parquet-please"], None, ["data.kind must be one of"]),
     (["--set", "model.kind=sd15"], None, ["needs model.path"]),
-    (["--set", "model.kind=sdxl", "--set", "model.path=/no/such/model"], None, ["model.path not found: /no/such/model"]),
+    (
+        ["--set", "model.kind=sdxl", "--set", "model.path=/no/such/model"],
+        None,
+        ["model.path not found: /no/such/model"],
+    ),
     (["--set", "data.kind=folder"], None, ["data.kind=folder needs data.path"]),
     (["--set", "lora.init_from=/no/such.safetensors"], None, ["lora.init_from not found"]),
-    ([], ("stages.yaml", "stages:\n  - {name: tscdd, segments: 2, steps: 3}\n"), ["unknown stage 'tscdd'", "known stages"]),
+    (
+        [],
+        ("stages.yaml", "stages:\n  - {name: tscdd, segments: 2, steps: 3}\n"),
+        ["unknown stage 'tscdd'", "known stages"],
+    ),
     ([], ("bad.yaml", "optim:\n  lr: [1e-3\n"), ["bad.yaml:", "YAML syntax error"]),
     ([], ("bad.json", '{"optim": {"lr": 1e-3,}}'), ["bad.json:1:", "JSON syntax error"]),
     ([], ("bin.yaml", b"\x89PNG\r\n\x1a\n\xff\xfe\x00garbage"), ["bin.yaml", "not a text file"]),
@@ -62,7 +70,15 @@ CONFIG_CASES = [
 
 @pytest.mark.parametrize("extra, file, needles", CONFIG_CASES, ids=[" ".join(c[0]) or c[1][0] for c in CONFIG_CASES])
 def test_config_mistakes_one_line_each(tmp_path, capsys, tokenizer_path, extra, file, needles):
-    args = ["--preset", "tiny-test", "--output", str(tmp_path / "run"), "--set", f"model.tokenizer_path={tokenizer_path}", *extra]
+    args = [
+        "--preset",
+        "tiny-test",
+        "--output",
+        str(tmp_path / "run"),
+        "--set",
+        f"model.tokenizer_path={tokenizer_path}",
+        *extra,
+    ]
     if file:
         p = tmp_path / file[0]
         (p.write_bytes if isinstance(file[1], bytes) else p.write_text)(file[1])
@@ -75,33 +91,56 @@ def test_config_mistakes_one_line_each(tmp_path, capsys, tokenizer_path, extra, 
 
 
 def test_every_problem_listed_at_once(capsys, tmp_path):
-    code, _, err = _run(capsys, "--preset", "tiny-test", "--output", str(tmp_path), "--set", "optim.lr=0",
-                        "--set", "lora.rank=0", "--set", "stage_all.steps=0")
+    code, _, err = _run(
+        capsys,
+        "--preset",
+        "tiny-test",
+        "--output",
+        str(tmp_path),
+        "--set",
+        "optim.lr=0",
+        "--set",
+        "lora.rank=0",
+        "--set",
+        "stage_all.steps=0",
+    )
     assert code == 2
     # one line per problem: lr, rank, and steps in each of the two stages
     _assert_clean(err, "optim.lr", "lora.rank", "stages[0]", "stages[1]", lines=4)
 
 
 def test_config_is_checked_fast_and_without_torch():
-    code = ("import sys, time; t = time.perf_counter(); from train.config import load_config, input_problems; "
-            "c = load_config('embedded', overrides=['optim.lr=0.001']); input_problems(c); "
-            "print(time.perf_counter() - t, 'torch' in sys.modules)")
+    code = (
+        "import sys, time; t = time.perf_counter(); from train.config import load_config, input_problems; "
+        "c = load_config('embedded', overrides=['optim.lr=0.001']); input_problems(c); "
+        "print(time.perf_counter() - t, 'torch' in sys.modules)"
+    )
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     seconds, torch_loaded = res.stdout.split()
     assert torch_loaded == "False" and float(seconds) < 1.0, res.stdout + res.stderr
 
 
 def test_cli_unknown_preset_has_no_traceback():
-    res = subprocess.run([sys.executable, "-m", "train", "--preset", "no-such-preset"], cwd=REPO, capture_output=True,
-                         text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "train", "--preset", "no-such-preset"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 2 and "Traceback" not in res.stderr and "available" in res.stderr
 
 
 # -- the output folder: a finished run is never replaced silently --------------------------------------
 def _finished_run(folder: Path) -> dict:
     folder.mkdir(parents=True)
-    files = {"hypersd_lora.safetensors": b"lora", "summary.json": b"{}", "samples.png": b"png", "metrics.json": b"{}",
-             "config.json": b'{"seed": 0}'}
+    files = {
+        "hypersd_lora.safetensors": b"lora",
+        "summary.json": b"{}",
+        "samples.png": b"png",
+        "metrics.json": b"{}",
+        "config.json": b'{"seed": 0}',
+    }
     for name, data in files.items():
         (folder / name).write_bytes(data)
     return {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in files}
@@ -115,8 +154,9 @@ def _digest(folder: Path) -> dict:
 def test_finished_run_is_not_overwritten(tmp_path, capsys, tokenizer_path, flags):
     out = tmp_path / "run"
     before = _finished_run(out)
-    code, _, err = _run(capsys, "--preset", "tiny-test", "--output", str(out), "--set",
-                        f"model.tokenizer_path={tokenizer_path}", *flags)
+    code, _, err = _run(
+        capsys, "--preset", "tiny-test", "--output", str(out), "--set", f"model.tokenizer_path={tokenizer_path}", *flags
+    )
     assert code == 2
     _assert_clean(err, "finished run", "--overwrite", lines=1)
     assert _digest(out) == before
@@ -155,9 +195,15 @@ def _started_run(out: Path, cfg: dict) -> None:
     (out / "config.json").write_text(json.dumps(cfg))
 
 
-@pytest.mark.parametrize("override, key", [("optim.lr=0.5", "optim.lr"), ("solver_steps=4", "solver_steps"),
-                                           ("stage_all.noise_perturbation=0.2", "stages.0.noise_perturbation"),
-                                           ("lora.rank=16", "lora.rank")])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("optim.lr=0.5", "optim.lr"),
+        ("solver_steps=4", "solver_steps"),
+        ("stage_all.noise_perturbation=0.2", "stages.0.noise_perturbation"),
+        ("lora.rank=16", "lora.rank"),
+    ],
+)
 def test_resume_refuses_a_changed_config(tmp_path, capsys, tokenizer_path, override, key):
     from train.config import load_config
 
@@ -166,8 +212,18 @@ def test_resume_refuses_a_changed_config(tmp_path, capsys, tokenizer_path, overr
     cfg = load_config(*base, overrides=[f"output={out}", f"model.tokenizer_path={tokenizer_path}"])
     _started_run(out, cfg.to_dict())
     before = _digest(out)
-    code, _, err = _run(capsys, "--preset", "tiny-test", "--output", str(out), "--set", f"model.tokenizer_path={tokenizer_path}",
-                        "--set", override, "--resume")
+    code, _, err = _run(
+        capsys,
+        "--preset",
+        "tiny-test",
+        "--output",
+        str(out),
+        "--set",
+        f"model.tokenizer_path={tokenizer_path}",
+        "--set",
+        override,
+        "--resume",
+    )
     assert code == 2
     _assert_clean(err, "changed training config", key, "--allow-config-change", lines=1)
     assert _digest(out) == before  # config.json not rewritten
@@ -190,7 +246,11 @@ def _sd_folder(root: Path, arch: str, unet_bytes: bytes | None = None) -> Path:
     (root / "unet").mkdir(parents=True)
     for sub in ("vae", "text_encoder", "tokenizer") + (("text_encoder_2", "tokenizer_2") if arch == "sdxl" else ()):
         (root / sub).mkdir()
-    cfg = {"cross_attention_dim": 2048, "addition_embed_type": "text_time"} if arch == "sdxl" else {"cross_attention_dim": 768}
+    cfg = (
+        {"cross_attention_dim": 2048, "addition_embed_type": "text_time"}
+        if arch == "sdxl"
+        else {"cross_attention_dim": 768}
+    )
     (root / "unet" / "config.json").write_text(json.dumps(cfg))
     if unet_bytes is not None:
         (root / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(unet_bytes)
@@ -215,31 +275,76 @@ MODEL_CASES = [
 ]
 
 
-@pytest.mark.parametrize("preset, arch, damage, needles", MODEL_CASES, ids=[f"{c[0]}-on-{c[1]}-{c[2]}" for c in MODEL_CASES])
+@pytest.mark.parametrize(
+    "preset, arch, damage, needles", MODEL_CASES, ids=[f"{c[0]}-on-{c[1]}-{c[2]}" for c in MODEL_CASES]
+)
 def test_model_folder_mistakes(tmp_path, capsys, preset, arch, damage, needles):
     good = _good_safetensors()
-    data = {None: None, "truncated": good[: len(good) // 2], "garbage": b"\x07" * 5000,
-            "pickle": b"\x80\x04\x95" + b"x" * 100, "empty": b""}[damage]
+    data = {
+        None: None,
+        "truncated": good[: len(good) // 2],
+        "garbage": b"\x07" * 5000,
+        "pickle": b"\x80\x04\x95" + b"x" * 100,
+        "empty": b"",
+    }[damage]
     folder = _sd_folder(tmp_path / "model", arch, data)
     t0 = time.perf_counter()
-    code, _, err = _run(capsys, "--preset", preset, "--output", str(tmp_path / "run"), "--set", f"model.path={folder}",
-                        "--set", f"data.path={tmp_path}", "--set", "data.kind=folder")
+    code, _, err = _run(
+        capsys,
+        "--preset",
+        preset,
+        "--output",
+        str(tmp_path / "run"),
+        "--set",
+        f"model.path={folder}",
+        "--set",
+        f"data.path={tmp_path}",
+        "--set",
+        "data.kind=folder",
+    )
     assert code == 2 and time.perf_counter() - t0 < 30  # refused from headers, not after loading a model
     _assert_clean(err, *needles, lines=1)
 
 
 def test_single_file_checkpoint_architecture(tmp_path, capsys):
     ckpt = tmp_path / "sdxl_base.safetensors"
-    save_file({"conditioner.embedders.1.model.ln_final.weight": torch.zeros(4),
-               "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4)}, str(ckpt))
-    code, _, err = _run(capsys, "--preset", "sd15", "--output", str(tmp_path / "run"), "--set", f"model.path={ckpt}",
-                        "--set", f"data.path={tmp_path}", "--set", "data.kind=folder")
+    save_file(
+        {
+            "conditioner.embedders.1.model.ln_final.weight": torch.zeros(4),
+            "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4),
+        },
+        str(ckpt),
+    )
+    code, _, err = _run(
+        capsys,
+        "--preset",
+        "sd15",
+        "--output",
+        str(tmp_path / "run"),
+        "--set",
+        f"model.path={ckpt}",
+        "--set",
+        f"data.path={tmp_path}",
+        "--set",
+        "data.kind=folder",
+    )
     assert code == 2
     _assert_clean(err, "holds an SDXL model", lines=1)
     old = tmp_path / "model.ckpt"
     old.write_bytes(b"PK\x03\x04zip")
-    code, _, err = _run(capsys, "--preset", "sd15", "--output", str(tmp_path / "run"), "--set", f"model.path={old}",
-                        "--set", f"data.path={tmp_path}", "--set", "data.kind=folder")
+    code, _, err = _run(
+        capsys,
+        "--preset",
+        "sd15",
+        "--output",
+        str(tmp_path / "run"),
+        "--set",
+        f"model.path={old}",
+        "--set",
+        f"data.path={tmp_path}",
+        "--set",
+        "data.kind=folder",
+    )
     assert code == 2
     _assert_clean(err, "only .safetensors checkpoints", lines=1)
 
@@ -258,8 +363,19 @@ def test_non_finite_loss_stops_the_run(tmp_path, capsys, tokenizer_path):
     cfg = tmp_path / "diverge.yaml"
     cfg.write_text("stages:\n  - {name: test-diverge, segments: 2, steps: 4, loss: mse}\n")
     out = tmp_path / "run"
-    code, _, err = _run(capsys, "--preset", "tiny-test", "--config", str(cfg), "--output", str(out),
-                        "--set", f"model.tokenizer_path={tokenizer_path}", "--set", "checkpoint_every=2")
+    code, _, err = _run(
+        capsys,
+        "--preset",
+        "tiny-test",
+        "--config",
+        str(cfg),
+        "--output",
+        str(out),
+        "--set",
+        f"model.tokenizer_path={tokenizer_path}",
+        "--set",
+        "checkpoint_every=2",
+    )
     assert code == 2
     _assert_clean(err, "stage 1 step 3", "NaN/Inf", "step-2", "optim.lr=", lines=1)
     assert not (out / "hypersd_lora.safetensors").exists()

@@ -21,8 +21,18 @@ def _main(*argv):
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, tokenizer_path):
     out = tmp_path_factory.mktemp("edges_resume") / "run"
-    args = ["--preset", "tiny-test", "--set", f"model.tokenizer_path={tokenizer_path}", "--set", "keep_checkpoints=3",
-            "--set", "eval.enabled=false", "--set", "sample.steps=[1]"]
+    args = [
+        "--preset",
+        "tiny-test",
+        "--set",
+        f"model.tokenizer_path={tokenizer_path}",
+        "--set",
+        "keep_checkpoints=3",
+        "--set",
+        "eval.enabled=false",
+        "--set",
+        "sample.steps=[1]",
+    ]
     assert _main(*args, "--output", str(out)) == 0
     return out, args
 

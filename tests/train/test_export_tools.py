@@ -86,7 +86,9 @@ def test_metadata_parses_as_kohya_tools_and_modelspec_expect(tmp_path):
     assert {float(v) for k, v in sd.items() if k.endswith(".alpha")} == {ALPHA}
 
 
-@pytest.mark.parametrize("dtype, torch_dtype", [("fp16", torch.float16), ("bf16", torch.bfloat16), ("fp32", torch.float32)])
+@pytest.mark.parametrize(
+    "dtype, torch_dtype", [("fp16", torch.float16), ("bf16", torch.bfloat16), ("fp32", torch.float32)]
+)
 def test_export_dtype(tmp_path, dtype, torch_dtype):
     unet = tiny_sdxl_with_lora()
     paths = export(unet, tmp_path, f"d_{dtype}", **({} if dtype == "fp16" else {"dtype": dtype}))  # fp16: the default
@@ -107,8 +109,10 @@ def test_bad_export_options_are_refused():
 
 def test_sd_scripts_sdxl_names():
     """A few by hand; every module of the full-size SDXL UNet against ComfyUI's own map: tests/nodes."""
-    assert sgm_unet_path("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q") == \
-        "input_blocks.4.1.transformer_blocks.0.attn1.to_q"
+    assert (
+        sgm_unet_path("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q")
+        == "input_blocks.4.1.transformer_blocks.0.attn1.to_q"
+    )
     assert sgm_unet_path("down_blocks.0.resnets.1.conv1") == "input_blocks.2.0.in_layers.2"
     assert sgm_unet_path("mid_block.resnets.1.time_emb_proj") == "middle_block.2.emb_layers.1"
     assert sgm_unet_path("mid_block.attentions.0.proj_in") == "middle_block.1.proj_in"

@@ -23,12 +23,42 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-TRAIN = ["-m", "train", "--preset", "embedded", "--set", "stage_all.steps=2", "--set", "data.batch_size=8",
-         "--set", "eval.enabled=false", "--set", "sample.num=2", "--set", "sample.steps=[1]",
-         "--set", "sample.teacher_steps=2", "--set", "checkpoint_every=0", "--set", "progress=false",
-         "--set", "threads=1"]
-LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-          "--mixed_precision", "no", "--dynamo_backend", "no"]
+TRAIN = [
+    "-m",
+    "train",
+    "--preset",
+    "embedded",
+    "--set",
+    "stage_all.steps=2",
+    "--set",
+    "data.batch_size=8",
+    "--set",
+    "eval.enabled=false",
+    "--set",
+    "sample.num=2",
+    "--set",
+    "sample.steps=[1]",
+    "--set",
+    "sample.teacher_steps=2",
+    "--set",
+    "checkpoint_every=0",
+    "--set",
+    "progress=false",
+    "--set",
+    "threads=1",
+]
+LAUNCH = [
+    sys.executable,
+    "-m",
+    "accelerate.commands.launch",
+    "--multi_gpu",
+    "--num_processes",
+    "2",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+]
 
 
 def _lora(out):
@@ -38,18 +68,44 @@ def _lora(out):
 @pytest.mark.slow
 def test_two_nodes_match_one_node(tmp_path):
     one = tmp_path / "one"
-    res = subprocess.run(LAUNCH + ["--num_machines", "1", "--main_process_port", str(_free_port()),
-                                   *TRAIN, "--output", str(one)],
-                         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        LAUNCH + ["--num_machines", "1", "--main_process_port", str(_free_port()), *TRAIN, "--output", str(one)],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
 
     two = tmp_path / "two"
     port = str(_free_port())
-    nodes = [subprocess.Popen(LAUNCH + ["--num_machines", "2", "--machine_rank", str(r), "--main_process_ip", "127.0.0.1",
-                                        "--main_process_port", port, "--rdzv_backend", "c10d",
-                                        *TRAIN, "--output", str(two)],
-                              cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for r in (0, 1)]
+    nodes = [
+        subprocess.Popen(
+            LAUNCH
+            + [
+                "--num_machines",
+                "2",
+                "--machine_rank",
+                str(r),
+                "--main_process_ip",
+                "127.0.0.1",
+                "--main_process_port",
+                port,
+                "--rdzv_backend",
+                "c10d",
+                *TRAIN,
+                "--output",
+                str(two),
+            ],
+            cwd=REPO,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
     logs = []
     try:
         for p in nodes:

@@ -15,7 +15,10 @@ def test_outputs_written(tiny_run):
     trainer, results, out = tiny_run
     for name in ("hypersd_lora.safetensors", "samples.png", "metrics.json", "summary.json", "config.json"):
         assert (out / name).is_file(), name
-    assert sorted(p.name for p in (out / "lora").glob("*.safetensors")) == ["stage1_tscd_k2.safetensors", "stage2_tscd_k1.safetensors"]
+    assert sorted(p.name for p in (out / "lora").glob("*.safetensors")) == [
+        "stage1_tscd_k2.safetensors",
+        "stage2_tscd_k1.safetensors",
+    ]
     sd, header = load_lora(out / "hypersd_lora.safetensors")
     assert detect_format(sd) == "kohya"
     downs = [k for k in sd if k.endswith(".lora_down.weight")]
@@ -29,9 +32,17 @@ def test_outputs_written(tiny_run):
     grid = Image.open(out / "samples.png")
     assert grid.size[1] > 3 * 8  # teacher row + student rows
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["rows"]) == {"teacher DDIM 4 cfg 3", "teacher DDIM 1 cfg 3", "teacher DDIM 2 cfg 3",
-                                    "teacher DDIM 3 cfg 3", "teacher DDIM 1 cfg 1", "teacher DDIM 2 cfg 1",
-                                    "student 1", "student 2", "stage k=2 LoRA 2"}
+    assert set(metrics["rows"]) == {
+        "teacher DDIM 4 cfg 3",
+        "teacher DDIM 1 cfg 3",
+        "teacher DDIM 2 cfg 3",
+        "teacher DDIM 3 cfg 3",
+        "teacher DDIM 1 cfg 1",
+        "teacher DDIM 2 cfg 1",
+        "student 1",
+        "student 2",
+        "stage k=2 LoRA 2",
+    }
     for row in metrics["rows"].values():
         assert {"frechet", "frechet_teacher", "adherence", "adherence_reward", "trajectory_error", "nfe"} <= set(row)
         assert 0.0 <= row["adherence"] <= 1.0 and row["frechet"] >= 0
@@ -40,8 +51,11 @@ def test_outputs_written(tiny_run):
     assert metrics["rows"]["teacher DDIM 2 cfg 3"]["nfe"] == 4 and metrics["rows"]["teacher DDIM 2 cfg 1"]["nfe"] == 2
     # equal model calls: 1 call = teacher 1 step cfg 1, 2 calls = teacher 1 step at cfg 3
     pairs = {(c["lora"], c["teacher"]) for c in metrics["equal_calls"].values()}
-    assert pairs == {("student 1", "teacher DDIM 1 cfg 1"), ("student 2", "teacher DDIM 1 cfg 3"),
-                     ("stage k=2 LoRA 2", "teacher DDIM 1 cfg 3")}
+    assert pairs == {
+        ("student 1", "teacher DDIM 1 cfg 1"),
+        ("student 2", "teacher DDIM 1 cfg 3"),
+        ("stage k=2 LoRA 2", "teacher DDIM 1 cfg 3"),
+    }
     assert metrics["verdict"].startswith("Verdict at equal model calls")
     assert all("teacher_steps_to_match" in metrics["rows"][n] for n in ("student 1", "student 2", "stage k=2 LoRA 2"))
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
@@ -63,11 +77,26 @@ def _tiny_pipeline(tokenizer_path):
 
     m = load_model(ModelConfig(kind="tiny", tokenizer_path=str(tokenizer_path)))
     torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=1, out_channels=1, latent_channels=1, block_out_channels=(8,), norm_num_groups=4,
-                        layers_per_block=1, down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",))
-    return StableDiffusionPipeline(vae=vae, text_encoder=m.text_encoders[0], tokenizer=m.tokenizers[0], unet=m.unet,
-                                   scheduler=DDIMScheduler(), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    vae = AutoencoderKL(
+        in_channels=1,
+        out_channels=1,
+        latent_channels=1,
+        block_out_channels=(8,),
+        norm_num_groups=4,
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=m.text_encoders[0],
+        tokenizer=m.tokenizers[0],
+        unet=m.unet,
+        scheduler=DDIMScheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
 
 
 @pytest.mark.parametrize("which", ["kohya", "diffusers"])
@@ -96,7 +125,7 @@ def _content(path):
     order on every save, so two writes of the same LoRA differ as bytes only there."""
     raw = Path(path).read_bytes()
     n = int.from_bytes(raw[:8], "little")
-    return json.loads(raw[8:8 + n]), raw[8 + n:]
+    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
 
 
 def test_export_lora_writes_what_the_trainer_wrote(tiny_run, tmp_path):
@@ -108,8 +137,14 @@ def test_export_lora_writes_what_the_trainer_wrote(tiny_run, tmp_path):
     cfg, last = trainer.cfg, len(trainer.cfg.stages) - 1
     stage = get_stage(cfg.stages[last].name)(None, cfg.stages[last], last)  # metadata() reads only its config
     metadata = lora_metadata(cfg, stage.metadata(), trainer.model.base_model, trainer.model.prediction_type)
-    paths = export_lora(trainer.base_unet, tmp_path, "hypersd_lora", metadata, cfg.export,
-                        cfg.data.resolution or trainer.model.resolution)
+    paths = export_lora(
+        trainer.base_unet,
+        tmp_path,
+        "hypersd_lora",
+        metadata,
+        cfg.export,
+        cfg.data.resolution or trainer.model.resolution,
+    )
     for kind in ("kohya", "diffusers"):
         assert Path(paths[kind]).name == Path(results["lora"][kind]).name
         assert _content(paths[kind]) == _content(results["lora"][kind]), kind
@@ -121,9 +156,18 @@ def test_init_from_exported_lora_round_trips(tiny_run, tmp_path, tokenizer_path)
     from train.trainer import Trainer
 
     _, results, _ = tiny_run
-    cfg = load_config("tiny-test", overrides=[
-        f"output={tmp_path}", f"model.tokenizer_path={tokenizer_path}", f"lora.init_from={results['lora']['kohya']}",
-        "stage_all.steps=0", "eval.enabled=false", "sample.steps=[1]", "export.dtype=fp32"])
+    cfg = load_config(
+        "tiny-test",
+        overrides=[
+            f"output={tmp_path}",
+            f"model.tokenizer_path={tokenizer_path}",
+            f"lora.init_from={results['lora']['kohya']}",
+            "stage_all.steps=0",
+            "eval.enabled=false",
+            "sample.steps=[1]",
+            "export.dtype=fp32",
+        ],
+    )
     again = Trainer(cfg).run()
     a, _ = load_lora(results["lora"]["kohya"])
     b, _ = load_lora(again["lora"]["kohya"])
@@ -140,8 +184,17 @@ def test_accumulation_and_mixed_precision_run(tmp_path, tokenizer_path, extra):
     from train.config import load_config
     from train.trainer import Trainer
 
-    cfg = load_config("tiny-test", overrides=[f"output={tmp_path}", f"model.tokenizer_path={tokenizer_path}",
-                                              "stage_all.steps=2", "eval.enabled=false", "sample.steps=[1]", *extra])
+    cfg = load_config(
+        "tiny-test",
+        overrides=[
+            f"output={tmp_path}",
+            f"model.tokenizer_path={tokenizer_path}",
+            "stage_all.steps=2",
+            "eval.enabled=false",
+            "sample.steps=[1]",
+            *extra,
+        ],
+    )
     AcceleratorState._reset_state(reset_partial_state=True)  # accelerate keeps one state per process
     try:
         results = Trainer(cfg).run()

@@ -26,8 +26,10 @@ def _args(out, tokenizer_path):
 
 def _stages():
     # Stage 2 is long enough to be killed in; it has an EMA target and a discriminator.
-    return [{"name": "tscd", "segments": 2, "steps": 3, "ema_decay": 0.5, "noise_perturbation": 0.05, "cfg_max": 2.0},
-            {"name": "tscd", "segments": 1, "steps": 40, "ema_decay": 0.5, "adv_weight": 0.1, "cfg_max": 2.0}]
+    return [
+        {"name": "tscd", "segments": 2, "steps": 3, "ema_decay": 0.5, "noise_perturbation": 0.05, "cfg_max": 2.0},
+        {"name": "tscd", "segments": 1, "steps": 40, "ema_decay": 0.5, "adv_weight": 0.1, "cfg_max": 2.0},
+    ]
 
 
 def _env():
@@ -43,8 +45,13 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, tokenizer_path):
     ref_lora, _ = load_lora(ref / "hypersd_lora.safetensors")
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "train", *_args(out, tokenizer_path)], cwd=REPO, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "train", *_args(out, tokenizer_path)],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     target = out / "checkpoints" / "step-10"  # mid stage 2 (stage 1 ends at global step 3)
     deadline = time.time() + 300
     while not target.is_dir() and proc.poll() is None and time.time() < deadline:
@@ -53,11 +60,21 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, tokenizer_path):
     proc.wait()
     assert not (out / "hypersd_lora.safetensors").exists(), "the run finished before it could be killed"
     state = json.loads((target / "state.json").read_text())
-    assert {k: state[k] for k in ("stage", "step", "global_step", "num_processes")} == \
-        {"stage": 1, "step": 7, "global_step": 10, "num_processes": 1}
+    assert {k: state[k] for k in ("stage", "step", "global_step", "num_processes")} == {
+        "stage": 1,
+        "step": 7,
+        "global_step": 10,
+        "num_processes": 1,
+    }
 
-    res = subprocess.run([sys.executable, "-m", "train", *_args(out, tokenizer_path), "--resume"], cwd=REPO, env=_env(),
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-m", "train", *_args(out, tokenizer_path), "--resume"],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     resumed_from = [ln for ln in res.stdout.splitlines() if ln.startswith("resuming from")]
     assert resumed_from and "stage 2" in resumed_from[0]

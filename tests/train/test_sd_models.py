@@ -12,31 +12,80 @@ from hypersd_models.loading import ModelLoadError, load_model
 
 
 def _save_tiny_pipeline(folder, tokenizer_path, sdxl: bool):
-    from diffusers import (AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline,
-                           UNet2DConditionModel)
+    from diffusers import (
+        AutoencoderKL,
+        DDPMScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     torch.manual_seed(0)
-    text = dict(vocab_size=49408, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                max_position_embeddings=77, projection_dim=16, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8), norm_num_groups=4,
-                        layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
-    unet_kw = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-                   norm_num_groups=4, attention_head_dim=2, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                   up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+    text = dict(
+        vocab_size=49408,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        projection_dim=16,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 8),
+        norm_num_groups=4,
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+    )
+    unet_kw = dict(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
+        attention_head_dim=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    )
     tok = CLIPTokenizer.from_pretrained(str(tokenizer_path))
     sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     if sdxl:
-        unet = UNet2DConditionModel(cross_attention_dim=32, addition_embed_type="text_time", addition_time_embed_dim=4,
-                                    projection_class_embeddings_input_dim=16 + 6 * 4, **unet_kw)
-        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=CLIPTextModel(CLIPTextConfig(**text)), tokenizer=tok,
-                                         text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text)),
-                                         tokenizer_2=tok, unet=unet, scheduler=sched)
+        unet = UNet2DConditionModel(
+            cross_attention_dim=32,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=4,
+            projection_class_embeddings_input_dim=16 + 6 * 4,
+            **unet_kw,
+        )
+        pipe = StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=CLIPTextModel(CLIPTextConfig(**text)),
+            tokenizer=tok,
+            text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text)),
+            tokenizer_2=tok,
+            unet=unet,
+            scheduler=sched,
+        )
     else:
         unet = UNet2DConditionModel(cross_attention_dim=16, **unet_kw)
-        pipe = StableDiffusionPipeline(vae=vae, text_encoder=CLIPTextModel(CLIPTextConfig(**text)), tokenizer=tok, unet=unet,
-                                       scheduler=sched, safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)
+        pipe = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=CLIPTextModel(CLIPTextConfig(**text)),
+            tokenizer=tok,
+            unet=unet,
+            scheduler=sched,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
     pipe.save_pretrained(folder)
 
 
@@ -57,11 +106,26 @@ def test_folder_teacher_trains_on_latents(tmp_path, tokenizer_path, kind):
     _image_folder(data_dir)
     m = load_model(ModelConfig(kind=kind, path=str(model_dir)))
     assert m.vae is not None and m.resolution == 16 and m.is_sdxl == (kind == "sdxl")
-    over = [f"output={tmp_path / 'out'}", f"model.path={model_dir}", f"data.path={data_dir}", "data.batch_size=2", "data.resolution=16",
-            f"data.cache_dir={tmp_path / 'cache'}", "stage_all.steps=2", "model.dtype=fp32", "mixed_precision=no",
-            "sample.num=2", "sample.steps=[1]", "sample.teacher_steps=2", "checkpoint_every=0", "progress=false",
-            "stages=" + '[{"name": "tscd", "segments": 2, "steps": 2, "cfg_min": 1.0, "cfg_max": 3.0, "adv_weight": 0.1}]',
-            "solver_steps=8", "lora.rank=2", "threads=1"]
+    over = [
+        f"output={tmp_path / 'out'}",
+        f"model.path={model_dir}",
+        f"data.path={data_dir}",
+        "data.batch_size=2",
+        "data.resolution=16",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "stage_all.steps=2",
+        "model.dtype=fp32",
+        "mixed_precision=no",
+        "sample.num=2",
+        "sample.steps=[1]",
+        "sample.teacher_steps=2",
+        "checkpoint_every=0",
+        "progress=false",
+        "stages=" + '[{"name": "tscd", "segments": 2, "steps": 2, "cfg_min": 1.0, "cfg_max": 3.0, "adv_weight": 0.1}]',
+        "solver_steps=8",
+        "lora.rank=2",
+        "threads=1",
+    ]
     results = Trainer(load_config(kind, overrides=over)).run()
     assert (tmp_path / "out" / "samples.png").is_file()
     assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 4  # 2 steps x batch 2: every image cached

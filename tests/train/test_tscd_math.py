@@ -14,8 +14,16 @@ from hypersd_core.parameterization import DiscreteVPDenoiser, add_noise
 from hypersd_core.samplers import get_sigmas_tscd, sample_tscd
 from hypersd_core.schedule import VPSchedule
 from hypersd_core.segments import SegmentGrid
-from hypersd_core.tscd import (adversarial_timesteps, consistency_target, jump_to, perturb_noise,
-                               renoise_in_segment, student_edge_prediction, teacher_ddim_step, tscd_timesteps)
+from hypersd_core.tscd import (
+    adversarial_timesteps,
+    consistency_target,
+    jump_to,
+    perturb_noise,
+    renoise_in_segment,
+    student_edge_prediction,
+    teacher_ddim_step,
+    tscd_timesteps,
+)
 
 S2 = 0.7  # data variance
 SCHED = VPSchedule.scaled_linear()

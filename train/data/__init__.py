@@ -31,4 +31,13 @@ def build_source(cfg, model, conditioner, device, rank: int = 0, world: int = 1,
     return RecordSource(records, cfg, model, conditioner, device, rank=rank, world=world, seed=seed, table=table)
 
 
-__all__ = ["BatchSource", "DataError", "DigitSource", "RecordSource", "build_source", "folder_records", "hf_records", "webdataset_records"]
+__all__ = [
+    "BatchSource",
+    "DataError",
+    "DigitSource",
+    "RecordSource",
+    "build_source",
+    "folder_records",
+    "hf_records",
+    "webdataset_records",
+]

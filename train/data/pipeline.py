@@ -116,7 +116,7 @@ class BatchPlan:
             for bucket in np.unique(self.bucket_of):
                 idx = np.flatnonzero(self.bucket_of == bucket)
                 idx = idx[rs.permutation(len(idx))]
-                batches += [idx[i:i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
+                batches += [idx[i : i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
             order = rs.permutation(len(batches))
             self._cache = (epoch, [batches[i] for i in order])
         return self._cache[1]
@@ -127,8 +127,18 @@ class BatchPlan:
 
 
 class ListedBatches(torch.utils.data.IterableDataset):
-    def __init__(self, records, plan: BatchPlan, targets: list[tuple[int, int]], bucket_of, prep: Prep,
-                 table, seed: int, start: int, cache_extra: str):
+    def __init__(
+        self,
+        records,
+        plan: BatchPlan,
+        targets: list[tuple[int, int]],
+        bucket_of,
+        prep: Prep,
+        table,
+        seed: int,
+        start: int,
+        cache_extra: str,
+    ):
         self.records, self.plan, self.targets, self.bucket_of = records, plan, targets, bucket_of
         self.prep, self.table, self.seed, self.start, self.cache_extra = prep, table, seed, start, cache_extra
 
@@ -165,16 +175,28 @@ class StreamingBatches(torch.utils.data.IterableDataset):
     iterator. ``positions[w]`` = (epoch, shard index, samples of that shard already used) where
     worker w starts (from the last batch of w the trainer consumed)."""
 
-    def __init__(self, shards: list[str], batch_size: int, resolution: int, prep: Prep, rank: int, world: int,
-                 seed: int, workers: int, start: int, positions: dict, cache_extra: str):
+    def __init__(
+        self,
+        shards: list[str],
+        batch_size: int,
+        resolution: int,
+        prep: Prep,
+        rank: int,
+        world: int,
+        seed: int,
+        workers: int,
+        start: int,
+        positions: dict,
+        cache_extra: str,
+    ):
         self.shards, self.batch_size, self.resolution, self.prep = shards, batch_size, resolution, prep
         self.rank, self.world, self.seed, self.workers = rank, world, seed, max(1, workers)
         self.start, self.positions, self.cache_extra = start, positions, cache_extra
 
     def worker_shards(self, epoch: int, w: int) -> list[str]:
         order = np.random.RandomState((self.seed + 7919 * epoch) % 2**32).permutation(len(self.shards))
-        mine = [self.shards[i] for i in order[self.rank::self.world]]
-        return mine[w::self.workers]
+        mine = [self.shards[i] for i in order[self.rank :: self.world]]
+        return mine[w :: self.workers]
 
     @staticmethod
     def samples(shard: str):

@@ -80,8 +80,9 @@ def _read_utf8(path: Path) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text (byte {e.start}: {data[e.start:e.start + 4]!r}); "
-                        "save it as UTF-8") from None
+        raise DataError(
+            f"{path} is not UTF-8 text (byte {e.start}: {data[e.start : e.start + 4]!r}); save it as UTF-8"
+        ) from None
 
 
 def _caption_table(path: Path) -> dict[str, str]:
@@ -105,8 +106,10 @@ def _caption_table(path: Path) -> dict[str, str]:
         fcol = next((c for c in FILE_COLS if c in row), None)
         tcol = next((c for c in TEXT_COLS if c in row), None)
         if fcol is None or tcol is None:
-            raise DataError(f"{path} row {n}: needs a file column ({'/'.join(FILE_COLS)}) and a text column "
-                            f"({'/'.join(TEXT_COLS)}); got {sorted(row)}")
+            raise DataError(
+                f"{path} row {n}: needs a file column ({'/'.join(FILE_COLS)}) and a text column "
+                f"({'/'.join(TEXT_COLS)}); got {sorted(row)}"
+            )
         table[str(row[fcol])] = str(row[tcol])
     return table
 
@@ -118,8 +121,18 @@ def folder_records(folder: str | None, captions: str | None = None) -> RecordLis
     if not root.is_dir():
         raise DataError(f"data folder not found: {root}")
     skipped: dict[str, int] = {}
-    cap_file = Path(captions) if captions else next(
-        (root / n for n in ("captions.jsonl", "metadata.jsonl", "captions.csv", "metadata.csv") if (root / n).is_file()), None)
+    cap_file = (
+        Path(captions)
+        if captions
+        else next(
+            (
+                root / n
+                for n in ("captions.jsonl", "metadata.jsonl", "captions.csv", "metadata.csv")
+                if (root / n).is_file()
+            ),
+            None,
+        )
+    )
     records = []
     if cap_file is not None:
         if not cap_file.is_file():
@@ -144,8 +157,10 @@ def folder_records(folder: str | None, captions: str | None = None) -> RecordLis
                 continue
             records.append(Record(str(p.relative_to(root)), text, str(p)))
     if not records:
-        raise DataError(f"no usable samples in {root} (skipped: {skipped or 'none found'}); expected images "
-                        f"({', '.join(IMAGE_EXTS)}) with a captions.jsonl/.csv or same-stem .txt captions")
+        raise DataError(
+            f"no usable samples in {root} (skipped: {skipped or 'none found'}); expected images "
+            f"({', '.join(IMAGE_EXTS)}) with a captions.jsonl/.csv or same-stem .txt captions"
+        )
     return RecordList(records, skipped)
 
 
@@ -157,7 +172,7 @@ def expand_shards(spec: str) -> list[str]:
     m = re.search(r"\{(\d+)\.\.(\d+)\}", spec)
     if m:
         a, b = m.group(1), m.group(2)
-        return [spec[:m.start()] + str(i).zfill(len(a)) + spec[m.end():] for i in range(int(a), int(b) + 1)]
+        return [spec[: m.start()] + str(i).zfill(len(a)) + spec[m.end() :] for i in range(int(a), int(b) + 1)]
     return sorted(glob.glob(spec)) or [spec]
 
 
@@ -200,8 +215,10 @@ def webdataset_records(spec: str | None) -> RecordList:
             warnings.warn(f"skipping shard {shard}: not a readable tar ({e})", stacklevel=2)
             records = [r for r in records if not r.key.startswith(f"{Path(shard).name}/")]
     if not records:
-        raise DataError(f"no usable samples in {len(shards)} shard(s) (skipped: {skipped}); members must be "
-                        "<key>.jpg/.png with <key>.txt or <key>.json captions")
+        raise DataError(
+            f"no usable samples in {len(shards)} shard(s) (skipped: {skipped}); members must be "
+            "<key>.jpg/.png with <key>.txt or <key>.json captions"
+        )
     return RecordList(records, skipped)
 
 

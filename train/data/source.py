@@ -62,8 +62,19 @@ class RecordSource(BatchSource):
     the VAE encodes each batch on the device, with a content-addressed latent cache. Unreadable
     samples are skipped (their batch comes out smaller) and counted."""
 
-    def __init__(self, records: RecordList | None, cfg, model, conditioner, device, rank: int = 0, world: int = 1,
-                 seed: int = 0, table=None, shards: list[str] | None = None):
+    def __init__(
+        self,
+        records: RecordList | None,
+        cfg,
+        model,
+        conditioner,
+        device,
+        rank: int = 0,
+        world: int = 1,
+        seed: int = 0,
+        table=None,
+        shards: list[str] | None = None,
+    ):
         from .pipeline import Prep, make_buckets, nearest_bucket
 
         self.cfg, self.model, self.conditioner, self.device = cfg, model, conditioner, torch.device(device)
@@ -79,12 +90,16 @@ class RecordSource(BatchSource):
         self._iter = None
         if shards is not None:
             if len(shards) < world:
-                raise DataError(f"{len(shards)} shard(s) cannot feed {world} processes: streaming needs a shard per process")
+                raise DataError(
+                    f"{len(shards)} shard(s) cannot feed {world} processes: streaming needs a shard per process"
+                )
             per_rank = len(shards) // world
             self.workers = min(cfg.num_workers, per_rank)
             if self.workers < cfg.num_workers:
-                warnings.warn(f"data.num_workers={cfg.num_workers} > {per_rank} shard(s) per process; using {self.workers}",
-                              stacklevel=2)
+                warnings.warn(
+                    f"data.num_workers={cfg.num_workers} > {per_rank} shard(s) per process; using {self.workers}",
+                    stacklevel=2,
+                )
             return
         if len(self.records) < world:
             raise DataError(f"{len(self.records)} samples cannot feed {world} processes")
@@ -105,12 +120,36 @@ class RecordSource(BatchSource):
         from .pipeline import ListedBatches, StreamingBatches
 
         if self.shards is not None:
-            ds = StreamingBatches(self.shards, self.cfg.batch_size, self.resolution, self.prep, self.rank, self.world,
-                                  self.seed, self.workers, self.consumed, dict(self.positions), self.cache_extra)
+            ds = StreamingBatches(
+                self.shards,
+                self.cfg.batch_size,
+                self.resolution,
+                self.prep,
+                self.rank,
+                self.world,
+                self.seed,
+                self.workers,
+                self.consumed,
+                dict(self.positions),
+                self.cache_extra,
+            )
         else:
-            ds = ListedBatches(self.records, self.plan, self.targets, self.bucket_of, self.prep, self.table, self.seed,
-                               self.consumed, self.cache_extra)
-        kw = {"num_workers": self.workers, "batch_size": None, "pin_memory": self.device.type == "cuda" and self.cfg.pin_memory}
+            ds = ListedBatches(
+                self.records,
+                self.plan,
+                self.targets,
+                self.bucket_of,
+                self.prep,
+                self.table,
+                self.seed,
+                self.consumed,
+                self.cache_extra,
+            )
+        kw = {
+            "num_workers": self.workers,
+            "batch_size": None,
+            "pin_memory": self.device.type == "cuda" and self.cfg.pin_memory,
+        }
         if self.workers:
             kw.update(prefetch_factor=self.cfg.prefetch_factor, persistent_workers=False)
         return iter(torch.utils.data.DataLoader(ds, **kw))
@@ -134,9 +173,13 @@ class RecordSource(BatchSource):
                         warnings.warn(f"skipping unreadable sample {key}: {msg}", stacklevel=2)
             n_bad = len(self.bad_keys)
             total = len(self.records) or self.seen
-            if n_bad and (n_bad >= total or (self.seen >= 10 and n_bad / min(self.seen, total) > self.cfg.max_bad_fraction)):
-                raise DataError(f"{n_bad} of {self.seen} samples were unreadable ({self.bad}); fix the data or raise "
-                                "data.max_bad_fraction")
+            if n_bad and (
+                n_bad >= total or (self.seen >= 10 and n_bad / min(self.seen, total) > self.cfg.max_bad_fraction)
+            ):
+                raise DataError(
+                    f"{n_bad} of {self.seen} samples were unreadable ({self.bad}); fix the data or raise "
+                    "data.max_bad_fraction"
+                )
             if item["n"]:
                 return item
 
@@ -211,20 +254,33 @@ class RecordSource(BatchSource):
         return Batch(x0, cond, list(item["captions"]), added)
 
     def state(self):
-        return {}, {"consumed": self.consumed, "positions": self.positions, "bad": self.bad, "seen": self.seen,
-                    "bad_keys": sorted(self.bad_keys), "workers": self.workers}
+        return {}, {
+            "consumed": self.consumed,
+            "positions": self.positions,
+            "bad": self.bad,
+            "seen": self.seen,
+            "bad_keys": sorted(self.bad_keys),
+            "workers": self.workers,
+        }
 
     def load_state(self, tensors, meta):
         if self.shards is not None and meta.get("positions") and meta.get("workers") != self.workers:
-            raise DataError(f"this streaming run was checkpointed with {meta.get('workers')} data workers per process; "
-                            f"resume it with data.num_workers={meta.get('workers')}")
+            raise DataError(
+                f"this streaming run was checkpointed with {meta.get('workers')} data workers per process; "
+                f"resume it with data.num_workers={meta.get('workers')}"
+            )
         self.consumed, self.positions = meta["consumed"], dict(meta.get("positions", {}))
         self.bad, self.seen, self.bad_keys = dict(meta["bad"]), meta["seen"], set(meta.get("bad_keys", []))
         self._iter = None
 
     def stats(self) -> dict:
-        return {"bad_samples": dict(self.bad), "skipped": sum(self.bad.values()), "seen": self.seen,
-                "records": len(self.records) if self.shards is None else None, "batches": self.consumed}
+        return {
+            "bad_samples": dict(self.bad),
+            "skipped": sum(self.bad.values()),
+            "seen": self.seen,
+            "records": len(self.records) if self.shards is None else None,
+            "batches": self.consumed,
+        }
 
 
 def _image_size(rec, table) -> tuple[int, int] | None:

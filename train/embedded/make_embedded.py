@@ -24,8 +24,17 @@ from hypersd_core.parameterization import add_noise
 from hypersd_core.schedule import VPSchedule
 from train.digits import all_captions, load_digit_splits, random_captions, random_shift
 from hypersd_models.classifier import DigitClassifier
-from hypersd_models.embedded import (EMBEDDED_DIR, RESOLUTION, TEXT_CONFIG, UNET_CONFIG, build_text_encoder,
-                                   build_unet, encode_prompts, find_tokenizer, load_tokenizer)
+from hypersd_models.embedded import (
+    EMBEDDED_DIR,
+    RESOLUTION,
+    TEXT_CONFIG,
+    UNET_CONFIG,
+    build_text_encoder,
+    build_unet,
+    encode_prompts,
+    find_tokenizer,
+    load_tokenizer,
+)
 from train.sampling import sample_images
 
 
@@ -38,7 +47,7 @@ def train_classifier(train, test, seed: int, epochs: int = 20) -> tuple[DigitCla
     for _ in range(epochs):
         perm = torch.randperm(n, generator=gen)
         for b in range(0, n, 64):
-            idx = perm[b:b + 64]
+            idx = perm[b : b + 64]
             x = random_shift(train.images[idx], 1, gen)
             x = (x + 0.1 * torch.randn(x.shape, generator=gen)).clamp(-1, 1)
             loss = F.cross_entropy(clf(x), train.labels[idx])
@@ -51,8 +60,17 @@ def train_classifier(train, test, seed: int, epochs: int = 20) -> tuple[DigitCla
     return clf, acc
 
 
-def train_teacher(train, text_encoder, tokenizer, seed: int, steps: int, batch: int = 64, lr: float = 1e-3,
-                  ema_decay: float = 0.998, log_every: int = 200):
+def train_teacher(
+    train,
+    text_encoder,
+    tokenizer,
+    seed: int,
+    steps: int,
+    batch: int = 64,
+    lr: float = 1e-3,
+    ema_decay: float = 0.998,
+    log_every: int = 200,
+):
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
@@ -64,7 +82,8 @@ def train_teacher(train, text_encoder, tokenizer, seed: int, steps: int, batch: 
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
     warm = 100
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * (0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)) * 0.9 + 0.1))
+        opt, lambda s: min(1.0, (s + 1) / warm) * (0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)) * 0.9 + 0.1)
+    )
     n = len(train.labels)
     t0 = time.time()
     for step in range(steps):
@@ -92,8 +111,9 @@ def train_teacher(train, text_encoder, tokenizer, seed: int, steps: int, batch: 
 
 
 @torch.no_grad()
-def teacher_accuracy(unet, text_encoder, tokenizer, clf, per_digit: int = 20, steps: int = 25, cfg: float = 3.0,
-                     seed: int = 1234) -> float:
+def teacher_accuracy(
+    unet, text_encoder, tokenizer, clf, per_digit: int = 20, steps: int = 25, cfg: float = 3.0, seed: int = 1234
+) -> float:
     labels = torch.arange(10).repeat_interleave(per_digit)
     prompts = random_captions(labels, random.Random(seed))
     cond = encode_prompts(text_encoder, tokenizer, prompts)
@@ -135,10 +155,18 @@ def main(argv=None) -> None:
     unet.float()
     acc = teacher_accuracy(unet, text_encoder, tokenizer, clf)
     meta = {
-        "name": "embedded-digits", "resolution": RESOLUTION, "channels": 1, "prediction_type": "epsilon",
-        "schedule": "scaled_linear", "pixel_space": True, "value_range": [-1, 1],
-        "teacher_steps": args.steps, "seed": args.seed, "classifier_test_accuracy": round(clf_acc, 4),
-        "teacher_ddim25_cfg3_accuracy": round(acc, 4), "recommended_cfg": 3.0,
+        "name": "embedded-digits",
+        "resolution": RESOLUTION,
+        "channels": 1,
+        "prediction_type": "epsilon",
+        "schedule": "scaled_linear",
+        "pixel_space": True,
+        "value_range": [-1, 1],
+        "teacher_steps": args.steps,
+        "seed": args.seed,
+        "classifier_test_accuracy": round(clf_acc, 4),
+        "teacher_ddim25_cfg3_accuracy": round(acc, 4),
+        "recommended_cfg": 3.0,
         "unet_config": {k: list(v) if isinstance(v, tuple) else v for k, v in UNET_CONFIG.items()},
         "text_config": TEXT_CONFIG,
     }

@@ -24,7 +24,9 @@ def require_model_folder(path: str | os.PathLike, what: str, hint: str) -> Path:
     missing = [] if (p / "config.json").is_file() else ["config.json"]
     if not any((p / f).is_file() for f in WEIGHT_FILES):
         pickled = [f for f in ("pytorch_model.bin", "model.ckpt") if (p / f).is_file()]
-        extra = f" (found {pickled[0]}: convert it to model.safetensors; pickled weights are not loaded)" if pickled else ""
+        extra = (
+            f" (found {pickled[0]}: convert it to model.safetensors; pickled weights are not loaded)" if pickled else ""
+        )
         missing.append("model.safetensors" + extra)
     if missing:
         raise RewardFilesError(f"{what}: {p} lacks {', '.join(missing)}. {hint}")
@@ -42,7 +44,8 @@ def load_safetensors(path: str | os.PathLike, what: str, hint: str) -> dict[str,
         raise RewardFilesError(
             f"{what}: {p.name} is not a .safetensors file; convert it first, e.g. "
             f"python -c \"import torch,safetensors.torch as s; s.save_file(torch.load('{p.name}', weights_only=True), "
-            f"'{p.stem}.safetensors')\" (only if you trust the file). {hint}")
+            f"'{p.stem}.safetensors')\" (only if you trust the file). {hint}"
+        )
     if not p.is_file():
         raise RewardFilesError(f"{what}: weights file {p} does not exist. {hint}")
     return load_file(str(p))

@@ -14,9 +14,11 @@ from hypersd_core.rewards import CLIP_MEAN, CLIP_STD, clip_preprocess
 
 from ._files import freeze, load_safetensors, require_model_folder
 
-HINT = ("Give clip_path = a folder with a CLIP ViT-L/14 vision model saved by transformers (config.json + "
-        "model.safetensors, e.g. openai/clip-vit-large-patch14) and head_path = the aesthetic head as "
-        ".safetensors (improved-aesthetic-predictor's sac+logos+ava1-l14-linearMSE weights, keys layers.*).")
+HINT = (
+    "Give clip_path = a folder with a CLIP ViT-L/14 vision model saved by transformers (config.json + "
+    "model.safetensors, e.g. openai/clip-vit-large-patch14) and head_path = the aesthetic head as "
+    ".safetensors (improved-aesthetic-predictor's sac+logos+ava1-l14-linearMSE weights, keys layers.*)."
+)
 
 
 class AestheticHead(nn.Module):
@@ -27,15 +29,23 @@ class AestheticHead(nn.Module):
         if "layers.0.weight" in state_dict:
             dims = [state_dict[f"layers.{i}.weight"].shape for i in (0, 2, 4, 6, 7)]
             self.layers = nn.Sequential(
-                nn.Linear(dims[0][1], dims[0][0]), nn.Dropout(0.2), nn.Linear(dims[1][1], dims[1][0]), nn.Dropout(0.2),
-                nn.Linear(dims[2][1], dims[2][0]), nn.Dropout(0.1), nn.Linear(dims[3][1], dims[3][0]),
-                nn.Linear(dims[4][1], dims[4][0]))
+                nn.Linear(dims[0][1], dims[0][0]),
+                nn.Dropout(0.2),
+                nn.Linear(dims[1][1], dims[1][0]),
+                nn.Dropout(0.2),
+                nn.Linear(dims[2][1], dims[2][0]),
+                nn.Dropout(0.1),
+                nn.Linear(dims[3][1], dims[3][0]),
+                nn.Linear(dims[4][1], dims[4][0]),
+            )
         else:
             keys = [k for k in state_dict if k.endswith("weight")]
             if len(keys) != 1 or state_dict[keys[0]].shape[0] != 1:
-                raise ValueError(f"aesthetic head: expected keys layers.0..7 (MLP) or one (1, D) linear weight, got {sorted(state_dict)[:6]}")
+                raise ValueError(
+                    f"aesthetic head: expected keys layers.0..7 (MLP) or one (1, D) linear weight, got {sorted(state_dict)[:6]}"
+                )
             prefix = keys[0][: -len("weight")]
-            state_dict = {"layers.0." + k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            state_dict = {"layers.0." + k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
             self.layers = nn.Sequential(nn.Linear(state_dict["layers.0.weight"].shape[1], 1))
         self.load_state_dict(state_dict)
 
@@ -60,8 +70,10 @@ class AestheticReward(nn.Module):
         self.head = freeze(AestheticHead(head_sd).to(dtype))
         proj = self.clip.config.projection_dim
         if proj != self.head.in_features:
-            raise ValueError(f"aesthetic head takes {self.head.in_features}-d embeddings but the CLIP model at "
-                             f"{folder} projects to {proj}; use CLIP ViT-L/14 (768) with the L/14 head")
+            raise ValueError(
+                f"aesthetic head takes {self.head.in_features}-d embeddings but the CLIP model at "
+                f"{folder} projects to {proj}; use CLIP ViT-L/14 (768) with the L/14 head"
+            )
         self.size, self.mean, self.std = _preprocessor(folder, self.clip.config.image_size)
         if device is not None:
             self.to(device)

@@ -20,7 +20,9 @@ class CocoInstances:
     def __init__(self, instances_json: str, images_dir: str, captions_json: str | None = None):
         ann_path, self.images_dir = Path(instances_json).expanduser(), Path(images_dir).expanduser()
         if not ann_path.is_file():
-            raise RewardFilesError(f"COCO instances JSON {ann_path} does not exist (e.g. annotations/instances_train2017.json)")
+            raise RewardFilesError(
+                f"COCO instances JSON {ann_path} does not exist (e.g. annotations/instances_train2017.json)"
+            )
         if not self.images_dir.is_dir():
             raise RewardFilesError(f"COCO images folder {self.images_dir} does not exist (e.g. train2017/)")
         data = json.loads(ann_path.read_text())
@@ -36,7 +38,9 @@ class CocoInstances:
         if captions_json is not None:
             cap_path = Path(captions_json).expanduser()
             if not cap_path.is_file():
-                raise RewardFilesError(f"COCO captions JSON {cap_path} does not exist (e.g. annotations/captions_train2017.json)")
+                raise RewardFilesError(
+                    f"COCO captions JSON {cap_path} does not exist (e.g. annotations/captions_train2017.json)"
+                )
             for c in json.loads(cap_path.read_text())["annotations"]:
                 captions.setdefault(c["image_id"], c["caption"].strip())
         self.records = []
@@ -60,8 +64,10 @@ class CocoInstances:
 
     def index_of(self, caption: str) -> int:
         if caption not in self.by_caption:
-            raise KeyError(f"caption {caption!r} is not in the COCO set; the segmentation reward scores only "
-                           "images generated from its own captions/images (use its sample_batch)")
+            raise KeyError(
+                f"caption {caption!r} is not in the COCO set; the segmentation reward scores only "
+                "images generated from its own captions/images (use its sample_batch)"
+            )
         return self.by_caption[caption]
 
     def image(self, i: int, size: int) -> torch.Tensor:
@@ -87,7 +93,7 @@ class CocoInstances:
         (nw, nh), (left, top) = _geometry(w0, h0, size)
         masks = torch.stack([torch.from_numpy(rasterize(a["segmentation"], h0, w0)) for a in rec["annotations"]])
         masks = F.interpolate(masks[:, None].float(), size=(nh, nw), mode="nearest")[:, 0].to(torch.uint8)
-        masks = masks[:, top:top + size, left:left + size]
+        masks = masks[:, top : top + size, left : left + size]
         keep = masks.flatten(1).any(1).bool()
         masks = masks[keep]
         labels = torch.tensor([a["category_id"] for a in rec["annotations"]], dtype=torch.int64)[keep]
@@ -122,11 +128,13 @@ def rasterize(segmentation, height: int, width: int) -> np.ndarray:
         flat = np.zeros(height * width, dtype=np.uint8)
         pos, val = 0, 0
         for n in segmentation["counts"]:
-            flat[pos:pos + n] = val
+            flat[pos : pos + n] = val
             pos, val = pos + n, 1 - val
         return flat.reshape(width, height).T.copy()  # COCO RLE is column-major
-    raise ValueError("compressed-RLE segmentations need pycocotools; this reader takes polygons and "
-                     "uncompressed RLE (COCO's non-crowd instances are polygons)")
+    raise ValueError(
+        "compressed-RLE segmentations need pycocotools; this reader takes polygons and "
+        "uncompressed RLE (COCO's non-crowd instances are polygons)"
+    )
 
 
 def write_captions_jsonl(coco: CocoInstances, out: str) -> int:
@@ -141,12 +149,16 @@ def write_captions_jsonl(coco: CocoInstances, out: str) -> int:
 if __name__ == "__main__":
     import argparse
 
-    ap = argparse.ArgumentParser(description="Write captions.jsonl for a COCO images folder (feedback stage, source: data)")
+    ap = argparse.ArgumentParser(
+        description="Write captions.jsonl for a COCO images folder (feedback stage, source: data)"
+    )
     ap.add_argument("instances_json")
     ap.add_argument("images_dir")
     ap.add_argument("--captions-json")
     ap.add_argument("--out", help="default: <images_dir>/captions.jsonl")
     a = ap.parse_args()
-    n = write_captions_jsonl(CocoInstances(a.instances_json, a.images_dir, a.captions_json),
-                             a.out or str(Path(a.images_dir) / "captions.jsonl"))
+    n = write_captions_jsonl(
+        CocoInstances(a.instances_json, a.images_dir, a.captions_json),
+        a.out or str(Path(a.images_dir) / "captions.jsonl"),
+    )
     print(f"wrote {n} captions")

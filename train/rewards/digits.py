@@ -48,8 +48,9 @@ class DigitReward(nn.Module):
         self.hf_scale = float(hf_scale)
 
     @classmethod
-    def from_files(cls, path: str | None = None, clean_weight: float = 1.0, hf_scale: float = 10.0,
-                   device=None) -> "DigitReward":
+    def from_files(
+        cls, path: str | None = None, clean_weight: float = 1.0, hf_scale: float = 10.0, device=None
+    ) -> "DigitReward":
         """From the classifier folder (default: the embedded one, train/embedded/classifier)."""
         from hypersd_models.classifier import DigitClassifier
         from hypersd_models.embedded import classifier_path

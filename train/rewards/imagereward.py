@@ -38,9 +38,11 @@ from .aesthetic import AestheticHead
 # ImageReward's published normalisation of the raw MLP output.
 IMAGEREWARD_MEAN = 0.16717362830052426
 IMAGEREWARD_STD = 1.0333394966054072
-HINT = ("Give path = a folder holding a transformers BlipForImageTextRetrieval model (config.json + "
-        "model.safetensors), its BERT tokenizer files, and the ImageReward head as mlp.safetensors; make it from the "
-        "official ImageReward.pt with python -m train.rewards.convert_imagereward.")
+HINT = (
+    "Give path = a folder holding a transformers BlipForImageTextRetrieval model (config.json + "
+    "model.safetensors), its BERT tokenizer files, and the ImageReward head as mlp.safetensors; make it from the "
+    "official ImageReward.pt with python -m train.rewards.convert_imagereward."
+)
 
 
 class ImageRewardModel(nn.Module):
@@ -54,7 +56,9 @@ class ImageRewardModel(nn.Module):
         if not (folder / "mlp.safetensors").is_file():
             raise RewardFilesError(f"ImageReward model: {folder} lacks mlp.safetensors (the reward head). {HINT}")
         if not any((folder / f).is_file() for f in ("vocab.txt", "tokenizer.json")):
-            raise RewardFilesError(f"ImageReward model: {folder} lacks the BERT tokenizer (vocab.txt or tokenizer.json). {HINT}")
+            raise RewardFilesError(
+                f"ImageReward model: {folder} lacks the BERT tokenizer (vocab.txt or tokenizer.json). {HINT}"
+            )
         opts = json.loads((folder / "imagereward.json").read_text()) if (folder / "imagereward.json").is_file() else {}
         self.mean = float(opts.get("mean", IMAGEREWARD_MEAN))
         self.std = float(opts.get("std", IMAGEREWARD_STD))
@@ -63,7 +67,9 @@ class ImageRewardModel(nn.Module):
         blip = BlipForImageTextRetrieval.from_pretrained(str(folder), dtype=dtype)
         self.vision = freeze(blip.vision_model)
         self.text = freeze(blip.text_encoder)
-        self.head = freeze(AestheticHead(load_safetensors(folder / "mlp.safetensors", "ImageReward head", HINT)).to(dtype))
+        self.head = freeze(
+            AestheticHead(load_safetensors(folder / "mlp.safetensors", "ImageReward head", HINT)).to(dtype)
+        )
         self.size = blip.config.vision_config.image_size
         if device is not None:
             self.to(device)
@@ -72,10 +78,16 @@ class ImageRewardModel(nn.Module):
         p = next(self.vision.parameters())
         x = clip_preprocess(images.to(p.dtype), self.size)
         image_embeds = self.vision(pixel_values=x).last_hidden_state
-        tok = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=self.max_length,
-                             return_tensors="pt").to(p.device)
+        tok = self.tokenizer(
+            list(prompts), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(p.device)
         atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=p.device)
-        out = self.text(input_ids=tok.input_ids, attention_mask=tok.attention_mask,
-                        encoder_hidden_states=image_embeds, encoder_attention_mask=atts, return_dict=True)
+        out = self.text(
+            input_ids=tok.input_ids,
+            attention_mask=tok.attention_mask,
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=atts,
+            return_dict=True,
+        )
         r = self.head(out.last_hidden_state[:, 0, :])
         return ((r - self.mean) / self.std).float()

@@ -22,12 +22,15 @@ from ._files import freeze, load_safetensors
 from .coco import CocoInstances
 
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
-HINT = ("Give weights = a torchvision Mask R-CNN state dict as .safetensors (e.g. maskrcnn_resnet50_fpn COCO "
-        "weights converted from .pth), plus instances_json and images_dir of a COCO-style set.")
+HINT = (
+    "Give weights = a torchvision Mask R-CNN state dict as .safetensors (e.g. maskrcnn_resnet50_fpn COCO "
+    "weights converted from .pth), plus instances_json and images_dir of a COCO-style set."
+)
 
 
-def build_maskrcnn(backbone: str = "resnet50", num_classes: int = 91, min_size: int = 800, max_size: int = 1333,
-                   **detector_kwargs):
+def build_maskrcnn(
+    backbone: str = "resnet50", num_classes: int = 91, min_size: int = 800, max_size: int = 1333, **detector_kwargs
+):
     """An uninitialised torchvision Mask R-CNN with a ResNet-FPN backbone (no download); extra
     keyword arguments go to torchvision's ``MaskRCNN`` (e.g. fewer proposals for speed)."""
     from torchvision.models.detection import MaskRCNN
@@ -50,20 +53,34 @@ class SegmentationReward(nn.Module):
             raise ValueError(f"unknown segmentation loss weights {sorted(unknown)}; choose from {LOSS_KEYS}")
 
     @classmethod
-    def from_files(cls, weights: str, instances_json: str, images_dir: str, captions_json: str | None = None,
-                   backbone: str = "resnet50", num_classes: int = 91, min_size: int = 800, max_size: int = 1333,
-                   loss_weights: dict[str, float] | None = None, detector_kwargs: dict | None = None,
-                   device=None) -> "SegmentationReward":
+    def from_files(
+        cls,
+        weights: str,
+        instances_json: str,
+        images_dir: str,
+        captions_json: str | None = None,
+        backbone: str = "resnet50",
+        num_classes: int = 91,
+        min_size: int = 800,
+        max_size: int = 1333,
+        loss_weights: dict[str, float] | None = None,
+        detector_kwargs: dict | None = None,
+        device=None,
+    ) -> "SegmentationReward":
         sd = load_safetensors(weights, "segmentation reward detector", HINT)
         detector = build_maskrcnn(backbone, num_classes, min_size, max_size, **(detector_kwargs or {}))
         fit = f"{weights} does not fit a Mask R-CNN with a {backbone}-FPN backbone and {num_classes} classes"
         try:
             missing, unexpected = detector.load_state_dict(sd, strict=False)
         except RuntimeError as e:  # shape mismatches
-            raise ValueError(f"{fit} ({str(e).splitlines()[1].strip()}); set backbone/num_classes to match the file") from None
+            raise ValueError(
+                f"{fit} ({str(e).splitlines()[1].strip()}); set backbone/num_classes to match the file"
+            ) from None
         if missing or unexpected:
-            raise ValueError(f"{fit}: {len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected "
-                             f"(e.g. {unexpected[:3]}); set backbone/num_classes to match the file")
+            raise ValueError(
+                f"{fit}: {len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected "
+                f"(e.g. {unexpected[:3]}); set backbone/num_classes to match the file"
+            )
         reward = cls(detector, CocoInstances(instances_json, images_dir, captions_json), loss_weights)
         return reward.to(device) if device is not None else reward
 
@@ -76,7 +93,9 @@ class SegmentationReward(nn.Module):
     def forward(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         x = to_rgb(to_unit_range(images.float()))
         if x.shape[-1] != x.shape[-2]:
-            raise ValueError(f"the segmentation reward takes square images (as the data loader crops them), got {tuple(x.shape[-2:])}")
+            raise ValueError(
+                f"the segmentation reward takes square images (as the data loader crops them), got {tuple(x.shape[-2:])}"
+            )
         size = x.shape[-1]
         rewards = []
         was_training = self.detector.training

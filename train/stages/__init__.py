@@ -17,12 +17,14 @@ _REGISTRY: dict[str, type[Stage]] = {}
 
 def register_stage(name: str):
     """Class decorator: make a Stage subclass available under ``name`` in configs."""
+
     def deco(cls):
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"stage name {name!r} is already registered by {_REGISTRY[name].__module__}")
         cls.stage_name = name
         _REGISTRY[name] = cls
         return cls
+
     return deco
 
 
@@ -31,8 +33,10 @@ def get_stage(name: str) -> type[Stage]:
         importlib.import_module(BUILTIN_MODULES[name])
     if name not in _REGISTRY:
         known = sorted(set(_REGISTRY) | set(BUILTIN_MODULES))
-        raise KeyError(f"unknown stage {name!r}; known stages: {', '.join(known)} "
-                       "(a plugin registers more with train.stages.register_stage)")
+        raise KeyError(
+            f"unknown stage {name!r}; known stages: {', '.join(known)} "
+            "(a plugin registers more with train.stages.register_stage)"
+        )
     return _REGISTRY[name]
 
 

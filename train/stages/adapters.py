@@ -37,8 +37,13 @@ def use_adapter(unet: torch.nn.Module, name: str | None, trainable: Iterable[tor
             p.requires_grad_(id(p) in keep)
 
 
-def add_zero_adapter(unet: torch.nn.Module, name: str, like: str | None = None, rank: int = 8,
-                     target_modules: Iterable[str] | None = None) -> list[torch.nn.Parameter]:
+def add_zero_adapter(
+    unet: torch.nn.Module,
+    name: str,
+    like: str | None = None,
+    rank: int = 8,
+    target_modules: Iterable[str] | None = None,
+) -> list[torch.nn.Parameter]:
     """Add adapter ``name`` shaped like adapter ``like`` (or with ``rank``/``target_modules``);
     peft initialises lora_B to zero, so it starts as the base model. Returns its parameters and
     keeps the previously active adapter active."""
@@ -46,11 +51,16 @@ def add_zero_adapter(unet: torch.nn.Module, name: str, like: str | None = None, 
 
     if like is not None:
         cfg = unet.peft_config[like]
-        config = LoraConfig(r=cfg.r, lora_alpha=cfg.lora_alpha, target_modules=cfg.target_modules,
-                            init_lora_weights=True)
+        config = LoraConfig(
+            r=cfg.r, lora_alpha=cfg.lora_alpha, target_modules=cfg.target_modules, init_lora_weights=True
+        )
     else:
-        config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=True,
-                            target_modules=list(target_modules or ["to_q", "to_k", "to_v", "to_out.0"]))
+        config = LoraConfig(
+            r=rank,
+            lora_alpha=rank,
+            init_lora_weights=True,
+            target_modules=list(target_modules or ["to_q", "to_k", "to_v", "to_out.0"]),
+        )
     active = list(unet.active_adapters()) if getattr(unet, "_hf_peft_config_loaded", False) else []
     with warnings.catch_warnings():  # peft warns that a second adapter is being added: intended here
         warnings.filterwarnings("ignore", message="Already found a `peft_config`")

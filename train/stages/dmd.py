@@ -101,9 +101,18 @@ class DMDOptions:
             raise ValueError(f"dmd.fake_updates must be >= 1, got {self.fake_updates}")
 
 
-def unet_x0(unet, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, schedule: VPSchedule,
-            prediction_type: str = "epsilon", uncond: torch.Tensor | None = None, cfg: float = 1.0,
-            added_cond: dict | None = None, added_uncond: dict | None = None) -> torch.Tensor:
+def unet_x0(
+    unet,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    cond: torch.Tensor,
+    schedule: VPSchedule,
+    prediction_type: str = "epsilon",
+    uncond: torch.Tensor | None = None,
+    cfg: float = 1.0,
+    added_cond: dict | None = None,
+    added_uncond: dict | None = None,
+) -> torch.Tensor:
     """x̂0 of a VP sample x_t at integer timesteps t from the UNet as it is switched now."""
     from train.sampling import GuidedUNet
 
@@ -112,8 +121,15 @@ def unet_x0(unet, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, schedu
     return to_x0_eps(out, x_t, alpha, sigma, prediction_type)[0]
 
 
-def generate_onestep(unet, noise: torch.Tensor, cond: torch.Tensor, schedule: VPSchedule, timestep: int = 999,
-                     prediction_type: str = "epsilon", added_cond: dict | None = None) -> torch.Tensor:
+def generate_onestep(
+    unet,
+    noise: torch.Tensor,
+    cond: torch.Tensor,
+    schedule: VPSchedule,
+    timestep: int = 999,
+    prediction_type: str = "epsilon",
+    added_cond: dict | None = None,
+) -> torch.Tensor:
     """The generator: one model call at ``timestep`` on unit-variance VP noise -> x̂0 (with grad).
 
     Equals ``sample_dmd_onestep`` on x = z·sqrt(1 + σ²) (the diffusers start), so training and
@@ -123,7 +139,9 @@ def generate_onestep(unet, noise: torch.Tensor, cond: torch.Tensor, schedule: VP
     return unet_x0(unet, noise, t, cond, schedule, prediction_type, added_cond=added_cond)
 
 
-def sample_t(batch: int, opts: DMDOptions, T: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+def sample_t(
+    batch: int, opts: DMDOptions, T: int, generator: torch.Generator | None = None, device=None
+) -> torch.Tensor:
     lo, hi = int(opts.t_range[0] * T), max(int(opts.t_range[0] * T) + 1, int(opts.t_range[1] * T))
     return torch.randint(lo, hi, (batch,), generator=generator).to(device)
 
@@ -135,9 +153,20 @@ def diffuse(x: torch.Tensor, t: torch.Tensor, schedule: VPSchedule, generator: t
     return add_noise(x, eps, alpha, sigma), eps
 
 
-def distribution_matching(unet, x: torch.Tensor, cond, uncond, opts: DMDOptions, schedule: VPSchedule,
-                          student: str, prediction_type: str = "epsilon", generator=None,
-                          added_cond=None, added_uncond=None, teacher=None) -> torch.Tensor:
+def distribution_matching(
+    unet,
+    x: torch.Tensor,
+    cond,
+    uncond,
+    opts: DMDOptions,
+    schedule: VPSchedule,
+    student: str,
+    prediction_type: str = "epsilon",
+    generator=None,
+    added_cond=None,
+    added_uncond=None,
+    teacher=None,
+) -> torch.Tensor:
     """DMD2's generator loss on generator samples x (grad flows into x only).
 
     ``teacher``: a context manager factory yielding the real-score UNet (the trainer's, which may
@@ -149,18 +178,30 @@ def distribution_matching(unet, x: torch.Tensor, cond, uncond, opts: DMDOptions,
         x_t, _ = diffuse(x.detach(), t, schedule, generator)
         if teacher is None:
             use_adapter(unet, None)
-            mu_real = unet_x0(unet, x_t, t, cond, schedule, prediction_type, uncond, opts.real_cfg, added_cond, added_uncond)
+            mu_real = unet_x0(
+                unet, x_t, t, cond, schedule, prediction_type, uncond, opts.real_cfg, added_cond, added_uncond
+            )
         else:
             with teacher() as real:
-                mu_real = unet_x0(real, x_t, t, cond, schedule, prediction_type, uncond, opts.real_cfg, added_cond, added_uncond)
+                mu_real = unet_x0(
+                    real, x_t, t, cond, schedule, prediction_type, uncond, opts.real_cfg, added_cond, added_uncond
+                )
         use_adapter(unet, opts.fake_adapter)
         mu_fake = unet_x0(unet, x_t, t, cond, schedule, prediction_type, added_cond=added_cond)
     use_adapter(unet, student, adapter_parameters(unet, student))
     return dmd_loss(x, mu_real, mu_fake)
 
 
-def fake_score_loss(unet, x: torch.Tensor, cond, opts: DMDOptions, schedule: VPSchedule,
-                    prediction_type: str = "epsilon", generator=None, added_cond=None) -> torch.Tensor:
+def fake_score_loss(
+    unet,
+    x: torch.Tensor,
+    cond,
+    opts: DMDOptions,
+    schedule: VPSchedule,
+    prediction_type: str = "epsilon",
+    generator=None,
+    added_cond=None,
+) -> torch.Tensor:
     """Denoising loss of the fake adapter on detached generator samples (its own prediction space).
 
     The caller switches the UNet to the fake adapter first (``use_adapter``).
@@ -182,9 +223,20 @@ def regression_loss(x: torch.Tensor, x_ref: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def build_reference_bank(unet, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None, *,
-                         steps: int, cfg: float, schedule: VPSchedule, prediction_type: str = "epsilon",
-                         chunk: int = 16, added_cond=None, added_uncond=None) -> torch.Tensor:
+def build_reference_bank(
+    unet,
+    noise: torch.Tensor,
+    cond: torch.Tensor,
+    uncond: torch.Tensor | None,
+    *,
+    steps: int,
+    cfg: float,
+    schedule: VPSchedule,
+    prediction_type: str = "epsilon",
+    chunk: int = 16,
+    added_cond=None,
+    added_uncond=None,
+) -> torch.Tensor:
     """Teacher multi-step DDIM samples from ``noise``, in chunks. ``unet`` is run as it is
     switched now: pass the teacher (or call ``use_adapter(unet, None)`` first)."""
     from train.sampling import sample_images
@@ -195,10 +247,22 @@ def build_reference_bank(unet, noise: torch.Tensor, cond: torch.Tensor, uncond: 
     out = []
     for i in range(0, noise.shape[0], chunk):
         sl = slice(i, i + chunk)
-        out.append(sample_images(unet, noise[sl], cond[sl], None if uncond is None else uncond[sl], steps=steps,
-                                 cfg=cfg, eta=0.0, spacing="trailing", schedule=schedule,
-                                 prediction_type=prediction_type, added_cond=rows(added_cond, sl),
-                                 added_uncond=rows(added_uncond, sl)))
+        out.append(
+            sample_images(
+                unet,
+                noise[sl],
+                cond[sl],
+                None if uncond is None else uncond[sl],
+                steps=steps,
+                cfg=cfg,
+                eta=0.0,
+                spacing="trailing",
+                schedule=schedule,
+                prediction_type=prediction_type,
+                added_cond=rows(added_cond, sl),
+                added_uncond=rows(added_uncond, sl),
+            )
+        )
     return torch.cat(out)
 
 
@@ -268,14 +332,22 @@ class DMDStage(Stage):
         ctx, unet = self.ctx, self.ctx.base_unet
         with torch.no_grad(), ctx.accelerator.autocast():
             use_adapter(unet, ADAPTER)
-            x = generate_onestep(unet, self._randn(batch.x0.shape), batch.cond, ctx.schedule, self.opts.onestep_timestep,
-                                 ctx.prediction_type, batch.added_cond).float()
+            x = generate_onestep(
+                unet,
+                self._randn(batch.x0.shape),
+                batch.cond,
+                ctx.schedule,
+                self.opts.onestep_timestep,
+                ctx.prediction_type,
+                batch.added_cond,
+            ).float()
         use_adapter(unet, self.opts.fake_adapter, self.fake_params)
         total = 0.0
         for _ in range(self.opts.fake_updates):
             with ctx.accelerator.autocast():
-                loss = fake_score_loss(unet, x, batch.cond, self.opts, ctx.schedule, ctx.prediction_type,
-                                       ctx.generator, batch.added_cond)
+                loss = fake_score_loss(
+                    unet, x, batch.cond, self.opts, ctx.schedule, ctx.prediction_type, ctx.generator, batch.added_cond
+                )
             loss.backward()
             self._sync_fake_grads()
             if ctx.config.optim.max_grad_norm:
@@ -299,8 +371,18 @@ class DMDStage(Stage):
         unc, unc_added = ctx.uncond(m)
         cfg = o.reg_cfg if o.reg_cfg is not None else o.real_cfg
         with ctx.teacher() as teacher, ctx.accelerator.autocast():
-            x_ref = build_reference_bank(teacher, z, cond, unc, steps=o.reg_steps, cfg=cfg, schedule=ctx.schedule,
-                                         prediction_type=ctx.prediction_type, added_cond=added, added_uncond=unc_added)
+            x_ref = build_reference_bank(
+                teacher,
+                z,
+                cond,
+                unc,
+                steps=o.reg_steps,
+                cfg=cfg,
+                schedule=ctx.schedule,
+                prediction_type=ctx.prediction_type,
+                added_cond=added,
+                added_uncond=unc_added,
+            )
         use_adapter(ctx.base_unet, ADAPTER, ctx.lora_params)
         new = {"z": z, "cond": cond, "x_ref": x_ref.float()}
         if added is not None:
@@ -328,8 +410,20 @@ class DMDStage(Stage):
             added = None if added is None else {k: torch.cat([added[k], badded[k]]) for k in added}
         x = generate_onestep(gen_unet, z, cond, ctx.schedule, o.onestep_timestep, ctx.prediction_type, added).float()
         unc, unc_added = ctx.uncond(n)
-        l_dm = distribution_matching(ctx.base_unet, x[:n], batch.cond, unc, o, ctx.schedule, ADAPTER,
-                                     ctx.prediction_type, ctx.generator, batch.added_cond, unc_added, ctx.teacher)
+        l_dm = distribution_matching(
+            ctx.base_unet,
+            x[:n],
+            batch.cond,
+            unc,
+            o,
+            ctx.schedule,
+            ADAPTER,
+            ctx.prediction_type,
+            ctx.generator,
+            batch.added_cond,
+            unc_added,
+            ctx.teacher,
+        )
         logs = {"loss/dmd": float(l_dm.detach())}
         l_reg = None
         if m:
@@ -355,7 +449,9 @@ class DMDStage(Stage):
                 l_tscd, tscd_logs, pieces = self.tscd.tscd_loss(batch)
                 logs.update(tscd_logs)
             with ctx.phase("gen_forward"):
-                l_dm, l_reg, gen_logs = self.generator_terms(batch, ctx.base_unet if self.tscd is not None else ctx.unet)
+                l_dm, l_reg, gen_logs = self.generator_terms(
+                    batch, ctx.base_unet if self.tscd is not None else ctx.unet
+                )
             logs.update(gen_logs)
             loss = o.dm_weight * l_dm
             if l_reg is not None:
@@ -375,8 +471,10 @@ class DMDStage(Stage):
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
         name = self.opts.fake_adapter
-        out = {"fake." + n: p.detach().float().cpu().clone()
-               for n, p in adapter_named_parameters(self.ctx.base_unet, name).items()}
+        out = {
+            "fake." + n: p.detach().float().cpu().clone()
+            for n, p in adapter_named_parameters(self.ctx.base_unet, name).items()
+        }
         out.update(optimizer_tensors(self.fake_opt, "fake_opt."))
         out.update({"bank." + k: v.detach().cpu() for k, v in self.bank.items()})
         if self.tscd is not None:
@@ -388,8 +486,10 @@ class DMDStage(Stage):
         params = adapter_named_parameters(self.ctx.base_unet, name)
         missing = [n for n in params if "fake." + n not in state]
         if missing:
-            raise ValueError(f"checkpoint lacks the fake-score adapter ({len(missing)} tensors, e.g. {missing[0]}); "
-                             "was it written by another stage or lora config?")
+            raise ValueError(
+                f"checkpoint lacks the fake-score adapter ({len(missing)} tensors, e.g. {missing[0]}); "
+                "was it written by another stage or lora config?"
+            )
         with torch.no_grad():
             for n, p in params.items():
                 p.copy_(state["fake." + n].to(p))
@@ -401,7 +501,7 @@ class DMDStage(Stage):
     @contextlib.contextmanager
     def sampling_context(self):
         use_adapter(self.ctx.base_unet, ADAPTER, self.ctx.lora_params)
-        with (self.tscd.sampling_context() if self.tscd is not None else contextlib.nullcontext()):
+        with self.tscd.sampling_context() if self.tscd is not None else contextlib.nullcontext():
             yield
 
     steps = [1]  # the step counts the exported LoRA is for

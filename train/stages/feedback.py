@@ -59,8 +59,17 @@ def pick_stop(steps: int, late_start: float, generator: torch.Generator | None =
     return int(torch.randint(first, steps, (1,), generator=generator))
 
 
-def refl_x0(denoiser: Callable, noise: torch.Tensor, steps: int, stop: int, *, eta: float = 0.3,
-            spacing: str = "trailing", schedule: VPSchedule | None = None, seed: int | None = None) -> torch.Tensor:
+def refl_x0(
+    denoiser: Callable,
+    noise: torch.Tensor,
+    steps: int,
+    stop: int,
+    *,
+    eta: float = 0.3,
+    spacing: str = "trailing",
+    schedule: VPSchedule | None = None,
+    seed: int | None = None,
+) -> torch.Tensor:
     """x̂0 of step ``stop`` of an n-step TSCD run from unit-variance VP ``noise``: the steps before
     it without gradients (exactly as ``sample_tscd`` runs them), that step with gradients."""
     schedule = schedule or VPSchedule.scaled_linear()
@@ -77,8 +86,13 @@ def refl_x0(denoiser: Callable, noise: torch.Tensor, steps: int, stop: int, *, e
     return denoiser(x, sigmas[stop] * x.new_ones(x.shape[0]))
 
 
-def data_x0(denoiser: Callable, clean: torch.Tensor, t: torch.Tensor, schedule: VPSchedule | None = None,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+def data_x0(
+    denoiser: Callable,
+    clean: torch.Tensor,
+    t: torch.Tensor,
+    schedule: VPSchedule | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """x̂0 (with gradients) of real data ``clean`` noised to timesteps ``t``."""
     schedule = schedule or VPSchedule.scaled_linear()
     alpha, sigma = schedule.alpha_sigma(t, dtype=clean.dtype, device=clean.device)
@@ -87,17 +101,22 @@ def data_x0(denoiser: Callable, clean: torch.Tensor, t: torch.Tensor, schedule: 
     return denoiser(vp_to_ve(x_vp, alpha), schedule.sigma(t).to(clean))
 
 
-def feedback_loss(reward: Callable, decode: Callable, x0: torch.Tensor, prompts: Sequence[str],
-                  opts: FeedbackOptions) -> tuple[torch.Tensor, dict]:
+def feedback_loss(
+    reward: Callable, decode: Callable, x0: torch.Tensor, prompts: Sequence[str], opts: FeedbackOptions
+) -> tuple[torch.Tensor, dict]:
     """λ·mean(ReLU(α − r)) of the decoded x̂0, and logs (mean reward, share above α)."""
     images = decode(x0)
     r = score(reward, images, prompts)
     loss = reward_hinge_loss(r, opts.threshold, opts.weight)
-    return loss, {"reward": float(r.detach().mean()), "reward_above_threshold": float((r.detach() >= opts.threshold).float().mean())}
+    return loss, {
+        "reward": float(r.detach().mean()),
+        "reward_above_threshold": float((r.detach() >= opts.threshold).float().mean()),
+    }
 
 
-def student_denoiser(unet, cond: torch.Tensor, schedule: VPSchedule, prediction_type: str = "epsilon",
-                     added_cond: dict | None = None) -> DiscreteVPDenoiser:
+def student_denoiser(
+    unet, cond: torch.Tensor, schedule: VPSchedule, prediction_type: str = "epsilon", added_cond: dict | None = None
+) -> DiscreteVPDenoiser:
     """The student (the UNet with its active LoRA) as a k-diffusion denoiser on fixed embeddings."""
     from train.sampling import GuidedUNet
 

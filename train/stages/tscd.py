@@ -12,8 +12,15 @@ from torch.func import functional_call
 from hypersd_core.losses import adversarial_d_loss, adversarial_g_loss, consistency_loss
 from hypersd_core.parameterization import add_noise
 from hypersd_core.segments import SegmentGrid
-from hypersd_core.tscd import (adversarial_timesteps, consistency_target, perturb_noise, renoise_in_segment,
-                               student_edge_prediction, teacher_ddim_step, tscd_timesteps)
+from hypersd_core.tscd import (
+    adversarial_timesteps,
+    consistency_target,
+    perturb_noise,
+    renoise_in_segment,
+    student_edge_prediction,
+    teacher_ddim_step,
+    tscd_timesteps,
+)
 
 from ..checkpoint import load_optimizer_tensors, optimizer_tensors
 from ..discriminator import FeatureDiscriminator, feature_channels, teacher_features
@@ -63,11 +70,22 @@ class TSCDStage(Stage):
                 cond_out, uncond_out = out, None
             else:
                 unc, unc_added = ctx.uncond(x_t.shape[0])
-                out = teacher(torch.cat([x_t, x_t]), torch.cat([ts.t, ts.t]), encoder_hidden_states=torch.cat([cond, unc]),
-                              **_unet_kw(_cat(added, unc_added))).sample
+                out = teacher(
+                    torch.cat([x_t, x_t]),
+                    torch.cat([ts.t, ts.t]),
+                    encoder_hidden_states=torch.cat([cond, unc]),
+                    **_unet_kw(_cat(added, unc_added)),
+                ).sample
                 cond_out, uncond_out = out.chunk(2)
-        return teacher_ddim_step(cond_out.float(), None if uncond_out is None else uncond_out.float(),
-                                 w.to(x_t.device), x_t.float(), ts, ctx.schedule, ctx.prediction_type)
+        return teacher_ddim_step(
+            cond_out.float(),
+            None if uncond_out is None else uncond_out.float(),
+            w.to(x_t.device),
+            x_t.float(),
+            ts,
+            ctx.schedule,
+            ctx.prediction_type,
+        )
 
     @torch.no_grad()
     def _target(self, x_prev, ts, cond, added):
@@ -78,8 +96,12 @@ class TSCDStage(Stage):
             return consistency_target(x_prev, None, ts, ctx.schedule, ctx.prediction_type)
         swap = self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
         with swap:
-            part = ctx.unet(x_prev[inner].to(ctx.weight_dtype), ts.t_prev[inner], encoder_hidden_states=cond[inner],
-                                 **_unet_kw(_rows(added, inner))).sample
+            part = ctx.unet(
+                x_prev[inner].to(ctx.weight_dtype),
+                ts.t_prev[inner],
+                encoder_hidden_states=cond[inner],
+                **_unet_kw(_rows(added, inner)),
+            ).sample
         out = torch.zeros_like(x_prev)
         out[inner] = part.float()
         return consistency_target(x_prev, out, ts, ctx.schedule, ctx.prediction_type)
@@ -118,8 +140,9 @@ class TSCDStage(Stage):
         w = self._guidance(n)
         x_prev = self._teacher_step(x_t.to(ctx.weight_dtype), ts, batch.cond, batch.added_cond, w)
         target = self._target(x_prev, ts, batch.cond, batch.added_cond)
-        out = ctx.unet(x_t.to(ctx.weight_dtype), ts.t, encoder_hidden_states=batch.cond,
-                       **_unet_kw(batch.added_cond)).sample
+        out = ctx.unet(
+            x_t.to(ctx.weight_dtype), ts.t, encoder_hidden_states=batch.cond, **_unet_kw(batch.added_cond)
+        ).sample
         pred = student_edge_prediction(out.float(), x_t, ts, ctx.schedule, ctx.prediction_type)
         l_cd = consistency_loss(pred, target, cfg.loss, cfg.huber_c)
         return l_cd, {"loss/consistency": l_cd.detach()}, {"x0": x0, "ts": ts, "pred": pred, "target": target}
@@ -131,7 +154,9 @@ class TSCDStage(Stage):
         t_a = adversarial_timesteps(ts, self.grid, torch.rand(n, generator=ctx.generator)).to(ctx.device)
         z = self._randn(pieces["x0"])
         fake = renoise_in_segment(pieces["pred"], ts.t_edge, t_a, z, ctx.schedule)
-        l_g = adversarial_g_loss(self._disc_logits(fake, t_a, batch.cond, batch.added_cond, False).float(), self.cfg.adv_loss)
+        l_g = adversarial_g_loss(
+            self._disc_logits(fake, t_a, batch.cond, batch.added_cond, False).float(), self.cfg.adv_loss
+        )
         pieces.update(t_a=t_a, z=z, fake=fake)
         return l_g, {"loss/adv_g": l_g.detach()}
 
