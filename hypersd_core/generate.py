@@ -22,7 +22,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .capture import CUDA_GRAPH_MODES, strict_compile_errors
+from .capture import CUDA_GRAPH_MODES, GuardedCompile
 from .parameterization import DiscreteVPDenoiser
 from .samplers import get_sigmas_onestep, get_sigmas_tscd, sample_dmd_onestep, sample_tscd
 from .schedule import VPSchedule, unit_noise_to_ve
@@ -205,35 +205,21 @@ class Generator:
             )
             self.stats.compile_status = f"eager ({self.device.type}: CUDA graphs need a CUDA GPU)"
             return
-        kw = dict(backend=backend, fullgraph=fullgraph, dynamic=False)
-        if backend == "inductor":
-            kw["mode"] = mode
-        self._render = torch.compile(self.render_core, **kw)
-        self._encode = torch.compile(self.prompt_encoder.encode_ids, **kw)
+        kw = dict(mode=mode if backend == "inductor" else None, backend=backend, fullgraph=fullgraph, max_captures=64)
+        self._render = GuardedCompile(self.render_core, "generate: sampler + decoder", **kw)
+        self._encode = GuardedCompile(self.prompt_encoder.encode_ids, "generate: text encoder", **kw)
         self._cudagraphs = self.device.type == "cuda" and mode in CUDA_GRAPH_MODES
         self._compiled = True
         self.stats.compile_status = f"compiled ({backend}, mode={mode})"
 
     def _run(self, which: str, *args):
-        """Call the compiled function; on a compile error log it and fall back to eager."""
+        """Call the (guarded) compiled function: a compile error logs and runs eager from then on."""
         fn = self._render if which == "render" else self._encode
-        if not self._compiled:
-            return fn(*args)
-        try:
-            with strict_compile_errors():
-                return fn(*args)
-        except Exception as exc:  # compile errors surface on the first call; eager re-raises real ones
-            log.warning(
-                "compiled %s failed (%s: %s); falling back to eager",
-                which,
-                type(exc).__name__,
-                str(exc).splitlines()[0] if str(exc) else "",
-            )
-            self._render, self._encode = self.render_core, self.prompt_encoder.encode_ids
-            self._compiled = self._cudagraphs = False
-            self.stats.compile_status = f"eager (compile failed: {type(exc).__name__})"
-            eager = self._render if which == "render" else self._encode
-            return eager(*args)
+        out = fn(*args)
+        failed = self._compiled and (self._render.failed or self._encode.failed)
+        if failed and "compile failed" not in self.stats.compile_status:
+            self.stats.compile_status = f"eager (compile failed: {failed.split(':')[0]})"
+        return out
 
     # -- prompts -------------------------------------------------------------------------------
     @torch.no_grad()

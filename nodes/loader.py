@@ -14,7 +14,7 @@ from ..hypersd_core.lora_formats import (
     lora_modules,
     to_kohya,
 )
-from ..hypersd_core.presets import official_preset
+from ..hypersd_core.presets import lora_settings
 from .compat import io
 from .model_schedule import ONESTEP_OPTION
 
@@ -167,7 +167,7 @@ def apply_lora(model, clip, lora_name, strength_mode, strength_model, strength_c
 
     path = folder_paths.get_full_path_or_raise("loras", lora_name)
     state_dict, header = load_lora(path)
-    meta = HyperSDMetadata.from_header(header) or official_preset(lora_name)
+    meta = lora_settings(lora_name, header)
     base = model_base(model)
     # SD3/FLUX.1: ComfyUI maps their diffusers/kohya/BFL layouts itself; SD1.5/SDXL: kohya keys first.
     lora = dict(state_dict) if base in FLOW_BASES else to_kohya(state_dict, header)
