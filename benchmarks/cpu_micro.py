@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .machine import describe, machine_info
-from .report import RESULTS_DIR, markdown_table, write_json, write_text
+from .report import RESULTS_DIR, markdown_table, sampler_share_table, write_json, write_text
 from .speed_gpu import inference_section
 from .train_harness import measure_method
 from hypersd_models.specs import SD15, ModelSpec, embedded_spec
@@ -97,31 +97,7 @@ def markdown(res: dict) -> str:
     )
     sm = [r for r in res["inference"] if "sampler_seconds_per_step" in r]
     md.append("\nSampler math alone per step (zero-cost model) vs one isolated UNet call:\n\n")
-    md.append(
-        markdown_table(
-            [
-                "model",
-                "steps",
-                "sampler µs/step",
-                "sampler+wrapper µs/step",
-                "UNet ms/call",
-                "sampler share",
-                "sampler+wrapper share",
-            ],
-            [
-                [
-                    r["model"],
-                    r["steps"],
-                    1e6 * r["sampler_seconds_per_step"],
-                    1e6 * r["sampler_plus_wrapper_seconds_per_step"],
-                    1e3 * r["unet_call_seconds_isolated"],
-                    f"{100 * r['sampler_share_of_step']:.3f}%",
-                    f"{100 * r['sampler_plus_wrapper_share_of_step']:.3f}%",
-                ]
-                for r in sm
-            ],
-        )
-    )
+    md.append(sampler_share_table(sm))
     md.append("\nOne LoRA training step on the embedded model (fp32, rank 8, cfg 3-8 teacher guidance):\n\n")
     tr = res["training"]
     base = next((r for r in tr if r["method"] == "lcm_shared" and "samples_per_s" in r), None)

@@ -44,3 +44,33 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(fmt(c) for c in r) + " |" for r in rows]
     return "\n".join(out) + "\n"
+
+
+SAMPLER_SHARE_HEADER = [
+    "model",
+    "steps",
+    "sampler µs/step",
+    "sampler+wrapper µs/step",
+    "UNet ms/call",
+    "sampler share",
+    "sampler+wrapper share",
+]
+
+
+def sampler_share_table(rows: Sequence[dict]) -> str:
+    """The sampler-overhead rows of an inference benchmark (zero-cost model vs one UNet call)."""
+    return markdown_table(
+        SAMPLER_SHARE_HEADER,
+        [
+            [
+                r["model"],
+                r["steps"],
+                1e6 * r["sampler_seconds_per_step"],
+                1e6 * r["sampler_plus_wrapper_seconds_per_step"],
+                1e3 * r["unet_call_seconds_isolated"],
+                f"{100 * r['sampler_share_of_step']:.3f}%",
+                f"{100 * r['sampler_plus_wrapper_share_of_step']:.3f}%",
+            ]
+            for r in rows
+        ],
+    )

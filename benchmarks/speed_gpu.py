@@ -36,7 +36,7 @@ from hypersd_core.samplers import get_sigmas_tscd, sample_tscd, seeded_noise_sam
 from hypersd_core.schedule import VPSchedule, unit_noise_to_ve
 
 from .machine import describe, machine_info
-from .report import RESULTS_DIR, markdown_table, write_json, write_text
+from .report import RESULTS_DIR, markdown_table, sampler_share_table, write_json, write_text
 from hypersd_models.specs import SPECS, ModelSpec, build_unet, conditioning
 
 TINY_NOTE = "TINY MODE: tiny random UNets on the CPU; the numbers verify the code path and mean nothing."
@@ -641,31 +641,7 @@ def tables(results: dict) -> str:
         )
         sm = [r for r in results["inference"] if "sampler_seconds_per_step" in r]
         md.append("\nSampler math alone (zero-cost model), per step, vs one isolated UNet call:\n\n")
-        md.append(
-            markdown_table(
-                [
-                    "model",
-                    "steps",
-                    "sampler µs/step",
-                    "sampler+wrapper µs/step",
-                    "UNet ms/call",
-                    "sampler share",
-                    "sampler+wrapper share",
-                ],
-                [
-                    [
-                        r["model"],
-                        r["steps"],
-                        1e6 * r["sampler_seconds_per_step"],
-                        1e6 * r["sampler_plus_wrapper_seconds_per_step"],
-                        1e3 * r["unet_call_seconds_isolated"],
-                        f"{100 * r['sampler_share_of_step']:.3f}%",
-                        f"{100 * r['sampler_plus_wrapper_share_of_step']:.3f}%",
-                    ]
-                    for r in sm
-                ],
-            )
-        )
+        md.append(sampler_share_table(sm))
     if results.get("compile"):
         md.append("\n### torch.compile\n")
         for c in results["compile"]:
