@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from train.config import ModelConfig, load_config
-from hypersd_models.loading import ModelLoadError, load_model
+from hypersd_models.loading import TINY_UNET, ModelLoadError, load_model
 
 
 def _save_tiny_pipeline(folder, tokenizer_path, sdxl: bool):
@@ -44,17 +44,7 @@ def _save_tiny_pipeline(folder, tokenizer_path, sdxl: bool):
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2,
     )
-    unet_kw = dict(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
-        norm_num_groups=4,
-        attention_head_dim=2,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-    )
+    unet_kw = dict(TINY_UNET, in_channels=4, out_channels=4)
     tok = CLIPTokenizer.from_pretrained(str(tokenizer_path))
     sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     if sdxl:
@@ -128,7 +118,11 @@ def test_folder_teacher_trains_on_latents(tmp_path, tokenizer_path, kind):
     ]
     results = Trainer(load_config(kind, overrides=over)).run()
     assert (tmp_path / "out" / "samples.png").is_file()
-    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 4  # 2 steps x batch 2: every image cached
+    from safetensors import safe_open
+
+    cached = [safe_open(str(p), "pt").keys() for p in (tmp_path / "cache").rglob("*.safetensors")]
+    assert sum("x0" in keys for keys in cached) == 4  # 2 steps x batch 2: every image's latent cached
+    assert all("x0" in keys or "text.hidden" in keys for keys in cached)  # the rest: the captions' embeddings
     from hypersd_core.lora_formats import HyperSDMetadata, load_lora
 
     sd, header = load_lora(results["lora"]["kohya"])
