@@ -16,6 +16,7 @@ import base64
 import io
 import json
 import logging
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -31,6 +32,44 @@ log = logging.getLogger("hypersd_demo")
 
 HOST = "127.0.0.1"
 MAX_PROMPT_CHARS = 2000
+MAX_BODY_BYTES = 16 * 1024
+READ_TIMEOUT_S = 5.0  # a client that sends its request slower than this is disconnected
+MAX_CONNECTIONS = 64  # handler threads at once; more connections are answered 503 at once
+
+
+class BadRequest(ValueError):
+    """A request we answer with ``status`` and a one-line message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def parse_generate_request(body: bytes) -> tuple[str, int, str, int]:
+    """(prompt, seed, client, seq) from a /generate body, or BadRequest naming the field."""
+    try:
+        req = json.loads(body)
+    except RecursionError:
+        raise BadRequest(400, "the JSON body is nested too deeply") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadRequest(400, f"the body is not valid JSON ({e.__class__.__name__})") from None
+    if not isinstance(req, dict):
+        raise BadRequest(400, 'the body must be a JSON object like {"prompt": "...", "seed": 0}')
+    prompt = req.get("prompt", "")
+    if not isinstance(prompt, str):
+        raise BadRequest(400, "prompt must be a string")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise BadRequest(413, f"prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+    fields = {}
+    for name, lo, hi in (("seed", 0, 2**31 - 1), ("seq", 0, 2**63 - 1)):
+        v = req.get(name, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise BadRequest(400, f"{name} must be an integer in [{lo}, {hi}], got {str(v)[:40]}")
+        fields[name] = v
+    client = req.get("client", "-")
+    if not isinstance(client, str) or len(client) > 64:
+        raise BadRequest(400, "client must be a string of at most 64 characters")
+    return prompt, fields["seed"], client, fields["seq"]
 
 
 def encode_image(img: torch.Tensor) -> str:
@@ -81,8 +120,30 @@ class DemoState:
 
 def make_handler(state: DemoState, page: bytes):
     class Handler(BaseHTTPRequestHandler):
+        timeout = READ_TIMEOUT_S  # socket timeout: a slow or stalled client cannot hold a thread
+
         def log_message(self, fmt, *args):
             log.debug(fmt, *args)
+
+        def _read_body(self) -> bytes:
+            raw = self.headers.get("Content-Length")
+            if raw is None:
+                raise BadRequest(411, "Content-Length is required")
+            try:
+                n = int(raw)
+            except ValueError:
+                raise BadRequest(400, f"Content-Length must be a number, got {raw[:20]!r}") from None
+            if n < 0:
+                raise BadRequest(400, f"Content-Length must be >= 0, got {n}")
+            if n > MAX_BODY_BYTES:
+                raise BadRequest(413, f"the body is {n} bytes; the limit is {MAX_BODY_BYTES}")
+            try:
+                body = self.rfile.read(n)
+            except (TimeoutError, socket.timeout):
+                raise BadRequest(408, f"the body did not arrive within {READ_TIMEOUT_S:g} s") from None
+            if len(body) < n:
+                raise BadRequest(400, f"the body is {len(body)} bytes, shorter than its Content-Length {n}")
+            return body
 
         def _send(self, code: int, body: bytes = b"", ctype: str = "application/json") -> None:
             self.send_response(code)
@@ -117,14 +178,10 @@ def make_handler(state: DemoState, page: bytes):
                 self._send(404, b"not found", "text/plain")
                 return
             try:
-                n = int(self.headers.get("Content-Length", "0"))
-                req = json.loads(self.rfile.read(min(n, 64 * 1024)))
-                prompt = str(req.get("prompt", ""))[:MAX_PROMPT_CHARS]
-                seed = int(req.get("seed", 0)) & 0x7FFF_FFFF
-                seq = int(req.get("seq", 0))
-                client = str(req.get("client", "-"))[:64]
-            except (ValueError, TypeError, json.JSONDecodeError) as exc:
-                self._send(400, f"bad request: {exc}".encode(), "text/plain")
+                prompt, seed, client, seq = parse_generate_request(self._read_body())
+            except BadRequest as exc:
+                self.close_connection = True
+                self._send(exc.status, f"{exc}".encode(), "text/plain; charset=utf-8")
                 return
             try:
                 out = state.generate(prompt, seed, client, seq)
@@ -147,9 +204,55 @@ def make_server(state: DemoState, port: int = 0, debounce_ms: int = 40) -> Threa
         f"{state.generator.device} · {state.generator.stats.compile_status}",
         debounce_ms,
     )
-    server = ThreadingHTTPServer((HOST, port), make_handler(state, page))
+    server = BoundedThreadingHTTPServer((HOST, port), make_handler(state, page))
     server.daemon_threads = True
     return server
+
+
+class BoundedThreadingHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_connections`` at once: the rest get 503 at once."""
+
+    max_connections = MAX_CONNECTIONS
+    request_queue_size = 256  # listen backlog: accept (and refuse) a burst instead of stalling it in the kernel
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.slots = threading.BoundedSemaphore(self.max_connections)
+        self.refused = 0
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            self.refused += 1
+            try:
+                request.settimeout(1.0)
+                request.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                    b"Content-Length: 26\r\nConnection: close\r\n\r\nbusy: too many connections"
+                )
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
+def check_port_free(port: int) -> None:
+    """Fail before the model loads when the port is taken (0 always works)."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        probe.bind((HOST, port))
+    except OSError as e:
+        raise SystemExit(
+            f"error: cannot listen on {HOST}:{port} ({e.strerror}); pass --port 0 for a free port or stop what uses it"
+        ) from None
+    finally:
+        probe.close()
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -190,6 +293,7 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+    check_port_free(args.port)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     try:

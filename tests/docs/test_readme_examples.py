@@ -13,6 +13,9 @@ Substitutions (the examples name real models and data this CI does not have):
   one (the embedded model) is also started on a free port and its page fetched.
 - ``cd ComfyUI/custom_nodes`` + ``git clone <this repository> hypersd``: run in a temporary folder
   with this checkout as the repository.
+- ``accelerate launch ... --machine_rank 1 ...`` (the same command for another node): checked to
+  name a machine rank. A SLURM batch script (``#!/bin/bash`` + ``#SBATCH``): ``bash -n`` syntax
+  check, its accelerate config must exist, its ``-m train`` arguments run with ``--print-config``.
 - Not run, by name: ``bash .ci/setup`` / ``bash .ci/run`` (what CI itself runs), ``pip install``
   (the extras it names must exist in pyproject.toml), ``tensorboard --logdir`` (a viewer; its folder
   must be the one the trainer writes). Any other command fails this test until a rule is added.
@@ -116,6 +119,9 @@ def _run(argv, cwd, timeout=300):
 def _train_args(cmd: list[str]) -> list[str] | None:
     """The ``train`` arguments of a training command, or None if it is not one."""
     if cmd[:1] == ["accelerate"]:
+        if "-m" not in cmd:  # "the same with another --machine_rank": a variant of the line before
+            assert "--machine_rank" in cmd, f"accelerate line without -m train: {cmd}"
+            return []
         i = cmd.index("--config_file") if "--config_file" in cmd else None
         if i is not None:
             assert (REPO / cmd[i + 1]).is_file(), f"accelerate config {cmd[i + 1]} does not exist"
@@ -132,9 +138,20 @@ def test_shell_example_runs(code, tmp_path):
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     cwd = tmp_path
     demo_started = False
+    if code.startswith("#!/bin/bash") and "#SBATCH" in code:  # a SLURM batch script: syntax, config, train args
+        subprocess.run(["bash", "-n"], input=code, text=True, check=True)
+        for cfg in re.findall(r"--config_file (\S+)", code):
+            assert (REPO / cfg).is_file(), f"accelerate config {cfg} does not exist"
+        joined = re.sub(r"\\\n\s*", " ", code)
+        args = shlex.split(re.search(r"-m train (.*?)'?$", joined, re.S).group(1).strip().rstrip("'"))
+        r = _run([sys.executable, "-m", "train", *args, "--print-config"], REPO)
+        assert '"stages"' in r.stdout
+        return
     for cmd in commands(code):
         cmd = [a for a in cmd if a != "..."]
         train_args = _train_args(cmd)
+        if train_args == []:
+            continue
         if train_args is not None:
             r = _run([sys.executable, "-m", "train", *train_args, "--print-config"], REPO)
             assert '"stages"' in r.stdout
