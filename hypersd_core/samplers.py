@@ -68,6 +68,17 @@ def tscd_renoise_std(sigmas: torch.Tensor, sig_s: torch.Tensor) -> torch.Tensor:
     return (sigmas[1:] ** 2 - sig_s**2).clamp(min=0).sqrt()
 
 
+def _has_values(t: torch.Tensor) -> bool:
+    """False for tensors without data to check (fake tensors of a memory count, meta tensors)."""
+    if t.device.type == "meta":
+        return False
+    try:
+        from torch._subclasses.fake_tensor import is_fake
+    except ImportError:  # pragma: no cover - every torch this project supports has it
+        return True
+    return not is_fake(t)
+
+
 def check_sampler_inputs(x, sigmas, values: bool = True) -> None:
     """ValueError naming the argument for inputs a sampler cannot use.
 
@@ -84,7 +95,7 @@ def check_sampler_inputs(x, sigmas, values: bool = True) -> None:
             f"{tuple(sigmas.shape) if isinstance(sigmas, torch.Tensor) else type(sigmas).__name__}: "
             "steps must be >= 1"
         )
-    if values and not torch.compiler.is_compiling():
+    if values and not torch.compiler.is_compiling() and _has_values(x) and _has_values(sigmas):
         if not bool(torch.isfinite(x).all()):
             raise ValueError("x holds NaN or Inf values; check the input latent or noise")
         if not bool(torch.isfinite(sigmas).all()) or bool((sigmas < 0).any()) or bool((sigmas[1:] > sigmas[:-1]).any()):
