@@ -242,10 +242,12 @@ def check_weights_fit(lora, model, clip, lora_name) -> None:
     unet_map = comfy.lora.model_lora_keys_unet(model.model, {})
     modules = lora_modules(lora)
     if not modules & set(unet_map):
-        raise ValueError(
-            f"{lora_name} holds no diffusion-model weights (only text-encoder ones): it is not a Hyper-SD "
-            "LoRA; load text-encoder LoRAs with ComfyUI's LoraLoader"
-        )
+        if clip is None:
+            raise ValueError(
+                f"{lora_name} holds no diffusion-model weights (only text-encoder ones), so the model-only loader has "
+                "nothing to apply: use Hyper-SD LoRA Loader (with CLIP) or ComfyUI's LoraLoader"
+            )
+        logging.warning("Hyper-SD: %s holds only text-encoder weights; the diffusion model is unchanged", lora_name)
     weights = {k: v.shape for k, v in model.model.state_dict().items()}
     if clip is not None:
         weights.update({k: v.shape for k, v in clip.cond_stage_model.state_dict().items()})
