@@ -87,18 +87,48 @@ def sdxl_time_ids(height: int, width: int, batch: int, device=None, dtype=torch.
 class UNetNet(torch.nn.Module):
     """A diffusers-signature UNet as a VP network ``net(x, t, **cond)``: runs in ``dtype`` (None:
     the UNet's parameters' dtype), returns float32 so the sampler math stays in full precision.
-    The one UNet wrapper: the Generator, the trainer's sampling and the benchmarks use it."""
+    The one UNet wrapper: the Generator, the trainer's sampling and the benchmarks use it.
 
-    def __init__(self, unet: Callable, dtype: Optional[torch.dtype] = None):
+    ``controlnet``: a callable with diffusers' ``ControlNetModel`` signature; when the conditioning
+    holds ``control_image`` (B, C, H, W) in [0, 1] it is called on the same input, and its down/mid
+    residuals, times ``control_scale`` (a tensor: one value or one per sample), are added to the
+    UNet's. The ControlNet sees the same text embeddings as the UNet (no "guess mode")."""
+
+    def __init__(self, unet: Callable, dtype: Optional[torch.dtype] = None, controlnet: Optional[Callable] = None):
         super().__init__()
         self.unet = unet
         self.dtype = dtype
+        self.controlnet = controlnet
 
-    def forward(self, x, t, encoder_hidden_states, text_embeds=None, time_ids=None):
+    def forward(
+        self, x, t, encoder_hidden_states, text_embeds=None, time_ids=None, control_image=None, control_scale=None
+    ):
         added = None if text_embeds is None else {"text_embeds": text_embeds, "time_ids": time_ids}
         dtype = self.dtype or next(self.unet.parameters()).dtype
+        extra = {}
+        if control_image is not None:
+            if self.controlnet is None:
+                raise ValueError("a control image was given, but the model has no ControlNet")
+            down, mid = self.controlnet(
+                x.to(dtype),
+                t,
+                encoder_hidden_states=encoder_hidden_states,
+                controlnet_cond=control_image.to(dtype),
+                added_cond_kwargs=added,
+                return_dict=False,
+            )
+            scale = 1.0 if control_scale is None else control_scale.reshape(-1, 1, 1, 1).to(dtype)
+            extra = {
+                "down_block_additional_residuals": [r * scale for r in down],
+                "mid_block_additional_residual": mid * scale,
+            }
         out = self.unet(
-            x.to(dtype), t, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added, return_dict=False
+            x.to(dtype),
+            t,
+            encoder_hidden_states=encoder_hidden_states,
+            added_cond_kwargs=added,
+            return_dict=False,
+            **extra,
         )[0]
         return out.float()
 
@@ -129,7 +159,8 @@ class Generator:
 
     ``steps=1`` runs one model call at ``timestep`` (None: 999, ByteDance's unified LoRA; 800 for
     the SDXL 1-step UNet and for LoRAs whose header names it) and returns x0; ``steps>1`` runs the TSCD sampler with ``eta`` and
-    ``spacing``. ``compile`` is a torch.compile mode (e.g. "reduce-overhead" = CUDA graphs) or
+    ``spacing``. ``controlnet`` (diffusers' ControlNetModel signature, see :class:`UNetNet`) lets
+    ``generate`` take a control image and strength. ``compile`` is a torch.compile mode (e.g. "reduce-overhead" = CUDA graphs) or
     None; on a CPU a CUDA-graph mode is logged and skipped unless ``backend`` is a CPU backend.
     """
 
@@ -155,6 +186,7 @@ class Generator:
         backend: str = "inductor",
         fullgraph: bool = False,
         cache_size: int = 256,
+        controlnet: Optional[Callable] = None,
     ):
         self.device = torch.device(device)
         self.dtype = dtype
@@ -171,7 +203,10 @@ class Generator:
         self.steps = int(steps)
         self.eta = float(eta)
         self.schedule = schedule or VPSchedule.scaled_linear()
-        self.denoiser = DiscreteVPDenoiser(UNetNet(unet, dtype), self.schedule, prediction_type)
+        self.controlnet = controlnet
+        cfg = getattr(controlnet, "config", None)
+        self.control_channels = int(getattr(cfg, "conditioning_channels", None) or 3) if controlnet else 0
+        self.denoiser = DiscreteVPDenoiser(UNetNet(unet, dtype, controlnet), self.schedule, prediction_type)
         if self.steps == 1:
             sigmas = get_sigmas_onestep(999 if timestep is None else timestep, self.schedule)
         else:
@@ -244,8 +279,8 @@ class Generator:
         return cond
 
     # -- buffers -------------------------------------------------------------------------------
-    def _buffers_for(self, batch: int, height: int, width: int, cond: dict) -> _Buffers:
-        key = (batch, height, width)
+    def _buffers_for(self, batch: int, height: int, width: int, cond: dict, control: bool = False) -> _Buffers:
+        key = (batch, height, width, control)
         buf = self._buffers.get(key)
         if buf is not None:
             return buf
@@ -260,6 +295,9 @@ class Generator:
         }
         if self.sdxl:
             bcond["time_ids"] = sdxl_time_ids(height, width, batch, self.device, self.dtype).clone()
+        if control:  # a tensor strength: changing it needs no recompilation
+            bcond["control_image"] = torch.empty((batch, self.control_channels, height, width), device=self.device)
+            bcond["control_scale"] = torch.empty((batch,), device=self.device)
         if self._cudagraphs:
             for t in [noise, step_noise, *bcond.values()]:
                 if t is not None:
@@ -304,20 +342,36 @@ class Generator:
     # -- the public call -----------------------------------------------------------------------
     @torch.no_grad()
     def generate(
-        self, prompt: str, seed: int = 0, height: int = 512, width: int = 512, batch_size: int = 1
+        self,
+        prompt: str,
+        seed: int = 0,
+        height: int = 512,
+        width: int = 512,
+        batch_size: int = 1,
+        control_image: Optional[torch.Tensor] = None,
+        control_strength: float = 1.0,
     ) -> torch.Tensor:
         """uint8 images (batch, height, width, 3) on the CPU for ``prompt`` and ``seed``.
 
+        ``control_image``: (C, H, W) or (B, C, H, W) floats in [0, 1] at the output's pixel size,
+        C the ControlNet's conditioning channels (needs a Generator built with ``controlnet``);
+        ``control_strength`` in [0, 2] scales the ControlNet's residuals (0: no control).
         Raises ValueError for unusable arguments and FloatingPointError when the model's output is
         NaN/Inf (a broken LoRA, or fp16 overflow) instead of returning a black image."""
         self._check_call(prompt, seed, height, width, batch_size)
+        control = control_image is not None
+        if control:
+            control_image = self.check_control(control_image, control_strength, height, width, batch_size)
         t0 = time.perf_counter()
         cond = self.prompt_embeddings(prompt)
-        buf = self._buffers_for(batch_size, height, width, cond)
+        buf = self._buffers_for(batch_size, height, width, cond, control)
         if buf.prompt != prompt:
             for k, v in cond.items():
                 buf.cond[k].copy_(v.expand_as(buf.cond[k]))
             buf.prompt = prompt
+        if control:
+            buf.cond["control_image"].copy_(control_image.expand_as(buf.cond["control_image"]))
+            buf.cond["control_scale"].fill_(float(control_strength))
         self._gen.manual_seed(int(seed))
         buf.noise.normal_(generator=self._gen)
         if buf.step_noise is not None:
@@ -332,7 +386,7 @@ class Generator:
                 "or fp16 overflowed (try dtype float32 or bfloat16, or another LoRA)"
             )
         ms = (time.perf_counter() - t0) * 1e3
-        key = (batch_size, height, width)
+        key = (batch_size, height, width) + (("control",) if control else ())
         if self._compiled and buf.calls < 3:  # dynamo compile, then CUDA-graph warm-up and record
             self.stats.capture_s[key] = self.stats.capture_s.get(key, 0.0) + ms / 1e3
         buf.calls += 1
@@ -351,6 +405,41 @@ class Generator:
         for name, v in (("height", height), ("width", width)):
             if isinstance(v, bool) or not isinstance(v, int) or v < s or v % s:
                 raise ValueError(f"{name} must be a positive multiple of {s}, got {v!r}")
+
+    def check_control(self, image, strength, height: int, width: int, batch_size: int) -> torch.Tensor:
+        """The control image as (1 or B, C, H, W) float32 on the device, or ValueError saying what is wrong."""
+        if self.controlnet is None:
+            raise ValueError(
+                "a control image was given, but this generator has no ControlNet (load one: --controlnet PATH)"
+            )
+        c = self.control_channels
+        if not isinstance(image, torch.Tensor):
+            raise ValueError(
+                f"the control image must be a torch tensor (C, H, W) in [0, 1], got {type(image).__name__}"
+            )
+        if image.ndim == 3:
+            image = image[None]
+        if image.ndim != 4:
+            raise ValueError(f"the control image must be (C, H, W) or (B, C, H, W), got shape {tuple(image.shape)}")
+        if image.shape[1] != c:
+            raise ValueError(
+                f"the control image has {image.shape[1]} channel(s); this ControlNet takes {c} "
+                f"({'gray' if c == 1 else 'RGB'}), shape ({c}, {height}, {width})"
+            )
+        if tuple(image.shape[-2:]) != (height, width):
+            raise ValueError(
+                f"the control image is {image.shape[-1]}x{image.shape[-2]} (WxH); it must match the output "
+                f"size {width}x{height}: resize it first"
+            )
+        if image.shape[0] not in (1, batch_size):
+            raise ValueError(f"the control image batch is {image.shape[0]}; give 1 or batch_size={batch_size}")
+        if not image.is_floating_point():
+            raise ValueError(f"the control image must be floats in [0, 1], got {image.dtype}")
+        if not bool(torch.isfinite(image).all()) or float(image.min()) < 0 or float(image.max()) > 1:
+            raise ValueError("the control image must hold finite values in [0, 1]")
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 <= float(strength) <= 2.0:
+            raise ValueError(f"control_strength must be a number in [0, 2], got {strength!r}")
+        return image.to(self.device, torch.float32)
 
     def warmup(self, height: int = 512, width: int = 512, batch_size: int = 1, runs: int = 3) -> float:
         """Compile and capture for this shape ahead of time; returns the seconds it took."""

@@ -44,6 +44,38 @@ class Components:
     prediction_type: str = "epsilon"
     description: str = ""
     schedule: Optional[VPSchedule] = None  # None: SD's scaled-linear schedule
+    controlnet: Optional[torch.nn.Module] = None  # diffusers ControlNetModel: generate() takes a control image
+
+
+def attach_controlnet(comp: Components, path=None) -> Components:
+    """Load a ControlNet for ``comp``'s UNet (``path`` None: the embedded scribble ControlNet) into
+    ``comp.controlnet``; ModelLoadError (one line) for a missing file or one made for another model."""
+    from hypersd_models.controlnet import load_controlnet
+
+    comp.controlnet = load_controlnet(path, comp.unet, next(comp.unet.parameters()).dtype)
+    comp.description += f", ControlNet {'embedded scribble' if path is None else os.path.basename(str(path))}"
+    return comp
+
+
+def tiny_controlnet(comp: Components, seed: int = 0) -> Components:
+    """A random ControlNet for the tiny test models (its conditioning embedding downsamples by the
+    VAE factor, as SD's does by 8); zero-initialised outputs are replaced by random ones so the
+    control visibly changes the image."""
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed)
+    n = comp.vae_scale_factor.bit_length() - 1  # stride-2 blocks: log2(scale)
+    net = ControlNetModel.from_unet(
+        comp.unet,
+        conditioning_embedding_out_channels=tuple(16 * 2**i for i in range(n + 1)),
+        conditioning_channels=comp.latent_channels if comp.vae_scale_factor == 1 else 3,
+    )
+    with torch.no_grad():
+        for m in [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]:
+            torch.nn.init.normal_(m.weight, std=0.05)
+    comp.controlnet = net.eval().requires_grad_(False)
+    comp.description += ", random test ControlNet"
+    return comp
 
 
 def tiny_components(tokenizer_path=None, seed: int = 0, pixel_space: bool = False) -> Components:
@@ -161,21 +193,34 @@ def sd_components(
 
 
 def load_components(
-    kind: str, path=None, dtype=torch.float16, config=None, tiny_vae=None, tokenizer_path=None
+    kind: str, path=None, dtype=torch.float16, config=None, tiny_vae=None, tokenizer_path=None, controlnet=None
 ) -> Components:
+    """``controlnet``: a ControlNet path, "none" for none; None: the embedded scribble ControlNet for
+    the embedded model (when its files exist), none for the others."""
     if kind == "embedded":
-        return embedded_components(path, tokenizer_path)
-    if kind == "tiny":
-        return tiny_components(tokenizer_path)
-    if path is None:
+        comp = embedded_components(path, tokenizer_path)
+    elif kind == "tiny":
+        comp = tiny_components(tokenizer_path)
+    elif path is None:
         raise ModelLoadError(f"--model {kind} needs --path (a diffusers folder or a .safetensors file)")
-    return sd_components(kind, path, dtype, config, tiny_vae)
+    else:
+        comp = sd_components(kind, path, dtype, config, tiny_vae)
+    if controlnet is not None and str(controlnet) != "none":
+        attach_controlnet(comp, controlnet)
+    elif controlnet is None and kind == "embedded" and comp.description == "embedded digits model":
+        from hypersd_models.controlnet import EMBEDDED_CONTROLNET_DIR
+
+        if (EMBEDDED_CONTROLNET_DIR / "config.json").is_file():
+            attach_controlnet(comp)
+        else:
+            log.warning("embedded scribble ControlNet not found in %s; drawing is off", EMBEDDED_CONTROLNET_DIR)
+    return comp
 
 
 def tune_for_speed(comp: Components) -> None:
-    """:func:`tune_modules` for the UNet and the VAE. Merge any LoRA first: a fused UNet no longer
+    """:func:`tune_modules` for the UNet, the VAE and a ControlNet. Merge any LoRA first: a fused UNet no longer
     reads the separate to_q/to_k/to_v weights a later strength change would write."""
-    tune_modules(comp.unet, getattr(comp.decoder, "vae", None))
+    tune_modules(comp.unet, getattr(comp.decoder, "vae", None), comp.controlnet)
 
 
 def build_generator(
@@ -193,7 +238,7 @@ def build_generator(
     dmd/unified LoRAs: 800), as the ComfyUI scheduler node does, else at 999.
     ``tune=True`` applies :func:`tune_for_speed` after the LoRA merge; the returned LoraMerge is
     then None, as its strength can no longer change."""
-    for m in (comp.unet, comp.decoder, *comp.prompt_encoder.text_encoders):
+    for m in (comp.unet, comp.decoder, comp.controlnet, *comp.prompt_encoder.text_encoders):
         if m is None:
             continue
         if next(m.parameters()).dtype != dtype:
@@ -222,6 +267,7 @@ def build_generator(
         prediction_type=comp.prediction_type,
         sdxl=comp.kind == "sdxl",
         schedule=comp.schedule,
+        controlnet=comp.controlnet,
         **kwargs,
     )
     return gen, merged

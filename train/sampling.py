@@ -15,7 +15,8 @@ class GuidedUNet(torch.nn.Module):
     """``net(x_vp, t)`` = the UNet's output (through hypersd_core's ``UNetNet``) on fixed text
     embeddings, with CFG when ``cfg != 1`` (cond and uncond in one batch).
 
-    ``added_cond`` holds SDXL's extra conditioning (text_embeds, time_ids) when needed.
+    ``added_cond`` holds SDXL's extra conditioning (text_embeds, time_ids) and a ControlNet's
+    (control_image, control_scale: one per sample) when needed.
     """
 
     def __init__(
@@ -26,9 +27,10 @@ class GuidedUNet(torch.nn.Module):
         cfg: float = 1.0,
         added_cond: dict | None = None,
         added_uncond: dict | None = None,
+        controlnet=None,
     ):
         super().__init__()
-        self.net = UNetNet(unet)
+        self.net = UNetNet(unet, controlnet=controlnet)
         self.cond, self.uncond, self.cfg = cond, uncond, float(cfg)
         self.added_cond, self.added_uncond = added_cond or {}, added_uncond or {}
         if self.cfg != 1.0 and uncond is None:
@@ -60,14 +62,16 @@ def sample_images(
     onestep_timestep: int | None = None,
     added_cond=None,
     added_uncond=None,
+    controlnet=None,
 ) -> torch.Tensor:
     """Generate from unit-variance VP noise (diffusers' convention) -> x0 in model space.
 
     ``steps`` TSCD/DDIM steps (eta=0 is DDIM); with ``onestep_timestep``, one step is the one-step
-    (DMD) sampler from that timestep.
+    (DMD) sampler from that timestep. ``controlnet`` (with control_image/control_scale in
+    ``added_cond`` and ``added_uncond``) steers both CFG branches.
     """
     schedule = schedule or VPSchedule.scaled_linear()
-    net = GuidedUNet(unet, cond, uncond, cfg, added_cond, added_uncond)
+    net = GuidedUNet(unet, cond, uncond, cfg, added_cond, added_uncond, controlnet)
     model = DiscreteVPDenoiser(net, schedule, prediction_type)
     sigmas = get_sigmas_tscd(steps, schedule, spacing=spacing, onestep_timestep=onestep_timestep).to(noise.device)
     x = unit_noise_to_ve(noise, sigmas[0])
