@@ -9,7 +9,6 @@ As a script it writes the template thumbnails, workflows/<name>.jpg, from a fres
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import shutil
@@ -20,10 +19,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver") or (
-    "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None
-)
+if str(HERE.parent) not in sys.path:  # as a script: the shared browser helper in tests/
+    sys.path.insert(0, str(HERE.parent))
+from browser import CHROMEDRIVER, CHROMIUM, chromium  # noqa: E402,F401  (re-exported for test_frontend)
+
 THUMBNAIL_WIDTH = 512
 
 # What the frontend made of a workflow: node types it lacks, its graph (nodes, links, widget
@@ -52,40 +51,6 @@ app.loadGraphData(wf, true, true, null).then(async () => {
   done({missing, nodes, links, prompt});
 }).catch(e => done({error: String(e && e.stack || e)}));
 """
-
-
-@contextlib.contextmanager
-def chromium(width: int = 1400, height: int = 900):
-    """A headless Chromium (selenium) with its browser console log kept."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="hypersd-chromium-")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        f"--window-size={width},{height}",
-        f"--user-data-dir={profile}",
-    ):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(180)
-    driver.set_script_timeout(180)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 # No first-run templates browser and no missing-model dialog (the test server has none of the

@@ -3,10 +3,8 @@
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -98,40 +96,15 @@ def test_demo_http_api(demo_url):
     assert info["text_encoder_calls"] == 2 and info["dropped_stale"] >= 1
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver") or (
-    "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None
-)
-
-
 @pytest.fixture
 def browser():
-    if not CHROMIUM or not CHROMEDRIVER:
-        pytest.skip("Chromium not installed (apt-get install -y chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install selenium)")
-    from selenium.webdriver.chrome.service import Service
+    import browser as chrome
 
-    profile = tempfile.mkdtemp(prefix="hypersd-chromium-")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={profile}",
-    ):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
-    shutil.rmtree(profile, ignore_errors=True)
+    reason = chrome.missing()
+    if reason:
+        pytest.skip(reason)
+    with chrome.chromium(timeout=60) as driver:
+        yield driver
 
 
 def _image_state(driver):
