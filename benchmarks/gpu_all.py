@@ -60,6 +60,14 @@ TASKS = (
         "real-time generation latency, eager vs compiled (CUDA graphs)",
     ),
     Task(
+        "controlnet_gpu",
+        "benchmarks.controlnet_gpu",
+        (),
+        ("--tiny", "--no-compile"),
+        150,
+        "ms per image with a ControlNet (SD1.5 + SD1.5 ControlNet, 1/2/4 steps, eager vs compiled)",
+    ),
+    Task(
         "speed_training",
         "benchmarks.speed_gpu",
         ("--sections", "training"),

@@ -157,9 +157,10 @@ def _single_file(p: Path, unet, dtype):
     return net.to(dtype)
 
 
-def control_image_from_array(arr, channels: int, size: int) -> torch.Tensor:
+def control_image_from_array(arr, channels: int, size: int, binarize: bool = False) -> torch.Tensor:
     """A uint8 image (H, W) or (H, W, C) -> a control image (1, channels, size, size) in [0, 1]
-    (area-resized; RGB averaged to gray for a 1-channel ControlNet, gray repeated for 3)."""
+    (area-resized; RGB averaged to gray for a 1-channel ControlNet, gray repeated for 3).
+    ``binarize``: strokes = pixels at least half white, as the embedded scribbles are binary."""
     x = torch.as_tensor(arr).float() / 255.0
     if x.ndim == 2:
         x = x[..., None]
@@ -172,4 +173,6 @@ def control_image_from_array(arr, channels: int, size: int) -> torch.Tensor:
         x = x.expand(-1, 3, -1, -1)
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="area")
+    if binarize:
+        x = (x >= 0.5).float()
     return x.clamp(0, 1).contiguous()

@@ -57,3 +57,14 @@ def test_spent_budget_runs_nothing(tmp_path):
 def test_unknown_task_is_one_clear_line(capsys):
     assert main(["--tiny", "--only", "nope"]) == 2
     assert "unknown task(s) nope" in capsys.readouterr().err
+
+
+def test_controlnet_entry_tiny(tmp_path):
+    """The ms-per-image-with-control entry runs in --tiny mode through gpu_all and records both figures."""
+    out = tmp_path / "res"
+    assert main(["--tiny", "--only", "controlnet_gpu", "--budget", "600", "--out-dir", str(out)]) == 0
+    rows = json.loads((out / "controlnet_gpu.json").read_text())["rows"]
+    assert set(rows) == {"eager 1 step", "eager 2 step"}
+    for r in rows.values():
+        assert "error" not in r, r.get("traceback")
+        assert r["no_control"]["ms"] > 0 and r["control"]["ms"] > 0 and r["control_over_plain"] > 0
