@@ -127,3 +127,85 @@ def test_controlnet_file_round_trip(ctiny, tmp_path):
     for p in (tmp_path / "cn", tmp_path / "cn.safetensors"):
         got = attach_controlnet(ctiny, p).controlnet.state_dict()
         assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref)
+
+
+# -- the demo's /generate body: the drawing as a data URL ------------------------------------------
+def _data_url(img, fmt="PNG"):
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _body(**kw):
+    import json
+
+    return json.dumps(dict({"prompt": "a handwritten digit 7", "seed": 0, "seq": 1, "client": "t"}, **kw)).encode()
+
+
+def test_control_field_is_parsed():
+    from PIL import Image, ImageDraw
+
+    from hypersd_demo.server import parse_generate_request
+
+    img = Image.new("RGB", (256, 256))
+    ImageDraw.Draw(img).line([(40, 40), (216, 40), (120, 230)], fill="white", width=40)
+    *_, control, strength = parse_generate_request(_body(control=_data_url(img), strength=0.5), (1, 16))
+    assert control.shape == (1, 1, 16, 16) and set(control.unique().tolist()) == {0.0, 1.0}
+    assert control[0, 0, 2, 8] == 1 and control[0, 0, 8, 1] == 0 and strength == 0.5  # the top bar, not the left edge
+    *_, control, strength = parse_generate_request(_body(control=_data_url(img, "JPEG")), (3, 32))
+    assert control.shape == (1, 3, 32, 32) and strength == 1.0 and 0 < float(control.mean()) < 1
+    assert parse_generate_request(_body(), (1, 16))[4] is None  # no drawing: no control
+
+
+@pytest.mark.parametrize(
+    "kw, control, status, needle",
+    [
+        ({"control": 5}, (1, 16), 400, "control must be a PNG or JPEG data URL"),
+        ({"control": "data:text/plain;base64,aGk="}, (1, 16), 400, "control must be a PNG or JPEG data URL"),
+        ({"control": "data:image/png;base64,@@@"}, (1, 16), 400, "control is not valid base64"),
+        ({"control": "data:image/png;base64,aGVsbG8="}, (1, 16), 400, "not a readable PNG or JPEG"),
+        ({"control": "big"}, (1, 16), 413, "the limit is 4096 a side"),
+        ({"control": "data:image/png;base64,aGk="}, None, 400, "no ControlNet: start it with --controlnet PATH"),
+        ({"strength": 3}, (1, 16), 400, r"strength must be a number in \[0, 2\]"),
+        ({"strength": True}, (1, 16), 400, "strength must be a number"),
+    ],
+)
+def test_bad_control_field(kw, control, status, needle):
+    from PIL import Image
+
+    from hypersd_demo.server import BadRequest, parse_generate_request
+
+    if kw.get("control") == "big":
+        kw = {"control": _data_url(Image.new("L", (4097, 8)))}
+    with pytest.raises(BadRequest, match=needle) as e:
+        parse_generate_request(_body(**kw), control)
+    assert e.value.status == status and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_control_core_compiles_as_one_graph(ctiny, steps):
+    """With a ControlNet the sampling core still traces without graph breaks, and a new control
+    image or strength reuses the graph (they live in static buffers)."""
+    gen, _ = build_generator(ctiny, steps=steps, eta=0.5)
+    ref = gen.generate("a cat", seed=3, height=SIZE, width=SIZE, control_image=_control(0), control_strength=0.7)
+    buf = gen._buffers[(1, SIZE, SIZE, True)]
+    core = torch.compile(gen.render_core, fullgraph=True, backend="eager", dynamic=False)
+    img, finite = core(buf.noise, buf.step_noise, buf.cond)
+    assert torch.equal(img, ref) and bool(finite)
+
+
+def test_compiled_generator_follows_new_control_without_recompiling(ctiny):
+    from torch._dynamo.testing import CompileCounter
+
+    eager, _ = build_generator(ctiny)
+    cnt = CompileCounter()
+    gen, _ = build_generator(ctiny, backend=cnt)
+    frames = []
+    for i, s in ((0, 1.0), (1, 0.5), (2, 2.0)):
+        kw = dict(seed=1, height=SIZE, width=SIZE, control_image=_control(i), control_strength=s)
+        assert torch.equal(gen.generate("a cat", **kw), eager.generate("a cat", **kw))
+        frames.append(cnt.frame_count)
+    assert frames[0] > 0 and frames[0] == frames[-1]  # one graph for every control image and strength

@@ -151,3 +151,44 @@ def test_page_follows_typing_in_headless_chromium(demo_url, browser):
     assert len(px2) == len(px1) and px2 != px1, "the image must change with the prompt"
     assert float(st[3]) > 0 and float(st[4]) > 0
     assert browser.find_element(By.ID, "status").text == ""
+
+
+def _draw(driver, points):
+    """One mouse stroke through ``points`` (pixels from the canvas centre)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    canvas = driver.find_element(By.ID, "canvas")
+    chain = ActionChains(driver).move_to_element_with_offset(canvas, *points[0]).click_and_hold()
+    prev = points[0]
+    for p in points[1:]:
+        chain = chain.move_by_offset(p[0] - prev[0], p[1] - prev[1])
+        prev = p
+    chain.release().perform()
+
+
+def test_page_follows_drawing_in_headless_chromium(demo_url, browser, tmp_path):
+    """Draw a stroke with the mouse: an image made with the drawing arrives; draw another: it changes.
+    HYPERSD_SCREENSHOT=path also saves the page (the README's scribble demo picture)."""
+    from selenium.webdriver.common.by import By
+
+    browser.set_window_size(1000, 760)
+    browser.get(demo_url)
+    assert browser.find_element(By.ID, "canvas").is_displayed(), "the embedded model's page must offer a canvas"
+    box = browser.find_element(By.ID, "prompt")
+    box.send_keys("a handwritten digit 7")
+    st = _wait_for(browser, lambda s: s[1] == "a handwritten digit 7" and s[2])
+    src0 = st[0]
+    control = lambda: browser.execute_script("return document.getElementById('image').dataset.control")  # noqa: E731
+    assert control() == "0"
+    _draw(browser, [(-70, -90), (70, -90), (0, 100)])  # a 7
+    st = _wait_for(browser, lambda s: s[0] != src0 and s[2] and control() == "1")
+    src1, px1 = st[0], _pixels(browser)
+    assert browser.find_element(By.ID, "status").text == ""
+    _draw(browser, [(-60, 0), (60, 0)])  # a crossbar
+    _wait_for(browser, lambda s: s[0] != src1 and s[2] and control() == "1")
+    px2 = _pixels(browser)
+    assert len(px2) == len(px1) and px2 != px1, "the image must change with the drawing"
+    shot = Path(os.environ.get("HYPERSD_SCREENSHOT") or tmp_path / "scribble_demo.png")
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 1000
