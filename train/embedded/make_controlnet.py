@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import time
 from pathlib import Path
@@ -25,11 +24,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hypersd_core.parameterization import add_noise
 from hypersd_core.schedule import VPSchedule
 from hypersd_models.controlnet import EMBEDDED_CONTROLNET_DIR, build_embedded_controlnet, scribble, stroke_iou
 from hypersd_models.embedded import encode_prompts, load_embedded
-from train.digits import all_captions, load_digit_splits, random_captions, random_shift
+from train.digits import load_digit_splits, random_captions
+from train.embedded.make_embedded import caption_table, digit_batch, noised_batch, warmup_cosine
 from train.metrics import digit_reader
 from train.sampling import sample_images
 
@@ -43,26 +42,15 @@ def train_controlnet(teacher, train, seed: int, steps: int, batch: int = 64, lr:
     unet = teacher.unet.float().eval().requires_grad_(False)
     net = build_embedded_controlnet(unet, seed).float().train()
     schedule = VPSchedule.scaled_linear()
-    caps = [c for c, _ in all_captions()]
-    table = dict(zip(caps + [""], encode_prompts(teacher.text_encoder, teacher.tokenizer, caps + [""])))
+    table = caption_table(teacher.text_encoder, teacher.tokenizer)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
-    warm = 50
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * (0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)) * 0.9 + 0.1)
-    )
-    n = len(train.labels)
+    sched = warmup_cosine(opt, steps, warm=50)
     t0 = time.time()
     for step in range(steps):
-        idx = torch.randint(0, n, (batch,), generator=gen)
-        x0 = random_shift(train.images[idx], 1, gen)
+        idx, x0 = digit_batch(train, batch, gen)
         thr = (torch.rand((batch, 1, 1, 1), generator=gen) * 2 - 1) * THRESHOLD_JITTER
         control = (x0 > thr).float()
-        prompts = [p if rng.random() >= 0.1 else "" for p in random_captions(train.labels[idx], rng)]
-        emb = torch.stack([table[p] for p in prompts])
-        t = torch.randint(0, schedule.num_train_timesteps, (batch,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        alpha, sigma = schedule.alpha_sigma(t)
-        x_t = add_noise(x0, noise, alpha, sigma)
+        emb, t, noise, x_t = noised_batch(x0, train.labels[idx], table, schedule, gen, rng)
         down, mid = net(x_t, t, encoder_hidden_states=emb, controlnet_cond=control, return_dict=False)
         pred = unet(
             x_t, t, encoder_hidden_states=emb, down_block_additional_residuals=down, mid_block_additional_residual=mid

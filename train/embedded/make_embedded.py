@@ -60,6 +60,35 @@ def train_classifier(train, test, seed: int, epochs: int = 20) -> tuple[DigitCla
     return clf, acc
 
 
+def caption_table(text_encoder, tokenizer) -> dict:
+    """{caption: its text embeddings} for every training caption and the empty prompt."""
+    caps = [c for c, _ in all_captions()]
+    return dict(zip(caps + [""], encode_prompts(text_encoder, tokenizer, caps + [""])))
+
+
+def warmup_cosine(opt, steps: int, warm: int):
+    """Linear warm-up over ``warm`` steps, then cosine decay to 10 % at ``steps``."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * (0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)) * 0.9 + 0.1)
+    )
+
+
+def digit_batch(train, batch: int, gen: torch.Generator):
+    """(indices, images shifted by up to one pixel) of a random training batch."""
+    idx = torch.randint(0, len(train.labels), (batch,), generator=gen)
+    return idx, random_shift(train.images[idx], 1, gen)
+
+
+def noised_batch(x0, labels, table: dict, schedule, gen: torch.Generator, rng: random.Random):
+    """(text embeddings with 10 % of prompts dropped, timesteps, noise, noised images) for ``x0``."""
+    prompts = [p if rng.random() >= 0.1 else "" for p in random_captions(labels, rng)]
+    emb = torch.stack([table[p] for p in prompts])
+    t = torch.randint(0, schedule.num_train_timesteps, (len(x0),), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    alpha, sigma = schedule.alpha_sigma(t)
+    return emb, t, noise, add_noise(x0, noise, alpha, sigma)
+
+
 def train_teacher(
     train,
     text_encoder,
@@ -77,24 +106,13 @@ def train_teacher(
     unet = build_unet()
     ema = copy.deepcopy(unet).requires_grad_(False)
     schedule = VPSchedule.scaled_linear()
-    caps = [c for c, _ in all_captions()]
-    table = dict(zip(caps + [""], encode_prompts(text_encoder, tokenizer, caps + [""])))
+    table = caption_table(text_encoder, tokenizer)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
-    warm = 100
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * (0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)) * 0.9 + 0.1)
-    )
-    n = len(train.labels)
+    sched = warmup_cosine(opt, steps, warm=100)
     t0 = time.time()
     for step in range(steps):
-        idx = torch.randint(0, n, (batch,), generator=gen)
-        x0 = random_shift(train.images[idx], 1, gen)
-        prompts = [p if rng.random() >= 0.1 else "" for p in random_captions(train.labels[idx], rng)]
-        emb = torch.stack([table[p] for p in prompts])
-        t = torch.randint(0, schedule.num_train_timesteps, (batch,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        alpha, sigma = schedule.alpha_sigma(t)
-        x_t = add_noise(x0, noise, alpha, sigma)
+        idx, x0 = digit_batch(train, batch, gen)
+        emb, t, noise, x_t = noised_batch(x0, train.labels[idx], table, schedule, gen, rng)
         loss = F.mse_loss(unet(x_t, t, encoder_hidden_states=emb).sample, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
