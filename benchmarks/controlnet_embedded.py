@@ -3,6 +3,7 @@
     python -m benchmarks.controlnet_embedded --lora "TSCD LoRA=RUN/hypersd_lora.safetensors" \
         --lora "unified LoRA=RUN2/hypersd_lora.safetensors"          # ~10 min on 2 shared cores
     python -m benchmarks.controlnet_embedded --quick --lora NAME=PATH  # CI: 1 digit per class, 1-2 steps
+    (--lora "NAME@K=PATH" measures a LoRA at K steps only: a k-segment stage LoRA at its own k)
 
 The embedded scribble ControlNet (train/embedded/controlnet, hypersd_models.controlnet) steers the
 teacher UNet with and without a LoRA merged (hypersd_core's LoraMerge, as a user loads it; the
@@ -139,11 +140,12 @@ def run(args) -> dict:
 
     for spec in args.lora:
         name, path = spec.split("=", 1)
+        name, _, only = name.partition("@")
         eta, onestep = lora_header(path)
         sd, meta = load_lora(path)
         merge = LoraMerge(b.unet, sd, 1.0, metadata=meta)
         try:
-            for k in steps:
+            for k in [int(only)] if only else steps:
                 os1 = onestep if k == 1 else None
                 label = f"{name} {k} step" + (f" t={os1}" if os1 else "")
                 add(label, "lora", k, k, lambda: b.generate(k, 1.0, eta, os1), lora=name, eta=eta, path=str(path))
@@ -231,7 +233,13 @@ def markdown(res: dict) -> str:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lora", action="append", default=[], metavar="NAME=PATH", help="a LoRA to measure (repeatable)")
+    ap.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="NAME[@K]=PATH",
+        help="a LoRA to measure at 1/2/4/8 steps, or at K steps only with @K (repeatable)",
+    )
     ap.add_argument("--controlnet", default=None, help="a ControlNet folder (default: the embedded one)")
     ap.add_argument("--per-digit", type=int, default=10, help="held-out scribbles per digit class")
     ap.add_argument("--seed", type=int, default=0)
@@ -242,8 +250,9 @@ def main(argv=None) -> int:
     args.argv = argv
     for spec in args.lora:
         name, _, path = spec.partition("=")
-        if not name or not path:
-            ap.error(f"--lora takes NAME=PATH, got {spec!r}")
+        only = name.partition("@")[2]
+        if not name or not path or (only and not only.isdigit()):
+            ap.error(f"--lora takes NAME=PATH or NAME@K=PATH, got {spec!r}")
         if not Path(path).exists():
             ap.error(f"--lora {name}: {path} not found")
     if args.per_digit < 1:

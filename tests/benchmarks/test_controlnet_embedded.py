@@ -31,7 +31,8 @@ def _export(tmp_path) -> str:
 def test_controlnet_benchmark_quick(tmp_path):
     out = tmp_path / "cn.json"
     lora = _export(tmp_path)
-    assert main(["--quick", "--per-digit", "2", "--lora", f"L={lora}", "--out", str(out)]) == 0
+    args = ["--quick", "--per-digit", "2", "--lora", f"L={lora}", "--lora", f"S@2={lora}", "--out", str(out)]
+    assert main(args) == 0
     res = json.loads(out.read_text())
     rows = res["rows"]
     want = {
@@ -43,6 +44,7 @@ def test_controlnet_benchmark_quick(tmp_path):
         "teacher DDIM 2 cfg 1",
         "L 1 step t=800",
         "L 2 step",
+        "S 2 step",  # @2: at its own step count only
     }
     assert set(rows) == want
     assert res["n_samples"] == 20
@@ -50,7 +52,7 @@ def test_controlnet_benchmark_quick(tmp_path):
         assert 0.0 <= r["control_iou"] <= 1.0 and 0.0 <= r["adherence"] <= 1.0 and math.isfinite(r["control_kept"])
     assert rows["teacher DDIM 4 cfg 3"]["control_kept"] == 1.0
     assert rows["L 2 step"]["calls"] == 2 and rows["teacher DDIM 2 cfg 3"]["calls"] == 4
-    assert set(res["lora_control_kept_2plus_steps"]) == {"L 2 step"}
+    assert set(res["lora_control_kept_2plus_steps"]) == {"L 2 step", "S 2 step"}
     assert set(res["equal_calls"]["L 2 step"]) == {"teacher DDIM 2 cfg 1", "teacher DDIM 1 cfg 3"}
     # the committed ControlNet steers: the outputs follow the scribbles more than without it
     assert rows["teacher DDIM 4 cfg 3"]["control_iou"] > rows["teacher DDIM 4 cfg 3, no ControlNet"]["control_iou"]
