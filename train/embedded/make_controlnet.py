@@ -8,7 +8,8 @@ trained with the teacher frozen on the teacher's own epsilon loss, the control i
 digit's scribble (hypersd_models.controlnet.scribble: pixels above mid-grey; the threshold is
 varied in training so thinner and thicker strokes both work). 10 % of the prompts are dropped, as
 for the teacher, so classifier-free guidance works with control. Deterministic for a seed on one
-machine (single thread); 500 steps took 20 min on one core of the shared 2-core CPU (load 6-8). Writes config.json +
+machine (single thread); 500 steps took 20 min on one core of the shared 2-core CPU (load
+6-8). Writes config.json +
 diffusion_pytorch_model.safetensors (fp16, loadable by ``ControlNetModel.from_pretrained``) and
 train_info.json with the held-out control agreement and adherence at DDIM 25, cfg 3.
 """
