@@ -137,11 +137,12 @@ def summary_ms(xs: list[float]) -> dict:
     }
 
 
-def start_demo(threads: int) -> tuple[subprocess.Popen, int]:
+def start_demo(threads: int, steps: int | None = None) -> tuple[subprocess.Popen, int]:
     """``python -m hypersd_demo`` (embedded model) on a free port; (process, port)."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "hypersd_demo", "--model", "embedded", "--port", "0", "--threads", str(threads)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hypersd_demo", "--model", "embedded", "--port", "0", "--threads", str(threads)],
+        cmd + (["--steps", str(steps)] if steps else []),
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -166,6 +167,7 @@ def start_demo(threads: int) -> tuple[subprocess.Popen, int]:
 async def measure(port: int, pid: int, n_slow: int, n_clients: int, per_client: int, singles: int) -> dict:
     peak = {"threads": thread_count(pid), "open": 0}
     errors: list[str] = []
+    gen_ms: list[float] = []  # the server's own generation time per image
     sampling = True
 
     async def sample() -> None:
@@ -183,6 +185,7 @@ async def measure(port: int, pid: int, n_slow: int, n_clients: int, per_client: 
             return
         if status == 200:
             into.append(s)
+            gen_ms.append(json.loads(body)["ms"])
         else:
             errors.append(f"{client}: HTTP {status} {body[:60]!r}")
 
@@ -239,6 +242,7 @@ async def measure(port: int, pid: int, n_slow: int, n_clients: int, per_client: 
         "parallel_during_slow": summary_ms(parallel),
         "parallel_wall_s": parallel_wall,
         "parallel_requests_per_s": len(parallel) / parallel_wall,
+        "generate_ms_median": statistics.median(gen_ms) if gen_ms else None,
         "errors": errors,
         "threads_idle": threads_idle,
         "threads_peak": peak["threads"],
@@ -255,11 +259,12 @@ def main(argv=None) -> int:
     p.add_argument("--requests", type=int, default=4, help="requests per parallel client, one after another")
     p.add_argument("--singles", type=int, default=20, help="single requests made one at a time")
     p.add_argument("--threads", type=int, default=1, help="torch threads in the demo")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the demo's, 4 for the embedded teacher)")
     p.add_argument("--out", default=str(RESULTS_DIR / "demo_load.json"))
     args = p.parse_args(argv)
 
     load_before = os.getloadavg()
-    proc, port = start_demo(args.threads)
+    proc, port = start_demo(args.threads, args.steps)
     try:
         r = asyncio.run(measure(port, proc.pid, args.slow, args.clients, args.requests, args.singles))
         r["process_alive_after"] = proc.poll() is None
@@ -293,7 +298,8 @@ def main(argv=None) -> int:
         f"open connections seen by the server: peak {r['open_connections_peak']}; "
         f"slow connections held: {r['slow_held_during_single']} during the single requests, "
         f"{r['slow_held_after_parallel']} after the parallel ones ({r['slow_reconnects']} reconnects after being cut off); "
-        f"parallel throughput {r['parallel_requests_per_s']:.1f} requests/s; "
+        f"parallel throughput {r['parallel_requests_per_s']:.1f} requests/s "
+        f"(the server's generation time per image: median {r['generate_ms_median']:.0f} ms, one at a time); "
         f"server up afterwards: {r['up_after'] and r['process_alive_after']}\n\n"
         f"Rerun: `{res['command'].strip()}`\n"
     )
