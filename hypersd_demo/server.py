@@ -219,7 +219,7 @@ class DemoServer:
         self.open += 1
         try:
             try:
-                reply = await self._answer(reader)
+                reply = await self._answer(reader, writer)
             except BadRequest as exc:
                 reply = _reply(exc.status, f"{exc}".encode(), "text/plain; charset=utf-8")
             if reply is not None:
@@ -235,7 +235,7 @@ class DemoServer:
             self.open -= 1
             self._writers.discard(writer)
 
-    async def _answer(self, reader: asyncio.StreamReader) -> tuple | None:
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple | None:
         """The reply to one request, or None when the client left before sending one."""
         phase = "request"
         try:
@@ -251,8 +251,16 @@ class DemoServer:
                     raise BadRequest(501, f"method {method[:20]} is not supported; use GET or POST")
                 if path != "/generate":
                     return _reply(404, b"not found", "text/plain")
+                n = _content_length(headers)
+                if headers.get("expect", "").lower() == "100-continue":  # curl asks for bodies over 1 kB
+                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 phase = "body"
-                body = await _read_body(reader, headers)
+                try:
+                    body = await reader.readexactly(n)
+                except asyncio.IncompleteReadError as e:
+                    raise BadRequest(
+                        400, f"the body is {len(e.partial)} bytes, shorter than its Content-Length {n}"
+                    ) from None
         except TimeoutError:
             raise BadRequest(408, f"the {phase} did not arrive within {self.read_timeout:g} s") from None
         prompt, seed, client, seq = parse_generate_request(body)
@@ -354,7 +362,7 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, 
     raise BadRequest(431, f"more than {MAX_HEADERS} header lines")
 
 
-async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+def _content_length(headers: dict[str, str]) -> int:
     raw = headers.get("content-length")
     if raw is None:
         raise BadRequest(411, "Content-Length is required")
@@ -366,10 +374,7 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> b
         raise BadRequest(400, f"Content-Length must be >= 0, got {n}")
     if n > MAX_BODY_BYTES:
         raise BadRequest(413, f"the body is {n} bytes; the limit is {MAX_BODY_BYTES}")
-    try:
-        return await reader.readexactly(n)
-    except asyncio.IncompleteReadError as e:
-        raise BadRequest(400, f"the body is {len(e.partial)} bytes, shorter than its Content-Length {n}") from None
+    return n
 
 
 def connection_cap(wanted: int = MAX_CONNECTIONS) -> int:

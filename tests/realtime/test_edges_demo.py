@@ -198,6 +198,10 @@ def test_normal_requests_answer_while_slow_connections_are_held(start, n_slow, n
 def test_beyond_the_connection_cap_a_fast_503_then_served_again(start):
     srv = start(read_timeout=30.0, max_connections=8)
     port = srv.server_address[1]
+    for _ in range(200):  # the warm-up connection has closed on the server's side too
+        if srv.open == 0:
+            break
+        time.sleep(0.01)
 
     async def scenario():
         slow = SlowClients(port, 8)
@@ -234,6 +238,25 @@ def test_requests_made_stale_while_queued_answer_204(served):
     replies = asyncio.run(scenario())
     assert [r[0] for r in replies] == [204, 204, 204, 204, 200]
     assert json.loads(replies[-1][1])["seq"] == 5
+
+
+def test_expect_100_continue_is_answered_before_the_body(served):
+    """curl sends bodies over 1 kB only after a 100 Continue (or after waiting a second)."""
+    port = served.server_address[1]
+    body = generate_body("a cat " * 200)
+
+    async def scenario():
+        reader, writer = await connect(port)
+        head = f"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n"
+        writer.write(head.encode())
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        writer.write(body)
+        final = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        return interim, final
+
+    interim, final = asyncio.run(scenario())
+    assert interim.startswith(b"HTTP/1.1 100 ") and final.startswith(b"HTTP/1.1 200 "), (interim, final[:80])
 
 
 def test_port_in_use_fails_before_the_model_loads():
