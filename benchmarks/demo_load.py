@@ -137,20 +137,19 @@ def summary_ms(xs: list[float]) -> dict:
     }
 
 
-def start_demo(threads: int, steps: int | None = None) -> tuple[subprocess.Popen, int]:
-    """``python -m hypersd_demo`` (embedded model) on a free port; (process, port)."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "hypersd_demo", "--model", "embedded", "--port", "0", "--threads", str(threads)]
+def start_demo(args: list[str], env: dict[str, str] | None = None, wait_s: float = 300) -> tuple[subprocess.Popen, int]:
+    """``python -m hypersd_demo --model embedded --port 0 ARGS``; (process, port) once it serves.
+    Its output pipe is kept drained; RuntimeError with its last lines when it does not start."""
     proc = subprocess.Popen(
-        cmd + (["--steps", str(steps)] if steps else []),
+        [sys.executable, "-m", "hypersd_demo", "--model", "embedded", "--port", "0", *args],
         cwd=REPO,
-        env=env,
+        env=dict(os.environ, PYTHONPATH=str(REPO), **(env or {})),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     lines = []
-    deadline = time.time() + 300
+    deadline = time.time() + wait_s
     while time.time() < deadline:
         line = proc.stdout.readline()
         if not line:
@@ -158,10 +157,10 @@ def start_demo(threads: int, steps: int | None = None) -> tuple[subprocess.Popen
         lines.append(line)
         m = re.search(r"serving on http://127\.0\.0\.1:(\d+)/", line)
         if m:
-            threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
             return proc, int(m.group(1))
     proc.kill()
-    raise SystemExit("error: the demo did not start:\n" + "".join(lines[-20:]))
+    raise RuntimeError("the demo did not start:\n" + "".join(lines[-20:]))
 
 
 async def measure(port: int, pid: int, n_slow: int, n_clients: int, per_client: int, singles: int) -> dict:
@@ -264,7 +263,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     load_before = os.getloadavg()
-    proc, port = start_demo(args.threads, args.steps)
+    try:
+        proc, port = start_demo(["--threads", str(args.threads)] + (["--steps", str(args.steps)] if args.steps else []))
+    except RuntimeError as e:
+        raise SystemExit(f"error: {e}") from None
     try:
         r = asyncio.run(measure(port, proc.pid, args.slow, args.clients, args.requests, args.singles))
         r["process_alive_after"] = proc.poll() is None
