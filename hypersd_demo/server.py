@@ -18,13 +18,17 @@ import base64
 import io
 import json
 import logging
-import resource
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 
 import torch
+
+try:
+    import resource  # Unix: the open-file limit
+except ImportError:  # Windows
+    resource = None
 
 from hypersd_models.loading import DTYPES, ModelLoadError
 from hypersd_models.tuning import inductor_tuning
@@ -379,14 +383,18 @@ def _content_length(headers: dict[str, str]) -> int:
 
 def connection_cap(wanted: int = MAX_CONNECTIONS) -> int:
     """``wanted``, lowered to fit the open-file limit (a connection is a file descriptor)."""
+    if resource is None:
+        return wanted
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return wanted
     return max(8, min(wanted, soft - FD_RESERVE))
 
 
-def raise_fd_limit(wanted: int = MAX_CONNECTIONS + 2 * 128) -> None:
+def raise_fd_limit(wanted: int = MAX_CONNECTIONS + 2 * FD_RESERVE) -> None:
     """Raise the soft open-file limit towards ``wanted`` (at most the hard limit)."""
+    if resource is None:
+        return
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < wanted:
         target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)

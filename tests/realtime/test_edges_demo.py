@@ -266,3 +266,19 @@ def test_port_in_use_fails_before_the_model_loads():
         port = s.getsockname()[1]
         with pytest.raises(SystemExit, match=f"cannot listen on 127.0.0.1:{port}.*--port 0"):
             demo.main(["--port", str(port), "--path", "/nonexistent/model"])
+
+
+@pytest.mark.skipif(demo.resource is None, reason="no open-file limit on this platform")
+@pytest.mark.parametrize(
+    "soft, cap", [(512, 512 - demo.FD_RESERVE), (demo.MAX_CONNECTIONS + 2 * demo.FD_RESERVE, demo.MAX_CONNECTIONS)]
+)
+def test_connection_cap_fits_the_open_file_limit(soft, cap):
+    res = demo.resource
+    old = res.getrlimit(res.RLIMIT_NOFILE)
+    if old[1] != res.RLIM_INFINITY and old[1] < soft:
+        pytest.skip(f"hard open-file limit {old[1]} < {soft}")
+    try:
+        res.setrlimit(res.RLIMIT_NOFILE, (soft, old[1]))
+        assert demo.connection_cap() == cap
+    finally:
+        res.setrlimit(res.RLIMIT_NOFILE, old)
