@@ -78,10 +78,27 @@ def consistency_target(
     return torch.where(mask, x_prev, tgt)
 
 
-def adversarial_timesteps(ts: TSCDTimesteps, grid: SegmentGrid, u: torch.Tensor) -> torch.Tensor:
-    """t_a = t_e + floor(u*T/k) in [t_e, t_e + T/k), clamped to >= 0 (a valid UNet timestep)."""
-    span = grid.num_train_timesteps // grid.num_segments
-    t_a = ts.t_edge + torch.floor(u.to(torch.float64) * span).long().to(ts.t_edge.device)
+def mixed_tscd_timesteps(grids: list[SegmentGrid], index: torch.Tensor, which: torch.Tensor):
+    """Timesteps of a batch whose sample b uses ``grids[which[b]]`` (all on one solver grid), and the
+    per-sample segment counts: one batch trains several segmentations at once."""
+    n = {g.num_solver_steps for g in grids}
+    if len(n) != 1:
+        raise ValueError(f"mixed segmentations must share one solver grid, got {sorted(n)} steps")
+    all_ts = [tscd_timesteps(g, index) for g in grids]
+    which = which.long().to(index.device)
+    pick = lambda field: torch.stack([getattr(t, field) for t in all_ts]).gather(0, which[None])[0]  # noqa: E731
+    segments = torch.tensor([g.num_segments for g in grids], device=index.device)[which]
+    return TSCDTimesteps(index.long(), all_ts[0].t, all_ts[0].t_prev, pick("t_edge"), pick("boundary")), segments
+
+
+def adversarial_timesteps(
+    ts: TSCDTimesteps, grid: SegmentGrid, u: torch.Tensor, segments: torch.Tensor | None = None
+) -> torch.Tensor:
+    """t_a = t_e + floor(u*T/k) in [t_e, t_e + T/k), clamped to >= 0 (a valid UNet timestep);
+    ``segments``: per-sample k of a mixed batch (default: the grid's)."""
+    k = grid.num_segments if segments is None else segments.to(ts.t_edge.device)
+    span = grid.num_train_timesteps // k
+    t_a = ts.t_edge + torch.floor(u.to(torch.float64).to(ts.t_edge.device) * span).long()
     return t_a.clamp(min=0, max=grid.num_train_timesteps - 1)
 
 

@@ -5,22 +5,30 @@
         --tiny-vae /models/taesd --compile reduce-overhead --lora hyper-sd15-1step-lora.safetensors
 
 Serves on 127.0.0.1 only (``--port 0`` picks a free port; the URL is printed on stdout).
-Generations run one at a time; a request that became stale while waiting (its client already
-sent a newer one) is answered 204 without generating.
+One event loop serves every connection, so slow or idle clients cost no thread; generations run
+one at a time on one worker thread, and a request that became stale while waiting (its client
+already sent a newer one) is answered 204 without generating.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import io
 import json
 import logging
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
 
 import torch
+
+try:
+    import resource  # Unix: the open-file limit
+except ImportError:  # Windows
+    resource = None
 
 from hypersd_models.loading import DTYPES, ModelLoadError
 from hypersd_models.tuning import inductor_tuning
@@ -33,8 +41,14 @@ log = logging.getLogger("hypersd_demo")
 HOST = "127.0.0.1"
 MAX_PROMPT_CHARS = 2000
 MAX_BODY_BYTES = 16 * 1024
-READ_TIMEOUT_S = 5.0  # a client that sends its request slower than this is disconnected
-MAX_CONNECTIONS = 64  # handler threads at once; more connections are answered 503 at once
+READ_TIMEOUT_S = 5.0  # a request must arrive in full within this after connecting, else 408
+WRITE_TIMEOUT_S = 10.0  # a client that does not read its reply within this is disconnected
+LINGER_S = 1.0  # after a reply, unread request bytes are drained this long before closing
+MAX_CONNECTIONS = 1024  # open at once; the next connection is answered 503 and closed
+FD_RESERVE = 128  # file descriptors kept for the model, logs and refusing connections
+LISTEN_BACKLOG = 1024
+MAX_LINE_BYTES = 65536  # request line or one header line (as http.server)
+MAX_HEADERS = 100
 
 
 class BadRequest(ValueError):
@@ -118,128 +132,292 @@ class DemoState:
         return {"seq": seq, "prompt": prompt, "ms": ms, "image": encode_image(img[0])}
 
 
-def make_handler(state: DemoState, page: bytes):
-    class Handler(BaseHTTPRequestHandler):
-        timeout = READ_TIMEOUT_S  # socket timeout: a slow or stalled client cannot hold a thread
+class DemoServer:
+    """HTTP on one asyncio event loop: a connection costs no thread while its request arrives.
 
-        def log_message(self, fmt, *args):
-            log.debug(fmt, *args)
+    One request per connection (answered with ``Connection: close``). The request (line, headers
+    and body) must arrive within ``read_timeout`` of the connection opening, else 408. At most
+    ``max_connections`` are open at once; the next one is answered 503 at once and closed.
+    Generations run one at a time on a single worker thread.
+    Use like ``socketserver``: ``serve_forever()`` in one thread, ``shutdown()`` from another.
+    """
 
-        def _read_body(self) -> bytes:
-            raw = self.headers.get("Content-Length")
-            if raw is None:
-                raise BadRequest(411, "Content-Length is required")
-            try:
-                n = int(raw)
-            except ValueError:
-                raise BadRequest(400, f"Content-Length must be a number, got {raw[:20]!r}") from None
-            if n < 0:
-                raise BadRequest(400, f"Content-Length must be >= 0, got {n}")
-            if n > MAX_BODY_BYTES:
-                raise BadRequest(413, f"the body is {n} bytes; the limit is {MAX_BODY_BYTES}")
-            try:
-                body = self.rfile.read(n)
-            except (TimeoutError, socket.timeout):
-                raise BadRequest(408, f"the body did not arrive within {READ_TIMEOUT_S:g} s") from None
-            if len(body) < n:
-                raise BadRequest(400, f"the body is {len(body)} bytes, shorter than its Content-Length {n}")
-            return body
+    def __init__(
+        self,
+        state: DemoState,
+        page: bytes,
+        port: int = 0,
+        read_timeout: float | None = None,
+        max_connections: int | None = None,
+    ):
+        self.state = state
+        self.page = page
+        self.read_timeout = READ_TIMEOUT_S if read_timeout is None else read_timeout
+        self.max_connections = max_connections or connection_cap()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.sock.bind((HOST, port))
+            self.sock.listen(LISTEN_BACKLOG)
+        except OSError:
+            self.sock.close()
+            raise
+        self.sock.setblocking(False)
+        self.server_address = self.sock.getsockname()
+        self.open = 0  # connections being served now
+        self.refused = 0  # connections answered 503 because ``max_connections`` were open
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hypersd-generate")
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._closing = False
+        self._done = threading.Event()
+        self._writers: set[asyncio.StreamWriter] = set()
 
-        def _send(self, code: int, body: bytes = b"", ctype: str = "application/json") -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            if body:
-                self.wfile.write(body)
+    # -- life cycle -------------------------------------------------------------------------------
 
-        def do_GET(self):
-            if self.path in ("/", "/index.html"):
-                self._send(200, page, "text/html; charset=utf-8")
-            elif self.path == "/info":
-                g = state.generator
-                info = {
-                    "model": state.description,
-                    "size": state.size,
-                    "steps": g.steps,
-                    "device": str(g.device),
-                    "compile": g.stats.compile_status,
-                    "text_encoder_calls": g.stats.text_encoder_calls,
-                    "images": g.stats.images,
-                    "dropped_stale": state.dropped,
-                }
-                self._send(200, json.dumps(info).encode())
-            else:
-                self._send(404, b"not found", "text/plain")
+    def serve_forever(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        finally:
+            self._done.set()
 
-        def do_POST(self):
-            if self.path != "/generate":
-                self._send(404, b"not found", "text/plain")
+    async def _serve(self) -> None:
+        stop = asyncio.Event()
+        with self._lock:
+            if self._closing:
                 return
+            self._loop, self._stop = asyncio.get_running_loop(), stop
+        server = await asyncio.start_server(self._connection, sock=self.sock, limit=MAX_LINE_BYTES)
+        try:
+            await stop.wait()
+        finally:
+            server.close()
+            for writer in list(self._writers):
+                writer.transport.abort()
+
+    def shutdown(self) -> None:
+        """Stop serve_forever (from another thread) and wait until it has returned."""
+        with self._lock:
+            self._closing = True
+            loop, stop = self._loop, self._stop
+        if loop is not None:
+            loop.call_soon_threadsafe(stop.set)
+            self._done.wait()
+
+    def server_close(self) -> None:
+        self.sock.close()
+        self.worker.shutdown(wait=False, cancel_futures=True)
+
+    # -- one connection ---------------------------------------------------------------------------
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        if self.open >= self.max_connections:
+            self.refused += 1
             try:
-                prompt, seed, client, seq = parse_generate_request(self._read_body())
+                await self._finish(writer, reader, *_reply(503, b"busy: too many connections", "text/plain"))
+            finally:
+                self._writers.discard(writer)
+            return
+        self.open += 1
+        try:
+            try:
+                reply = await self._answer(reader, writer)
             except BadRequest as exc:
-                self.close_connection = True
-                self._send(exc.status, f"{exc}".encode(), "text/plain; charset=utf-8")
-                return
-            try:
-                out = state.generate(prompt, seed, client, seq)
-            except Exception as exc:  # report to the page instead of dropping the connection
-                log.exception("generation failed")
-                self._send(500, f"generation failed: {type(exc).__name__}: {exc}".encode(), "text/plain")
-                return
-            if out is None:
-                self._send(204)
+                reply = _reply(exc.status, f"{exc}".encode(), "text/plain; charset=utf-8")
+            if reply is not None:
+                await self._finish(writer, reader, *reply)
             else:
-                self._send(200, json.dumps(out).encode())
+                writer.transport.abort()
+        except OSError:  # the client reset the connection
+            writer.transport.abort()
+        except Exception:  # a bug must not take the server down; log it and drop this connection
+            log.exception("error while serving a connection")
+            writer.transport.abort()
+        finally:
+            self.open -= 1
+            self._writers.discard(writer)
 
-    return Handler
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple | None:
+        """The reply to one request, or None when the client left before sending one."""
+        phase = "request"
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                head = await _read_head(reader)
+                if head is None:
+                    return None
+                method, path, headers = head
+                log.debug("%s %s", method, path)
+                if method == "GET":
+                    return self._get(path)
+                if method != "POST":
+                    raise BadRequest(501, f"method {method[:20]} is not supported; use GET or POST")
+                if path != "/generate":
+                    return _reply(404, b"not found", "text/plain")
+                n = _content_length(headers)
+                if headers.get("expect", "").lower() == "100-continue":  # curl asks for bodies over 1 kB
+                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                phase = "body"
+                try:
+                    body = await reader.readexactly(n)
+                except asyncio.IncompleteReadError as e:
+                    raise BadRequest(
+                        400, f"the body is {len(e.partial)} bytes, shorter than its Content-Length {n}"
+                    ) from None
+        except TimeoutError:
+            raise BadRequest(408, f"the {phase} did not arrive within {self.read_timeout:g} s") from None
+        prompt, seed, client, seq = parse_generate_request(body)
+        self.state.note(client, seq)  # at arrival: an older request still queued becomes stale
+        try:
+            out = await asyncio.get_running_loop().run_in_executor(
+                self.worker, self._generate, prompt, seed, client, seq
+            )
+        except Exception as exc:  # report to the page instead of dropping the connection
+            log.exception("generation failed")
+            return _reply(500, f"generation failed: {type(exc).__name__}: {exc}".encode(), "text/plain")
+        return _reply(204) if out is None else _reply(200, out)
+
+    def _generate(self, prompt: str, seed: int, client: str, seq: int) -> bytes | None:
+        out = self.state.generate(prompt, seed, client, seq)
+        return None if out is None else json.dumps(out).encode()
+
+    def _get(self, path: str) -> tuple:
+        if path in ("/", "/index.html"):
+            return _reply(200, self.page, "text/html; charset=utf-8")
+        if path == "/info":
+            g, state = self.state.generator, self.state
+            info = {
+                "model": state.description,
+                "size": state.size,
+                "steps": g.steps,
+                "device": str(g.device),
+                "compile": g.stats.compile_status,
+                "text_encoder_calls": g.stats.text_encoder_calls,
+                "images": g.stats.images,
+                "dropped_stale": state.dropped,
+                "open_connections": self.open,
+                "refused_connections": self.refused,
+            }
+            return _reply(200, json.dumps(info).encode())
+        return _reply(404, b"not found", "text/plain")
+
+    async def _finish(self, writer: asyncio.StreamWriter, reader: asyncio.StreamReader, head: bytes, body: bytes):
+        """Send the reply, half-close, and let the client read it before the socket closes.
+
+        Closing with unread request bytes would reset the connection and could lose the reply,
+        so what the client still sends is read and dropped for up to LINGER_S.
+        """
+        try:
+            writer.write(head + body)
+            async with asyncio.timeout(WRITE_TIMEOUT_S):
+                await writer.drain()
+            if writer.can_write_eof():
+                writer.write_eof()
+            async with asyncio.timeout(LINGER_S):
+                while await reader.read(65536):
+                    pass
+        except (TimeoutError, OSError):
+            pass
+        finally:
+            if writer.transport.get_write_buffer_size():
+                writer.transport.abort()  # the client stopped reading
+            else:
+                writer.close()
 
 
-def make_server(state: DemoState, port: int = 0, debounce_ms: int = 40) -> ThreadingHTTPServer:
-    """An HTTP server on 127.0.0.1:port (0 = a free port) serving the page and /generate."""
+def _reply(status: int, body: bytes = b"", ctype: str = "application/json") -> tuple[bytes, bytes]:
+    """(status line and headers, body) of a reply that closes the connection."""
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: {ctype}\r\n"
+        f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode("latin-1"), body
+
+
+async def _read_line(reader: asyncio.StreamReader, status: int, what: str) -> bytes | None:
+    """One line with its newline, or None when the client closed the connection before it ended."""
+    try:
+        line = await reader.readline()
+    except ValueError:  # longer than the reader's limit
+        raise BadRequest(status, f"the {what} is longer than {MAX_LINE_BYTES} bytes") from None
+    return line if line.endswith(b"\n") else None
+
+
+async def _read_head(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str]] | None:
+    """(method, path, headers with lower-case names), or None when the client left before its end."""
+    line = await _read_line(reader, 414, "request line")
+    if line is None:
+        return None
+    parts = line.decode("latin-1").split()
+    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+        raise BadRequest(400, f"bad request line {line[:60].decode('latin-1').strip()!r}")
+    headers: dict[str, str] = {}
+    for _ in range(MAX_HEADERS + 1):
+        line = await _read_line(reader, 431, "header line")
+        if line is None:
+            return None
+        if line in (b"\r\n", b"\n"):
+            return parts[0], parts[1], headers
+        name, sep, value = line.decode("latin-1").partition(":")
+        if not sep or not name.strip():
+            raise BadRequest(400, f"bad header line {line[:60].decode('latin-1').strip()!r}")
+        headers[name.strip().lower()] = value.strip()
+    raise BadRequest(431, f"more than {MAX_HEADERS} header lines")
+
+
+def _content_length(headers: dict[str, str]) -> int:
+    raw = headers.get("content-length")
+    if raw is None:
+        raise BadRequest(411, "Content-Length is required")
+    try:
+        n = int(raw)
+    except ValueError:
+        raise BadRequest(400, f"Content-Length must be a number, got {raw[:20]!r}") from None
+    if n < 0:
+        raise BadRequest(400, f"Content-Length must be >= 0, got {n}")
+    if n > MAX_BODY_BYTES:
+        raise BadRequest(413, f"the body is {n} bytes; the limit is {MAX_BODY_BYTES}")
+    return n
+
+
+def connection_cap(wanted: int = MAX_CONNECTIONS) -> int:
+    """``wanted``, lowered to fit the open-file limit (a connection is a file descriptor)."""
+    if resource is None:
+        return wanted
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(8, min(wanted, soft - FD_RESERVE))
+
+
+def raise_fd_limit(wanted: int = MAX_CONNECTIONS + 2 * FD_RESERVE) -> None:
+    """Raise the soft open-file limit towards ``wanted`` (at most the hard limit)."""
+    if resource is None:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+
+
+def make_server(
+    state: DemoState,
+    port: int = 0,
+    debounce_ms: int = 40,
+    read_timeout: float | None = None,
+    max_connections: int | None = None,
+) -> DemoServer:
+    """A server on 127.0.0.1:port (0 = a free port) serving the page and /generate."""
     page = render_page(
         f"{state.description} · {state.size}×{state.size} · {state.generator.steps} step(s) · "
         f"{state.generator.device} · {state.generator.stats.compile_status}",
         debounce_ms,
     )
-    server = BoundedThreadingHTTPServer((HOST, port), make_handler(state, page))
-    server.daemon_threads = True
-    return server
-
-
-class BoundedThreadingHTTPServer(ThreadingHTTPServer):
-    """A thread per connection, at most ``max_connections`` at once: the rest get 503 at once."""
-
-    max_connections = MAX_CONNECTIONS
-    request_queue_size = 256  # listen backlog: accept (and refuse) a burst instead of stalling it in the kernel
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.slots = threading.BoundedSemaphore(self.max_connections)
-        self.refused = 0
-
-    def process_request(self, request, client_address):
-        if not self.slots.acquire(blocking=False):
-            self.refused += 1
-            try:
-                request.settimeout(1.0)
-                request.sendall(
-                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-                    b"Content-Length: 26\r\nConnection: close\r\n\r\nbusy: too many connections"
-                )
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request, client_address):
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
+    return DemoServer(state, page, port, read_timeout, max_connections)
 
 
 def check_port_free(port: int) -> None:
@@ -294,6 +472,7 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     check_port_free(args.port)
+    raise_fd_limit()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     try:

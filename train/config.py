@@ -117,6 +117,11 @@ class StageConfig:
 
     name: str = "tscd"
     segments: int = 8
+    # Segment counts of earlier stages this stage keeps training on (the unified recipe): a
+    # keep_fraction share of each batch draws its k from keep_segments, so the LoRA still serves
+    # those step counts after the final k=1 stage.
+    keep_segments: list[int] = field(default_factory=list)
+    keep_fraction: float = 0.0
     steps: int = 1000
     lr: float | None = None  # None: optim.lr
     loss: str = "huber"  # huber | mse
@@ -294,6 +299,19 @@ def config_problems(cfg: TrainConfig) -> list[str]:
                 f"{w}: solver_steps={cfg.solver_steps} is not divisible by segments={s.segments}; "
                 "use a grid divisible by every segment count (40 or 80 for 8/4/2/1)"
             )
+        for k in s.keep_segments if isinstance(s.keep_segments, list) else [s.keep_segments]:
+            if not (isinstance(k, int) and k >= 1) or cfg.solver_steps % k:
+                out.append(
+                    f"{w}: keep_segments entry {k!r} must be a segment count dividing solver_steps={cfg.solver_steps}"
+                )
+        need(
+            isinstance(s.keep_fraction, (int, float)) and 0 <= s.keep_fraction <= 1,
+            f"{w}: keep_fraction must be in [0, 1], got {s.keep_fraction!r}",
+        )
+        need(
+            not s.keep_fraction or s.keep_segments,
+            f"{w}: keep_fraction={s.keep_fraction} needs keep_segments (the segment counts to keep)",
+        )
         least = 0 if lo.init_from else 1  # 0 steps only re-exports a LoRA given by lora.init_from
         need(
             isinstance(s.steps, int) and s.steps >= least,

@@ -2,17 +2,10 @@
 
 import json
 import os
-import re
-import subprocess
-import sys
-import threading
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_stale_request_is_dropped_without_generating(tiny):
@@ -39,42 +32,15 @@ def _post(url, body):
 @pytest.fixture(scope="module")
 def demo_url(tokenizer_path):
     """`python -m hypersd_demo` on a free loopback port with the embedded model (or its stand-in)."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), HYPERSD_TOKENIZER=str(tokenizer_path))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hypersd_demo",
-            "--model",
-            "embedded",
-            "--port",
-            "0",
-            "--threads",
-            "1",
-            "--debounce-ms",
-            "30",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines, url = [], None
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        m = re.search(r"serving on (http://127\.0\.0\.1:\d+/)", line)
-        if m:
-            url = m.group(1)
-            break
-    if url is None:
-        proc.kill()
-        pytest.fail("demo did not start:\n" + "".join(lines))
-    threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
+    from benchmarks.demo_load import start_demo
+
+    try:
+        proc, port = start_demo(
+            ["--threads", "1", "--debounce-ms", "30"], {"HYPERSD_TOKENIZER": str(tokenizer_path)}, 120
+        )
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    url = f"http://127.0.0.1:{port}/"
     yield url
     proc.terminate()
     proc.wait(timeout=20)

@@ -18,6 +18,7 @@ from hypersd_core.tscd import (
     adversarial_timesteps,
     consistency_target,
     jump_to,
+    mixed_tscd_timesteps,
     perturb_noise,
     renoise_in_segment,
     student_edge_prediction,
@@ -137,6 +138,24 @@ def test_adversarial_renoise_stays_in_segment():
     y = renoise_in_segment(torch.zeros(4000, 1), te, ta, z, SCHED)
     expect = (1 - SCHED.alpha_bar(499) / SCHED.alpha_bar(249)).sqrt()
     assert abs(y.std().item() - float(expect)) < 0.03
+
+
+def test_mixed_batch_takes_each_samples_own_segmentation():
+    grids = [SegmentGrid(40, k) for k in (1, 2, 4, 8)]
+    index = torch.arange(40).repeat(4)
+    which = torch.arange(4).repeat_interleave(40)
+    ts, segments = mixed_tscd_timesteps(grids, index, which)
+    for j, g in enumerate(grids):
+        own = tscd_timesteps(g, torch.arange(40))
+        rows = slice(40 * j, 40 * (j + 1))
+        for field in ("t", "t_prev", "t_edge", "boundary"):
+            assert torch.equal(getattr(ts, field)[rows], getattr(own, field)), (g.num_segments, field)
+        assert bool((segments[rows] == g.num_segments).all())
+    # the discriminator's re-noise window follows each sample's own segment length (T/k)
+    t_a = adversarial_timesteps(ts, grids[0], torch.full((160,), 0.999), segments)
+    assert bool((t_a < ts.t_edge + 1000 // segments).all()) and bool((t_a >= ts.t_edge.clamp(min=0)).all())
+    with pytest.raises(ValueError, match="one solver grid"):
+        mixed_tscd_timesteps([SegmentGrid(40, 2), SegmentGrid(80, 2)], index[:2], which[:2] * 0)
 
 
 def test_perturb_noise():

@@ -90,4 +90,6 @@ class Stage:
 
     def metadata(self) -> dict:
         """HyperSDMetadata fields for the LoRA exported after this stage."""
-        return {"segments": self.cfg.segments, "steps": [self.cfg.segments], "stage": self.stage_name}
+        kept = self.cfg.keep_segments if self.cfg.keep_fraction > 0 else []
+        steps = sorted({self.cfg.segments, *kept})
+        return {"segments": self.cfg.segments, "steps": steps, "stage": self.stage_name}

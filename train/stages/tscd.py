@@ -15,6 +15,7 @@ from hypersd_core.segments import SegmentGrid
 from hypersd_core.tscd import (
     adversarial_timesteps,
     consistency_target,
+    mixed_tscd_timesteps,
     perturb_noise,
     renoise_in_segment,
     student_edge_prediction,
@@ -46,6 +47,9 @@ class TSCDStage(Stage):
     def setup(self) -> None:
         ctx, cfg = self.ctx, self.cfg
         self.grid = SegmentGrid(ctx.config.solver_steps, cfg.segments, ctx.config.num_train_timesteps)
+        self.keep_grids = [
+            SegmentGrid(ctx.config.solver_steps, k, ctx.config.num_train_timesteps) for k in cfg.keep_segments
+        ]
         self.ema = LoraEMA(ctx.base_unet, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.disc = self.d_opt = None
         if cfg.adv_weight > 0:
@@ -132,7 +136,15 @@ class TSCDStage(Stage):
         ctx, cfg = self.ctx, self.cfg
         x0 = batch.x0.float()
         n = x0.shape[0]
-        ts = tscd_timesteps(self.grid, self.grid.sample_indices(n, ctx.generator))
+        index = self.grid.sample_indices(n, ctx.generator)
+        segments = None
+        if self.keep_grids and cfg.keep_fraction > 0:
+            # a keep_fraction share of the batch trains an earlier stage's segmentation
+            kept = torch.rand(n, generator=ctx.generator) < cfg.keep_fraction
+            pick = torch.randint(0, len(self.keep_grids), (n,), generator=ctx.generator)
+            ts, segments = mixed_tscd_timesteps([self.grid, *self.keep_grids], index, torch.where(kept, pick + 1, 0))
+        else:
+            ts = tscd_timesteps(self.grid, index)
         ts = type(ts)(*(v.to(ctx.device) for v in (ts.index, ts.t, ts.t_prev, ts.t_edge, ts.boundary)))
         noise = perturb_noise(self._randn(x0), cfg.noise_perturbation, ctx.generator)
         a, s = ctx.schedule.alpha_sigma(ts.t, device=ctx.device)
@@ -145,13 +157,15 @@ class TSCDStage(Stage):
         ).sample
         pred = student_edge_prediction(out.float(), x_t, ts, ctx.schedule, ctx.prediction_type)
         l_cd = consistency_loss(pred, target, cfg.loss, cfg.huber_c)
-        return l_cd, {"loss/consistency": l_cd.detach()}, {"x0": x0, "ts": ts, "pred": pred, "target": target}
+        pieces = {"x0": x0, "ts": ts, "segments": segments, "pred": pred, "target": target}
+        return l_cd, {"loss/consistency": l_cd.detach()}, pieces
 
     def adversarial_term(self, batch: Batch, pieces: dict) -> tuple[torch.Tensor, dict]:
         """The generator side of the adversarial loss on the student's edge prediction, re-noised
         within its segment; records in ``pieces`` what the discriminator update needs."""
         ctx, ts, n = self.ctx, pieces["ts"], pieces["x0"].shape[0]
-        t_a = adversarial_timesteps(ts, self.grid, torch.rand(n, generator=ctx.generator)).to(ctx.device)
+        u = torch.rand(n, generator=ctx.generator)
+        t_a = adversarial_timesteps(ts, self.grid, u, pieces["segments"]).to(ctx.device)
         z = self._randn(pieces["x0"])
         fake = renoise_in_segment(pieces["pred"], ts.t_edge, t_a, z, ctx.schedule)
         l_g = adversarial_g_loss(
