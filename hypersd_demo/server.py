@@ -1,8 +1,10 @@
-"""Live demo: a local web page whose image follows the prompt as it is typed.
+"""Live demo: a local web page whose image follows the prompt as it is typed and, with a
+ControlNet, the strokes drawn on its canvas (the embedded model loads its scribble ControlNet).
 
     python -m hypersd_demo                                 # embedded digits model, CPU
     python -m hypersd_demo --model sd15 --path /models/sd15 --device cuda --dtype bf16 \
-        --tiny-vae /models/taesd --compile reduce-overhead --lora hyper-sd15-1step-lora.safetensors
+        --tiny-vae /models/taesd --compile reduce-overhead --lora hyper-sd15-1step-lora.safetensors \
+        --controlnet /models/control_v11p_sd15_scribble     # a diffusers folder or one .safetensors file
 
 Serves on 127.0.0.1 only (``--port 0`` picks a free port; the URL is printed on stdout).
 One event loop serves every connection, so slow or idle clients cost no thread; generations run
@@ -23,6 +25,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 
+import numpy as np
 import torch
 
 try:
@@ -40,7 +43,8 @@ log = logging.getLogger("hypersd_demo")
 
 HOST = "127.0.0.1"
 MAX_PROMPT_CHARS = 2000
-MAX_BODY_BYTES = 16 * 1024
+MAX_BODY_BYTES = 1024 * 1024  # a prompt plus a drawing (a PNG data URL at the image size)
+MAX_CONTROL_SIDE = 4096  # a control image's width/height as sent (it is resized to the image size)
 READ_TIMEOUT_S = 5.0  # a request must arrive in full within this after connecting, else 408
 WRITE_TIMEOUT_S = 10.0  # a client that does not read its reply within this is disconnected
 LINGER_S = 1.0  # after a reply, unread request bytes are drained this long before closing
@@ -59,8 +63,11 @@ class BadRequest(ValueError):
         self.status = status
 
 
-def parse_generate_request(body: bytes) -> tuple[str, int, str, int]:
-    """(prompt, seed, client, seq) from a /generate body, or BadRequest naming the field."""
+def parse_generate_request(body: bytes, control: tuple[int, int] | None = None) -> tuple:
+    """(prompt, seed, client, seq, control_image, strength) from a /generate body, or BadRequest
+    naming the field. ``control`` = (channels, size) of the loaded ControlNet and image (None: no
+    ControlNet); the body's optional "control" (a PNG/JPEG data URL) becomes a (1, channels, size,
+    size) tensor in [0, 1], else None; "strength" (default 1) is its control strength."""
     try:
         req = json.loads(body)
     except RecursionError:
@@ -83,7 +90,39 @@ def parse_generate_request(body: bytes) -> tuple[str, int, str, int]:
     client = req.get("client", "-")
     if not isinstance(client, str) or len(client) > 64:
         raise BadRequest(400, "client must be a string of at most 64 characters")
-    return prompt, fields["seed"], client, fields["seq"]
+    strength = req.get("strength", 1.0)
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 2:
+        raise BadRequest(400, f"strength must be a number in [0, 2], got {str(strength)[:40]}")
+    image = req.get("control")
+    if image is not None:
+        if control is None:
+            raise BadRequest(400, "this demo has no ControlNet: start it with --controlnet PATH to send a drawing")
+        image = decode_control(image, *control)
+    return prompt, fields["seed"], client, fields["seq"], image, float(strength)
+
+
+def decode_control(value, channels: int, size: int) -> torch.Tensor:
+    """A PNG/JPEG data URL -> (1, channels, size, size) in [0, 1], or BadRequest saying what is wrong."""
+    from PIL import Image, UnidentifiedImageError
+
+    from hypersd_models.controlnet import control_image_from_array
+
+    if not isinstance(value, str) or not value.startswith(("data:image/png;base64,", "data:image/jpeg;base64,")):
+        raise BadRequest(400, "control must be a PNG or JPEG data URL (data:image/png;base64,...)")
+    try:
+        raw = base64.b64decode(value.split(",", 1)[1], validate=True)
+    except ValueError:
+        raise BadRequest(400, "control is not valid base64") from None
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            sent = im.size  # from the header: checked before the pixels are decoded
+            if max(sent) <= MAX_CONTROL_SIDE:
+                arr = np.array(im.convert("RGB" if channels == 3 else "L"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise BadRequest(400, "control is not a readable PNG or JPEG image") from None
+    if max(sent) > MAX_CONTROL_SIDE:
+        raise BadRequest(413, f"control is {sent[0]}x{sent[1]}; the limit is {MAX_CONTROL_SIDE} a side")
+    return control_image_from_array(arr, channels, size, binarize=channels == 1)
 
 
 def encode_image(img: torch.Tensor) -> str:
@@ -121,15 +160,30 @@ class DemoState:
         with self.latest_lock:
             return seq < self.latest.get(client, 0)
 
-    def generate(self, prompt: str, seed: int, client: str, seq: int) -> dict | None:
+    @property
+    def control(self) -> tuple[int, int] | None:
+        """(channels, size) of the control image the ControlNet takes; None without one."""
+        c = getattr(self.generator, "control_channels", 0)
+        return (c, self.size) if c else None
+
+    def generate(
+        self, prompt: str, seed: int, client: str, seq: int, control=None, strength: float = 1.0
+    ) -> dict | None:
         self.note(client, seq)
         with self.lock:
             if self.is_stale(client, seq):
                 self.dropped += 1
                 return None
-            img = self.generator.generate(prompt, seed=seed, height=self.size, width=self.size)
+            img = self.generator.generate(
+                prompt,
+                seed=seed,
+                height=self.size,
+                width=self.size,
+                control_image=control,
+                control_strength=strength,
+            )
             ms = self.generator.stats.last_ms
-        return {"seq": seq, "prompt": prompt, "ms": ms, "image": encode_image(img[0])}
+        return {"seq": seq, "prompt": prompt, "ms": ms, "control": control is not None, "image": encode_image(img[0])}
 
 
 class DemoServer:
@@ -267,19 +321,19 @@ class DemoServer:
                     ) from None
         except TimeoutError:
             raise BadRequest(408, f"the {phase} did not arrive within {self.read_timeout:g} s") from None
-        prompt, seed, client, seq = parse_generate_request(body)
+        prompt, seed, client, seq, control, strength = parse_generate_request(body, self.state.control)
         self.state.note(client, seq)  # at arrival: an older request still queued becomes stale
         try:
             out = await asyncio.get_running_loop().run_in_executor(
-                self.worker, self._generate, prompt, seed, client, seq
+                self.worker, self._generate, prompt, seed, client, seq, control, strength
             )
         except Exception as exc:  # report to the page instead of dropping the connection
             log.exception("generation failed")
             return _reply(500, f"generation failed: {type(exc).__name__}: {exc}".encode(), "text/plain")
         return _reply(204) if out is None else _reply(200, out)
 
-    def _generate(self, prompt: str, seed: int, client: str, seq: int) -> bytes | None:
-        out = self.state.generate(prompt, seed, client, seq)
+    def _generate(self, prompt: str, seed: int, client: str, seq: int, control, strength: float) -> bytes | None:
+        out = self.state.generate(prompt, seed, client, seq, control, strength)
         return None if out is None else json.dumps(out).encode()
 
     def _get(self, path: str) -> tuple:
@@ -296,6 +350,7 @@ class DemoServer:
                 "text_encoder_calls": g.stats.text_encoder_calls,
                 "images": g.stats.images,
                 "dropped_stale": state.dropped,
+                "control": state.control is not None,
                 "open_connections": self.open,
                 "refused_connections": self.refused,
             }
@@ -416,6 +471,7 @@ def make_server(
         f"{state.description} · {state.size}×{state.size} · {state.generator.steps} step(s) · "
         f"{state.generator.device} · {state.generator.stats.compile_status}",
         debounce_ms,
+        state.size if state.control else None,
     )
     return DemoServer(state, page, port, read_timeout, max_connections)
 
@@ -442,6 +498,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tokenizer", help="CLIP tokenizer folder (embedded/tiny models)")
     p.add_argument("--lora", help="a Hyper-SD LoRA .safetensors to merge into the UNet")
     p.add_argument("--lora-strength", type=float, default=1.0)
+    p.add_argument(
+        "--controlnet",
+        help="a ControlNet for the model (diffusers folder or .safetensors; scribble or canny): the page "
+        "gets a drawing canvas. The embedded model loads its scribble ControlNet unless this is 'none'",
+    )
     p.add_argument(
         "--steps",
         type=int,
@@ -476,7 +537,9 @@ def main(argv=None) -> None:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     try:
-        comp = load_components(args.model, args.path, dtype, args.config, args.tiny_vae, args.tokenizer)
+        comp = load_components(
+            args.model, args.path, dtype, args.config, args.tiny_vae, args.tokenizer, controlnet=args.controlnet
+        )
     except (ModelLoadError, FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     steps, eta = args.steps, args.eta

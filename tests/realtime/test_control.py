@@ -209,3 +209,40 @@ def test_compiled_generator_follows_new_control_without_recompiling(ctiny):
         assert torch.equal(gen.generate("a cat", **kw), eager.generate("a cat", **kw))
         frames.append(cnt.frame_count)
     assert frames[0] > 0 and frames[0] == frames[-1]  # one graph for every control image and strength
+
+
+def test_demo_takes_a_drawing_with_a_user_controlnet(ctiny, tmp_path):
+    """The SD path of --controlnet PATH on the tiny SD-shaped model: the page offers the canvas,
+    a drawing sent as a data URL steers the image, and no drawing means no control."""
+    from PIL import Image, ImageDraw
+
+    from hypersd_demo.models import load_components
+    from hypersd_demo.server import DemoState, make_server, parse_generate_request
+
+    ctiny.controlnet.save_pretrained(tmp_path / "cn")
+    comp = load_components("tiny", controlnet=tmp_path / "cn")
+    assert "ControlNet cn" in comp.description
+    gen, _ = build_generator(comp)
+    state = DemoState(gen, SIZE, comp.description)
+    assert state.control == (3, SIZE)
+    srv = make_server(state, 0)
+    try:
+        assert b'const CONTROL = {"size": 32}' in srv.page and b'id="canvas"' in srv.page
+    finally:
+        srv.server_close()
+    img = Image.new("RGB", (256, 256))
+    ImageDraw.Draw(img).line([(30, 30), (220, 200)], fill="white", width=20)
+    _, _, _, _, control, strength = parse_generate_request(_body(control=_data_url(img)), state.control)
+    drawn = state.generate("a cat", 0, "c", 1, control, strength)
+    plain = state.generate("a cat", 0, "c", 2)
+    assert drawn["control"] and not plain["control"] and drawn["image"] != plain["image"]
+
+
+def test_page_without_controlnet_has_no_canvas(tiny):
+    from hypersd_demo.server import DemoState, make_server
+
+    srv = make_server(DemoState(build_generator(tiny)[0], SIZE, "tiny"), 0)
+    try:
+        assert b"const CONTROL = null" in srv.page
+    finally:
+        srv.server_close()
