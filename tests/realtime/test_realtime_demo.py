@@ -138,7 +138,7 @@ def test_page_follows_drawing_in_headless_chromium(demo_url, browser, tmp_path):
     HYPERSD_SCREENSHOT=path also saves the page (the README's scribble demo picture)."""
     from selenium.webdriver.common.by import By
 
-    browser.set_window_size(1000, 760)
+    browser.set_window_size(940, 860)
     browser.get(demo_url)
     assert browser.find_element(By.ID, "canvas").is_displayed(), "the embedded model's page must offer a canvas"
     box = browser.find_element(By.ID, "prompt")
