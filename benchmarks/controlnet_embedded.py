@@ -16,12 +16,15 @@ the control adds), the untrained teacher at 1/2/4/8 DDIM steps at cfg 3 (2 model
 and at cfg 1 (1 call a step), and each LoRA at 1/2/4/8 steps (cfg 1: 1 call a step; eta and the
 one-step timestep from its header). A model call is one UNet + one ControlNet evaluation.
 
-Measures, neither of which any training optimised:
+Measures, none of which any training optimised:
 - control agreement: intersection over union between the input scribble and the output's
   scribble, derived the same way (pixels above mid-grey); "kept" = a row's agreement over the
   teacher's at DDIM 25 (the issue's bar: >= 90 % for the LoRAs at 2 steps and above);
 - prompt adherence: the independent digit reader (train.metrics.DigitReader, an sklearn MLP) reads
-  the captioned digit.
+  the captioned digit;
+- control vs prompt: the same scribbles prompted with another digit; how often the reader reads the
+  scribble's digit (control wins) and the prompt's (a LoRA that weakened the control would let
+  the prompt win more often).
 """
 
 from __future__ import annotations
@@ -61,20 +64,26 @@ class Bench:
         self.control = scribble(test.images[idx])
         prompts = random_captions(self.labels, random.Random(seed))
         self.cond = encode_prompts(self.t.text_encoder, self.t.tokenizer, prompts)
+        # the conflict set: the same scribbles, each prompted with another digit (1-9 away)
+        g = torch.Generator().manual_seed(seed + 1)
+        self.other = (self.labels + torch.randint(1, 10, self.labels.shape, generator=g)) % 10
+        others = random_captions(self.other, random.Random(seed + 1))
+        self.cond_other = encode_prompts(self.t.text_encoder, self.t.tokenizer, others)
         self.uncond = encode_prompts(self.t.text_encoder, self.t.tokenizer, [""]).expand_as(self.cond)
         self.noise = torch.randn(self.control.shape, generator=torch.Generator().manual_seed(seed))
         self.reader = digit_reader(self.t.resolution)
         self.seed = seed
 
     @torch.no_grad()
-    def generate(self, steps: int, cfg: float, eta: float = 0.0, onestep=None, control: bool = True):
+    def generate(self, steps: int, cfg: float, eta: float = 0.0, onestep=None, control: bool = True, other=False):
         from train.sampling import sample_images
 
+        cond = self.cond_other if other else self.cond
         added = {"control_image": self.control, "control_scale": torch.ones(len(self.labels))} if control else None
         return sample_images(
             self.unet,
             self.noise,
-            self.cond,
+            cond,
             self.uncond if cfg != 1 else None,
             steps=steps,
             cfg=cfg,
@@ -86,11 +95,18 @@ class Bench:
             added_uncond=added,
         ).clamp(-1, 1)
 
-    def score(self, images) -> dict:
+    def score(self, images, conflict=None) -> dict:
+        """Control IoU and adherence; with the conflict set's images, how often the reader reads
+        the scribble's digit ("scribble wins") and the prompt's ("prompt wins")."""
         from hypersd_models.controlnet import scribble, stroke_iou
 
         iou = stroke_iou(scribble(images), self.control)
-        return {"control_iou": float(iou.mean()), "adherence": self.reader.adherence(images, self.labels)}
+        out = {"control_iou": float(iou.mean()), "adherence": self.reader.adherence(images, self.labels)}
+        if conflict is not None:
+            out["conflict_scribble_wins"] = self.reader.adherence(conflict, self.labels)
+            out["conflict_prompt_wins"] = self.reader.adherence(conflict, self.other)
+            out["conflict_control_iou"] = float(stroke_iou(scribble(conflict), self.control).mean())
+        return out
 
 
 def lora_header(path: str) -> tuple[float, int | None]:
@@ -115,26 +131,27 @@ def run(args) -> dict:
         t0 = time.perf_counter()
         imgs = fn()
         sec = time.perf_counter() - t0
-        rows[name] = dict(b.score(imgs), kind=kind, steps=k, calls=calls, seconds=round(sec, 2), **extra)
+        conflict = fn(other=True) if kind != "no-control" else None
+        rows[name] = dict(b.score(imgs, conflict), kind=kind, steps=k, calls=calls, seconds=round(sec, 2), **extra)
         r = rows[name]
         print(
             f"{name:<34} calls {calls:>3}  control IoU {r['control_iou']:.3f}  adherence {r['adherence']:.3f}  "
-            f"({sec:.1f}s)",
+            f"scribble wins {r.get('conflict_scribble_wins', float('nan')):.3f}  ({sec:.1f}s)",
             flush=True,
         )
 
     ref = f"teacher DDIM {ref_steps} cfg {CFG:g}"
-    add(ref, "reference", ref_steps, 2 * ref_steps, lambda: b.generate(ref_steps, CFG))
+    add(ref, "reference", ref_steps, 2 * ref_steps, lambda **o: b.generate(ref_steps, CFG, **o))
     add(
         f"{ref}, no ControlNet",
         "no-control",
         ref_steps,
         2 * ref_steps,
-        lambda: b.generate(ref_steps, CFG, control=False),
+        lambda **o: b.generate(ref_steps, CFG, control=False, **o),
     )
     for k in steps:
-        add(f"teacher DDIM {k} cfg {CFG:g}", "teacher", k, 2 * k, lambda: b.generate(k, CFG), cfg=CFG)
-        add(f"teacher DDIM {k} cfg 1", "teacher", k, k, lambda: b.generate(k, 1.0), cfg=1.0)
+        add(f"teacher DDIM {k} cfg {CFG:g}", "teacher", k, 2 * k, lambda **o: b.generate(k, CFG, **o), cfg=CFG)
+        add(f"teacher DDIM {k} cfg 1", "teacher", k, k, lambda **o: b.generate(k, 1.0, **o), cfg=1.0)
     from hypersd_core.lora_formats import load_lora
     from hypersd_core.lora_merge import LoraMerge
 
@@ -148,7 +165,16 @@ def run(args) -> dict:
             for k in [int(only)] if only else steps:
                 os1 = onestep if k == 1 else None
                 label = f"{name} {k} step" + (f" t={os1}" if os1 else "")
-                add(label, "lora", k, k, lambda: b.generate(k, 1.0, eta, os1), lora=name, eta=eta, path=str(path))
+                add(
+                    label,
+                    "lora",
+                    k,
+                    k,
+                    lambda **o: b.generate(k, 1.0, eta, os1, **o),
+                    lora=name,
+                    eta=eta,
+                    path=str(path),
+                )
         finally:
             merge.remove()
     base = rows[ref]["control_iou"]
@@ -181,6 +207,7 @@ def run(args) -> dict:
         "machine": info,
         "n_samples": len(b.labels),
         "control": "scribble of held-out digits (pixels above mid-grey), strength 1",
+        "conflict": "the same scribbles, each prompted with another digit (1-9 away, seeded)",
         "controlnet": str(args.controlnet or "train/embedded/controlnet"),
         "reference": ref,
         "reader": "sklearn MLP (64 hidden) on 8x8-pooled pixels, fitted on the load_digits training split",
@@ -194,7 +221,15 @@ def run(args) -> dict:
 
 def markdown(res: dict) -> str:
     table = markdown_table(
-        ["sampler", "model calls", "control IoU", "kept vs DDIM 25", "adherence", "seconds"],
+        [
+            "sampler",
+            "model calls",
+            "control IoU",
+            "kept vs DDIM 25",
+            "adherence",
+            "conflict: scribble / prompt wins",
+            "seconds",
+        ],
         [
             [
                 n,
@@ -202,6 +237,9 @@ def markdown(res: dict) -> str:
                 round(r["control_iou"], 3),
                 f"{100 * r['control_kept']:.0f} %",
                 r["adherence"],
+                f"{r['conflict_scribble_wins']:.2f} / {r['conflict_prompt_wins']:.2f}"
+                if "conflict_scribble_wins" in r
+                else "-",
                 r["seconds"],
             ]
             for n, r in res["rows"].items()
@@ -214,7 +252,9 @@ def markdown(res: dict) -> str:
         "",
         table,
         "control IoU: input scribble vs the output's scribble (derived the same way); adherence: the independent "
-        "reader's accuracy on the captioned digit. A model call = UNet + ControlNet.",
+        "reader's accuracy on the captioned digit; conflict: the same scribbles prompted with another digit, how "
+        "often the reader reads the scribble's digit / the prompt's. A model call = UNet + ControlNet; seconds: "
+        "the main set only.",
         "",
     ]
     for n, c in res["lora_control_kept_2plus_steps"].items():

@@ -51,6 +51,12 @@ def test_controlnet_benchmark_quick(tmp_path):
     for r in rows.values():
         assert 0.0 <= r["control_iou"] <= 1.0 and 0.0 <= r["adherence"] <= 1.0 and math.isfinite(r["control_kept"])
     assert rows["teacher DDIM 4 cfg 3"]["control_kept"] == 1.0
+    for n, r in rows.items():  # the conflict set (scribble of one digit, prompt of another) for every controlled row
+        if n.endswith("no ControlNet"):
+            assert "conflict_scribble_wins" not in r
+        else:
+            assert 0 <= r["conflict_scribble_wins"] + r["conflict_prompt_wins"] <= 1
+            assert 0 <= r["conflict_control_iou"] <= 1
     assert rows["L 2 step"]["calls"] == 2 and rows["teacher DDIM 2 cfg 3"]["calls"] == 4
     assert set(res["lora_control_kept_2plus_steps"]) == {"L 2 step", "S 2 step"}
     assert set(res["equal_calls"]["L 2 step"]) == {"teacher DDIM 2 cfg 1", "teacher DDIM 1 cfg 3"}
