@@ -280,7 +280,7 @@ class Generator:
 
     # -- buffers -------------------------------------------------------------------------------
     def _buffers_for(self, batch: int, height: int, width: int, cond: dict, control: bool = False) -> _Buffers:
-        key = (batch, height, width, control)
+        key = (batch, height, width) + (("control",) if control else ())
         buf = self._buffers.get(key)
         if buf is not None:
             return buf

@@ -191,7 +191,7 @@ def test_control_core_compiles_as_one_graph(ctiny, steps):
     image or strength reuses the graph (they live in static buffers)."""
     gen, _ = build_generator(ctiny, steps=steps, eta=0.5)
     ref = gen.generate("a cat", seed=3, height=SIZE, width=SIZE, control_image=_control(0), control_strength=0.7)
-    buf = gen._buffers[(1, SIZE, SIZE, True)]
+    buf = gen._buffers[(1, SIZE, SIZE, "control")]
     core = torch.compile(gen.render_core, fullgraph=True, backend="eager", dynamic=False)
     img, finite = core(buf.noise, buf.step_noise, buf.cond)
     assert torch.equal(img, ref) and bool(finite)
