@@ -24,7 +24,7 @@ import torch
 
 from .capture import CUDA_GRAPH_MODES, GuardedCompile
 from .parameterization import DiscreteVPDenoiser
-from .samplers import get_sigmas_onestep, get_sigmas_tscd, sample_dmd_onestep, sample_tscd
+from .samplers import check_eta, get_sigmas_onestep, get_sigmas_tscd, sample_dmd_onestep, sample_tscd
 from .schedule import VPSchedule, unit_noise_to_ve
 
 log = logging.getLogger(__name__)
@@ -198,10 +198,8 @@ class Generator:
         self.sdxl = sdxl
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-        if not 0.0 <= float(eta) <= 1.0:
-            raise ValueError(f"eta must be in [0, 1], got {eta!r}")
         self.steps = int(steps)
-        self.eta = float(eta)
+        self.eta = check_eta(eta)
         self.schedule = schedule or VPSchedule.scaled_linear()
         self.controlnet = controlnet
         cfg = getattr(controlnet, "config", None)

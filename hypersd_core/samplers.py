@@ -103,6 +103,13 @@ def check_sampler_inputs(x, sigmas, values: bool = True) -> None:
 
 
 @torch.no_grad()
+def check_eta(eta) -> float:
+    """eta (TCD's gamma) as a float, or a ValueError: it must lie in [0, 1]."""
+    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0.0 <= float(eta) <= 1.0:
+        raise ValueError(f"eta must be in [0, 1] (TCD's gamma), got {eta!r}")
+    return float(eta)
+
+
 def sample_tscd(
     model,
     x,
@@ -122,8 +129,7 @@ def sample_tscd(
     re-noises up to t_next with seeded noise. eta=0 is DDIM; eta=1 is LCM-like.
     ``check_inputs=False`` skips the value checks' host sync (see :func:`check_sampler_inputs`).
     """
-    if not 0.0 <= float(eta) <= 1.0:
-        raise ValueError(f"eta (gamma) must be in [0, 1], got {eta}")
+    check_eta(eta)
     check_sampler_inputs(x, sigmas, values=check_inputs)
     extra_args = {} if extra_args is None else extra_args
     schedule = schedule or default_schedule()
@@ -230,6 +236,9 @@ def get_sigmas_onestep(timestep: int = 999, schedule: Optional[VPSchedule] = Non
     """[sigma(timestep), 0]: one step at t (999 for ByteDance's unified LoRA; 800 for the SDXL 1-step UNet
     and our dmd/unified LoRAs, whose header names it as ``onestep_timestep``)."""
     schedule = schedule or default_schedule()
-    if not 0 <= int(timestep) < schedule.num_train_timesteps:
-        raise ValueError(f"timestep must be in [0, {schedule.num_train_timesteps - 1}], got {timestep}")
+    if not 1 <= int(timestep) < schedule.num_train_timesteps:
+        raise ValueError(
+            f"timestep must be in [1, {schedule.num_train_timesteps - 1}], got {timestep}: 800 for the SDXL 1-step "
+            "UNet and our dmd/unified LoRAs, 999 for ByteDance's unified LoRA"
+        )
     return schedule.sigmas_for_timesteps([int(timestep)], final="zero", dtype=dtype)

@@ -172,11 +172,12 @@ def apply_lora(model, clip, lora_name, strength_mode, strength_model, strength_c
     # SD3/FLUX.1: ComfyUI maps their diffusers/kohya/BFL layouts itself; SD1.5/SDXL: kohya keys first.
     lora = dict(state_dict) if base in FLOW_BASES else to_kohya(state_dict, header)
     check_base_model(lora, meta, base, lora_name)
+    unet_map, key_map = lora_key_maps(model, clip)
     if clip is None:
-        lora = unet_only(lora, model, lora_name)
-    check_all_keys_map(lora, model, clip, lora_name)
+        lora = unet_only(lora, unet_map, lora_name)
+    check_all_keys_map(lora, key_map, lora_name)
     if base not in FLOW_BASES:
-        check_weights_fit(lora, model, clip, lora_name)
+        check_weights_fit(lora, model, clip, unet_map, key_map, lora_name)
     strength = resolve_strength(strength_mode, strength_model, meta)
     patched_model, patched_clip = comfy.sd.load_lora_for_models(model, clip, lora, strength, strength_clip)
     if meta is not None and meta.onestep_timestep is not None:  # read by HyperSDScheduler at 1 step
@@ -206,26 +207,28 @@ def check_base_model(lora, meta, base, lora_name) -> None:
         )
 
 
-def unet_only(lora, model, lora_name):
-    """Drop the text-encoder part of a LoRA for a model-only load (logged, as LoraLoaderModelOnly users expect)."""
+def lora_key_maps(model, clip) -> tuple[dict, dict]:
+    """ComfyUI's LoRA-module -> weight maps: (diffusion model only, with the text encoders when clip)."""
     import comfy.lora
 
-    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    unet_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    if clip is None:
+        return unet_map, unet_map
+    return unet_map, comfy.lora.model_lora_keys_clip(clip.cond_stage_model, dict(unet_map))
+
+
+def unet_only(lora, unet_map, lora_name):
+    """Drop the text-encoder part of a LoRA for a model-only load (logged, as LoraLoaderModelOnly users expect)."""
     modules = lora_modules(lora)
-    text = {m for m in modules if m not in key_map and m.startswith(("lora_te", "text_encoder"))}
+    text = {m for m in modules if m not in unet_map and m.startswith(("lora_te", "text_encoder"))}
     if not text:
         return lora
     logging.info("Hyper-SD: %s: skipped %d text-encoder module(s) (model-only loader)", lora_name, len(text))
     return {k: v for k, v in lora.items() if not any(k == m or k.startswith(m + ".") for m in text)}
 
 
-def check_all_keys_map(lora, model, clip, lora_name) -> None:
+def check_all_keys_map(lora, key_map, lora_name) -> None:
     """Refuse a LoRA with modules the model does not have (ComfyUI would skip them silently)."""
-    import comfy.lora
-
-    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
-    if clip is not None:
-        key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, key_map)
     unmapped = sorted(lora_modules(lora) - set(key_map))
     if unmapped:
         raise ValueError(
@@ -234,12 +237,18 @@ def check_all_keys_map(lora, model, clip, lora_name) -> None:
         )
 
 
-def check_weights_fit(lora, model, clip, lora_name) -> None:
+def _weight_shape(modules, name: str) -> tuple | None:
+    for m in modules:
+        try:
+            return tuple(m.get_parameter(name).shape)
+        except AttributeError:
+            continue
+    return None
+
+
+def check_weights_fit(lora, model, clip, unet_map, key_map, lora_name) -> None:
     """Refuse halves that disagree, shapes that do not fit the model, alpha 0, and a LoRA with no
     diffusion-model weights (ComfyUI would skip such patches with only a log line)."""
-    import comfy.lora
-
-    unet_map = comfy.lora.model_lora_keys_unet(model.model, {})
     modules = lora_modules(lora)
     if not modules & set(unet_map):
         if clip is None:
@@ -248,18 +257,14 @@ def check_weights_fit(lora, model, clip, lora_name) -> None:
                 "nothing to apply: use Hyper-SD LoRA Loader (with CLIP) or ComfyUI's LoraLoader"
             )
         logging.warning("Hyper-SD: %s holds only text-encoder weights; the diffusion model is unchanged", lora_name)
-    weights = {k: v.shape for k, v in model.model.state_dict().items()}
-    if clip is not None:
-        weights.update({k: v.shape for k, v in clip.cond_stage_model.state_dict().items()})
-        key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, dict(unet_map))
-    else:
-        key_map = unet_map
+    owners = [model.model] if clip is None else [model.model, clip.cond_stage_model]
     shapes = {}
     for mod in modules:
         target = key_map.get(mod)
         target = target[0] if isinstance(target, tuple) else target
-        if isinstance(target, str) and target in weights:
-            shapes[mod] = tuple(weights[target])
+        shape = _weight_shape(owners, target) if isinstance(target, str) else None
+        if shape is not None:
+            shapes[mod] = shape
     problem = kohya_pair_problem(lora, shapes)
     if problem:
         raise ValueError(

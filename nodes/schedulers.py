@@ -49,11 +49,6 @@ class HyperSDScheduler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, steps, spacing, denoise) -> io.NodeOutput:
-        if int(steps) < 1 or not 0.0 < float(denoise) <= 1.0:
-            raise ValueError(
-                f"steps must be >= 1 and denoise in (0, 1] (got steps {steps}, denoise {denoise}): "
-                "1-8 steps for Hyper-SD LoRAs, denoise 1.0 for text-to-image"
-            )
         schedule = vp_schedule(model.get_model_object("model_sampling"))
         return io.NodeOutput(
             get_sigmas_tscd(
@@ -87,10 +82,5 @@ class HyperSDOneStepScheduler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, timestep) -> io.NodeOutput:
-        if not 1 <= int(timestep) <= 999:
-            raise ValueError(
-                f"timestep must be between 1 and 999 (got {timestep}): 800 for the SDXL 1-step UNet "
-                "and our unified LoRAs, 999 for the official unified LoRA"
-            )
         schedule = vp_schedule(model.get_model_object("model_sampling"))
         return io.NodeOutput(get_sigmas_onestep(int(timestep), schedule))

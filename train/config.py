@@ -219,13 +219,18 @@ def _known_stage(name: str) -> bool:
     return name in BUILTIN_STAGES or name in reg
 
 
+class _Problems(list):
+    """One message per problem found."""
+
+    def need(self, ok: bool, msg: str) -> None:
+        if not ok:
+            self.append(msg)
+
+
 def config_problems(cfg: TrainConfig) -> list[str]:
     """Every problem in ``cfg``, one line each: ranges, names, and the files it points at."""
-    out: list[str] = []
-
-    def need(ok: bool, msg: str) -> None:
-        if not ok:
-            out.append(msg)
+    out = _Problems()
+    need = out.need
 
     def pos(v, name: str, zero_ok: bool = False) -> None:
         good = isinstance(v, (int, float)) and math.isfinite(v) and (v >= 0 if zero_ok else v > 0)
@@ -395,12 +400,8 @@ def config_problems(cfg: TrainConfig) -> list[str]:
 
 def input_problems(cfg: TrainConfig) -> list[str]:
     """Problems with the files and folders ``cfg`` names (checked before any model loads)."""
-    out: list[str] = []
-
-    def need(ok: bool, msg: str) -> None:
-        if not ok:
-            out.append(msg)
-
+    out = _Problems()
+    need = out.need
     m, d, lo = cfg.model, cfg.data, cfg.lora
     if m.kind in ("sd15", "sdxl", "folder"):
         if not m.path:

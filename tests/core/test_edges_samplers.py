@@ -45,7 +45,7 @@ def test_tscd_knobs(kw, needle):
         (lambda: get_sigmas_tscd(0), "steps must be an integer in"),
         (lambda: get_sigmas_tscd(2.5), "steps must be an integer in"),
         (lambda: get_sigmas_tscd(4, spacing="karras"), "spacing must be one of"),
-        (lambda: get_sigmas_onestep(0 - 1), "timestep must be in"),
+        (lambda: get_sigmas_onestep(0), "timestep must be in"),
         (lambda: get_sigmas_onestep(1000), "timestep must be in"),
     ],
 )

@@ -97,7 +97,7 @@ def test_onestep_schedules_and_callback():
     schedule = VPSchedule.scaled_linear()
     assert torch.equal(get_sigmas_onestep(), torch.tensor([schedule.sigmas[999], 0.0]).float())
     assert torch.equal(get_sigmas_onestep(800), torch.tensor([schedule.sigmas[800], 0.0]).float())
-    with pytest.raises(ValueError, match=r"timestep must be in \[0, 999\]"):
+    with pytest.raises(ValueError, match=r"timestep must be in \[1, 999\]"):
         get_sigmas_onestep(1000)
     seen = []
     model = lambda x, sigma: x / (1 + sigma[:, None, None, None] ** 2)
