@@ -277,6 +277,7 @@ def run(args) -> dict:
     eval_seeds = [1000 + i for i in range(args.eval_seeds)]
     work = Path(args.work)
     data = base_config(args.model, quick)
+    data["threads"] = args.threads  # the preset's own count would override --threads in every run
     tscd = tscd_stages(data, quick, steps=args.steps_per_stage)
     methods_cfg = {
         TSCD: dict(stages=tscd),
