@@ -81,6 +81,17 @@ def config_changes(old: dict, new: dict) -> dict[str, tuple]:
     return {k: (a.get(k), b.get(k)) for k in keys if k.split(".")[0] not in RUNTIME_KEYS and a.get(k) != b.get(k)}
 
 
+def _with_defaults(old: dict) -> dict:
+    """A recorded config with the keys added since it was written set to their defaults (which
+    change nothing), so only real changes count; as recorded when it no longer parses."""
+    from .config import ConfigError, TrainConfig, from_dict
+
+    try:
+        return from_dict(TrainConfig, old).to_dict()
+    except (ConfigError, TypeError, ValueError):
+        return old
+
+
 def check_resume_config(out: Path, new: dict, allow: bool) -> dict[str, tuple]:
     """On --resume, compare with the run's config.json; refuse a change unless ``allow``."""
     path = out / "config.json"
@@ -93,7 +104,7 @@ def check_resume_config(out: Path, new: dict, allow: bool) -> dict[str, tuple]:
             f"{path} is unreadable ({e.__class__.__name__}); restore it, or pass "
             "--allow-config-change to resume with the config given now"
         ) from None
-    changes = config_changes(old, new)
+    changes = config_changes(_with_defaults(old), new)
     if changes and not allow:
         listed = "; ".join(f"{k}: {o!r} -> {n!r}" for k, (o, n) in list(changes.items())[:8])
         more = f" (+{len(changes) - 8} more)" if len(changes) > 8 else ""

@@ -45,6 +45,13 @@ CONFIG_CASES = [
     (["--set", "data.batch_size=0"], None, ["data.batch_size must be >= 1"]),
     (["--set", "sample.steps=[0, 2]"], None, ["sample.steps must be a list of step counts"]),
     (["--set", "export.eta=2"], None, ["export.eta must be in [0, 1]"]),
+    (["--set", "stage_all.keep_segments=[3]"], None, ["keep_segments entry 3 must be a segment count dividing"]),
+    (["--set", "stage_all.keep_fraction=0.5"], None, ["keep_fraction=0.5 needs keep_segments"]),
+    (
+        ["--set", "stage_all.keep_fraction=2", "--set", "stage_all.keep_segments=[2]"],
+        None,
+        ["keep_fraction must be in"],
+    ),
     (["--set", "model.kind=sd3"], None, ["model.kind must be one of"]),
     (["--set", "data.kind=parquet-please"], None, ["data.kind must be one of"]),
     (["--set", "model.kind=sd15"], None, ["needs model.path"]),
@@ -232,13 +239,34 @@ def test_resume_refuses_a_changed_config(tmp_path, capsys, tokenizer_path, overr
 def test_accepted_config_change_is_recorded(tmp_path):
     from train.preflight import check_resume_config, record_config_change
 
-    (tmp_path / "config.json").write_text(json.dumps({"optim": {"lr": 0.001}, "threads": 1, "output": "a"}))
-    new = {"optim": {"lr": 0.0005}, "threads": 2, "output": "b"}
+    from train.config import TrainConfig
+
+    old, new = TrainConfig().to_dict(), TrainConfig().to_dict()
+    old.update(threads=1, output="a")
+    new.update(threads=2, output="b")
+    old["optim"]["lr"], new["optim"]["lr"] = 0.001, 0.0005
+    (tmp_path / "config.json").write_text(json.dumps(old))
     changes = check_resume_config(tmp_path, new, allow=True)
     assert changes == {"optim.lr": (0.001, 0.0005)}  # runtime keys (threads, output) don't count
     record_config_change(tmp_path, changes)
     rec = json.loads((tmp_path / "config_changes.jsonl").read_text().splitlines()[-1])
     assert rec["changes"] == {"optim.lr": [0.001, 0.0005]}
+
+
+def test_keys_added_since_the_run_started_are_no_change(tmp_path):
+    """A run recorded before a config key existed resumes: the new key at its default changes nothing."""
+    from train.config import TrainConfig
+    from train.preflight import check_resume_config
+
+    new = TrainConfig().to_dict()
+    old = json.loads(json.dumps(new))
+    for stage in old["stages"]:
+        del stage["keep_segments"], stage["keep_fraction"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert check_resume_config(tmp_path, new, allow=False) == {}
+    new["stages"][0]["keep_fraction"] = 0.5  # a real change still counts
+    with pytest.raises(Exception, match="stages.0.keep_fraction"):
+        check_resume_config(tmp_path, new, allow=False)
 
 
 # -- model files: architecture and integrity, from headers, before loading --------------------------
