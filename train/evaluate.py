@@ -163,6 +163,16 @@ def steps_to_match(rows: dict, row: dict, cfg: float, metric: str = "trajectory_
     return None
 
 
+def adherence_gap(lora: float, teacher: float, n: int) -> dict:
+    """The adherence difference in digits of ``n`` and its two-sided Fisher exact p-value: whether
+    a gap of a few digits is more than sampling noise."""
+    from scipy.stats import fisher_exact
+
+    a, b = round(lora * n), round(teacher * n)
+    p = 1.0 if a == b else float(fisher_exact([[a, n - a], [b, n - b]])[1])
+    return {"lora_minus_teacher": a - b, "of": n, "p": round(p, 3)}
+
+
 def add_comparisons(out: dict, steps) -> None:
     rows, w = out["rows"], out["teacher_cfg"]
     for r in rows.values():
@@ -188,6 +198,7 @@ def add_comparisons(out: dict, steps) -> None:
                 "teacher": base,
                 "wins": wins,
                 "lora_wins_all": all(wins.values()),
+                "adherence_digits": adherence_gap(rows[n]["adherence"], rows[base]["adherence"], out["n_samples"]),
             }
     out["equal_calls"] = comp
     out["verdict"] = verdict_line(out)
@@ -206,6 +217,10 @@ def verdict_line(out: dict) -> str:
         best = max(by_calls[calls], key=lambda c: (sum(c["wins"].values()), c["lora"].startswith("stage")))
         n = sum(best["wins"].values())
         who = "LoRA wins" if n == 3 else ("teacher wins" if n == 0 else f"mixed ({n}/3 to the LoRA)")
+        gap = best.get("adherence_digits")
+        if gap and not best["wins"]["adherence"]:
+            noise = "within sampling noise" if gap["p"] > 0.05 else "significant"
+            who += f", adherence {gap['lora_minus_teacher']} of {gap['of']} digits (p={gap['p']:.2f}, {noise})"
         parts.append(f"{calls} call{'s' if calls > 1 else ''}: {who} ({best['lora']} vs {best['teacher']})")
     return "Verdict at equal model calls (traj. error, Frechet->teacher, adherence): " + "; ".join(parts)
 

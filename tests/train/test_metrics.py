@@ -44,3 +44,24 @@ def test_reader_reads_held_out_digits_and_is_deterministic():
     noise = torch.rand((200, 1, 16, 16), generator=torch.Generator().manual_seed(0)) * 2 - 1
     assert reader.adherence(noise, torch.arange(10).repeat_interleave(20)) < 0.3
     assert reader.features(test.images).shape == (len(test.labels), 64)
+
+
+def test_equal_calls_verdict_says_when_an_adherence_gap_is_noise():
+    from train.evaluate import add_comparisons, adherence_gap
+
+    assert adherence_gap(0.99, 1.0, 200) == {"lora_minus_teacher": -2, "of": 200, "p": 0.499}
+    assert adherence_gap(0.80, 0.99, 200)["p"] < 0.001
+    teacher = dict(kind="teacher", cfg=3.0, steps=2, nfe=4)
+    rows = {
+        "teacher DDIM 2 cfg 3": dict(teacher, adherence=1.0, frechet_teacher=1.7, trajectory_error=0.20),
+        "stage k=4 LoRA 4": dict(kind="stage", nfe=4, adherence=0.99, frechet_teacher=0.4, trajectory_error=0.10),
+    }
+    out = {"rows": rows, "teacher_cfg": 3.0, "n_samples": 200}
+    add_comparisons(out, [4])
+    assert out["verdict"].endswith(
+        "4 calls: mixed (2/3 to the LoRA), adherence -2 of 200 digits (p=0.50, within sampling noise) "
+        "(stage k=4 LoRA 4 vs teacher DDIM 2 cfg 3)"
+    )
+    rows["stage k=4 LoRA 4"]["adherence"] = 0.80
+    add_comparisons(out, [4])
+    assert "adherence -40 of 200 digits (p=0.00, significant)" in out["verdict"]
