@@ -261,12 +261,11 @@ def measure(
 
     from train.lora import is_lora_parameter
 
-    from .train_harness import accelerator, build_context, random_batch, uncond_fn
-    from hypersd_models.specs import SPECS, build_unet
+    from .train_harness import accelerator
+    from hypersd_models.specs import SPECS
 
     spec = SPECS[spec_name]
     res = resolution or spec.resolution
-    wdt = torch.bfloat16
     acc = accelerator("bf16")  # made outside fake mode: CPU autocast bf16, as mixed_precision: bf16
     t0 = time.perf_counter()
     tracker = LiveTensorTracker()
@@ -275,28 +274,14 @@ def measure(
 
     attention = sdpa_kernel({"flash": SDPBackend.FLASH_ATTENTION, "math": SDPBackend.MATH}[sdpa])
     with _fake_params_movable(), attention, FakeTensorMode(allow_non_fake_inputs=True), tracker, policy:
-        unet = build_unet(spec, dtype=wdt)
-        setup = build_context(
-            unet,
-            mixed_precision="bf16",
-            weight_dtype=wdt,
-            rank=rank,
-            gradient_checkpointing=gradient_checkpointing,
-            uncond=uncond_fn(spec, res, acc.device, wdt),
+        unet, setup, st, data = build_run(
+            spec, stage, acc, rank, gradient_checkpointing, batch, res, fake_updates, reg_steps, emulate_cuda
         )
         ctx = setup.ctx
-        if emulate_cuda:  # train.optim fuses the LoRA AdamW on CUDA
-            for g in getattr(ctx.optimizer, "optimizer", ctx.optimizer).param_groups:
-                g["fused"], g["foreach"] = True, False
-        from train.stages import get_stage
-
-        st = get_stage(stage)(ctx, stage_config(stage, fake_updates, reg_steps), 0)
-        st.setup()
         if emulate_cuda:  # the fake-score AdamW has no fused flag: torch picks foreach for CUDA tensors
             for g in st.fake_opt.param_groups:
                 g["foreach"] = True
         ctx.phase = tracker.phase  # the stage marks its phases (fake_score, bank, gen_forward, backward_step)
-        data = random_batch(spec, batch, res, acc.device, wdt)
         static = {
             "base_weights": _nbytes(
                 [p for n, p in unet.named_parameters() if not is_lora_parameter(n)] + list(unet.buffers())
@@ -345,6 +330,32 @@ def measure(
     }
 
 
+def build_run(spec, stage, acc, rank, gradient_checkpointing, batch, res, fake_updates, reg_steps, fused=False):
+    """(unet, context setup, set-up stage, batch): the measured stage on a random ``spec`` UNet in
+    bf16; ``fused``: the LoRA AdamW as train.optim makes it on CUDA (for the fake-tensor count)."""
+    from hypersd_models.specs import build_unet
+    from train.stages import get_stage
+
+    from .train_harness import build_context, random_batch, uncond_fn
+
+    wdt = torch.bfloat16
+    unet = build_unet(spec, dtype=wdt)
+    setup = build_context(
+        unet,
+        mixed_precision="bf16",
+        weight_dtype=wdt,
+        rank=rank,
+        gradient_checkpointing=gradient_checkpointing,
+        uncond=uncond_fn(spec, res, acc.device, wdt),
+    )
+    if fused:
+        for g in getattr(setup.ctx.optimizer, "optimizer", setup.ctx.optimizer).param_groups:
+            g["fused"], g["foreach"] = True, False
+    st = get_stage(stage)(setup.ctx, stage_config(stage, fake_updates, reg_steps), 0)
+    st.setup()
+    return unet, setup, st, random_batch(spec, batch, res, acc.device, wdt)
+
+
 def stage_config(stage: str, fake_updates: int, reg_steps: int):
     """The measured stage's settings (train/configs/sdxl-unified.yaml's unified stage, reduced)."""
     from train.config import StageConfig
@@ -383,29 +394,17 @@ def measure_cuda(
 ) -> dict:
     """The same train_steps with real tensors on a GPU: ``torch.cuda.max_memory_allocated`` per step,
     the measurement the fake-tensor count stands in for."""
-    from train.stages import get_stage
+    from hypersd_models.specs import SPECS
 
-    from .train_harness import accelerator, build_context, random_batch, uncond_fn
-    from .unet_configs import SPECS, build_unet
+    from .train_harness import accelerator
 
     if not torch.cuda.is_available():
         raise SystemExit("--cuda needs a CUDA GPU")
-    spec, wdt = SPECS[spec_name], torch.bfloat16
+    spec = SPECS[spec_name]
     res = resolution or spec.resolution
     acc = accelerator("bf16")
     t0 = time.perf_counter()
-    unet = build_unet(spec, dtype=wdt)
-    setup = build_context(
-        unet,
-        mixed_precision="bf16",
-        weight_dtype=wdt,
-        rank=rank,
-        gradient_checkpointing=gradient_checkpointing,
-        uncond=uncond_fn(spec, res, acc.device, wdt),
-    )
-    st = get_stage(stage)(setup.ctx, stage_config(stage, fake_updates, reg_steps), 0)
-    st.setup()
-    data = random_batch(spec, batch, res, acc.device, wdt)
+    _, _, st, data = build_run(spec, stage, acc, rank, gradient_checkpointing, batch, res, fake_updates, reg_steps)
     per_step = []
     for i in range(steps):
         torch.cuda.synchronize()

@@ -112,3 +112,11 @@ def test_tiny_peaks_cover_what_must_be_alive_and_grow_with_batch(tiny_runs):
         assert all(v >= s["base_weights"] for v in last["phase_peaks"].values())
     assert two["steps"][-1]["peak"] > one["steps"][-1]["peak"]
     assert two["steps"][-1]["phase_peaks"]["gen_forward"] > one["steps"][-1]["phase_peaks"]["gen_forward"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path of the CUDA measurement")
+def test_cuda_measurement_imports_and_refuses_without_a_gpu():
+    from benchmarks.memory_sdxl_dmd import measure_cuda
+
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        measure_cuda("sdxl")
