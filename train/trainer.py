@@ -250,7 +250,8 @@ class Trainer:
         self.build()
         cfg, acc = self.cfg, self.acc
         state, folder = self._load_resume() if self.resume else ({"stage": 0, "step": 0, "global_step": 0}, None)
-        if folder is not None:
+        mid_stage = folder is not None and state["step"] > 0
+        if folder is not None and not mid_stage:  # a stage boundary: the next stage is set up after it
             self._restore_process_state(folder)
         stage = None
         stage_times = dict(state.get("stage_seconds", {}))
@@ -259,7 +260,10 @@ class Trainer:
             stage = get_stage(scfg.name)(self.ctx, scfg, idx)
             stage.setup()
             start = state["step"] if idx == state["stage"] else 0
-            if folder is not None and idx == state["stage"] and start > 0:  # optimizer: restored by load_state
+            if mid_stage and folder is not None and idx == state["stage"]:
+                # The interrupted run set this stage up before it saved, so its RNG states and optimizers
+                # are restored after setup (a discriminator's init draws from the global RNG).
+                self._restore_process_state(folder)
                 stage.load_state_dict(ckpt.read_part(folder, "stage")[0])
             else:
                 reset_state(self.optimizer)
