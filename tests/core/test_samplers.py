@@ -84,7 +84,7 @@ def test_callback_reports_every_step():
 
 
 def test_sample_tscd_rejects_bad_eta():
-    with pytest.raises(ValueError, match=r"eta \(gamma\) must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"eta must be in \[0, 1\] \(TCD's gamma\)"):
         run(eta=1.5)
 
 
