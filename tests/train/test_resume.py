@@ -3,6 +3,7 @@ run produces (LoRA, optimizer, EMA, discriminator, data position and RNG all res
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -94,3 +95,54 @@ def test_existing_output_needs_resume(tmp_path, tokenizer_path, capsys):
     assert main(_args(tmp_path, tokenizer_path)) == 2
     err = capsys.readouterr().err
     assert "--resume" in err and "Traceback" not in err
+
+
+def _in_process(*argv):
+    from accelerate.state import AcceleratorState
+
+    from train.cli import main
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # accelerate keeps one state per process
+    return main(list(argv))
+
+
+def test_resume_inside_a_stage_whose_setup_draws_from_the_global_rng(tmp_path, tokenizer_path):
+    """Two adversarial stages: each setup draws its discriminator's init from the global torch RNG.
+    Resumed from a checkpoint inside stage 1, the RNG states must be restored after stage 1's setup,
+    or stage 2's discriminator starts from other weights and the final LoRA drifts (the tiny steps
+    draw only from the trainer's generator, so the next stage's setup is where it shows)."""
+    adv = {"name": "tscd", "segments": 1, "adv_weight": 0.5, "cfg_max": 2.0, "ema_decay": 0.0}
+    stages = [dict(adv, steps=4), dict(adv, steps=2)]
+    args = [
+        "--preset",
+        "tiny-test",
+        "--set",
+        f"model.tokenizer_path={tokenizer_path}",
+        "--set",
+        "stages=" + json.dumps(stages),
+    ]
+    for o in (
+        "checkpoint_every=2",
+        "keep_checkpoints=10",
+        "eval.enabled=false",
+        "sample.steps=[1]",
+        "export.dtype=fp32",
+    ):
+        args += ["--set", o]
+    ref = tmp_path / "ref"
+    assert _in_process(*args, "--output", str(ref)) == 0
+
+    # The run as a kill right after the stage-1 step-2 checkpoint would leave it.
+    out = tmp_path / "resumed"
+    out.mkdir()
+    shutil.copy(ref / "config.json", out / "config.json")
+    shutil.copytree(ref / "checkpoints" / "step-2", out / "checkpoints" / "step-2")
+    state = json.loads((out / "checkpoints" / "step-2" / "state.json").read_text())
+    assert (state["stage"], state["step"]) == (0, 2)  # inside stage 1
+
+    assert _in_process(*args, "--output", str(out), "--resume") == 0
+    a, _ = load_lora(ref / "hypersd_lora.safetensors")
+    b, _ = load_lora(out / "hypersd_lora.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k}: max diff {(a[k] - b[k]).abs().max():.3g}"
