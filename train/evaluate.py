@@ -3,12 +3,19 @@
 Every LoRA row is compared with the untrained teacher at the SAME number of model calls (UNet
 evaluations; DDIM with cfg > 1 costs two per step): 1 call = teacher 1 step cfg 1, 2k calls =
 teacher k steps at the guided cfg. The judge is the independent reader (metrics.DigitReader), not
-the embedded classifier, which is the feedback reward."""
+the embedded classifier, which is the feedback reward.
+
+``python -m train.evaluate --retable RUN_DIR`` recomputes the equal-call comparisons, the verdict
+and table.txt of a finished run from its metrics.json, without sampling again."""
 
 from __future__ import annotations
 
+import json
+import sys
 import time
+from pathlib import Path
 
+from .errors import UserError
 from .grids import generate
 from .lora import load_lora_tensors, lora_tensors
 from .metrics import classifier_features, digit_eval_set, digit_reader, score_images
@@ -260,3 +267,87 @@ def format_table(metrics: dict) -> str:
     if metrics.get("verdict"):
         lines.append(metrics["verdict"])
     return "\n".join(lines)
+
+
+# -- recomputing a finished run's comparisons -----------------------------------------------------------
+class MetricsFileError(UserError):
+    """A run folder without a usable metrics.json."""
+
+
+def compared_calls(metrics: dict) -> list[int]:
+    """The call counts a run compared at: its eval.steps, the step counts of its ``student`` rows."""
+    return sorted({r["nfe"] for r in metrics["rows"].values() if r.get("kind") == "student"})
+
+
+def _read_metrics(path: Path) -> dict:
+    run = path.parent
+    redo = f"rerun the evaluation: python -m train --config {run / 'config.json'} --output {run} --resume"
+    if not path.is_file():
+        raise MetricsFileError(f"{path} not found: only runs with eval.enabled (embedded digits) write it; {redo}")
+    try:
+        metrics = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MetricsFileError(f"{path} is not valid JSON ({e}); restore it from the run or {redo}") from None
+    rows = metrics.get("rows") if isinstance(metrics, dict) else None
+    keys = ("teacher_cfg", "n_samples", "real_samples", "reference")
+    if (
+        not isinstance(rows, dict)
+        or not all(isinstance(r, dict) for r in rows.values())
+        or not all(k in metrics for k in keys)
+    ):
+        raise MetricsFileError(
+            f"{path} is not a metrics.json written by train.evaluate (an object with 'rows' and "
+            f"{', '.join(repr(k) for k in keys)}); {redo}"
+        )
+    return metrics
+
+
+def retable(run_dir: str | Path) -> dict:
+    """Recompute ``equal_calls``, ``verdict`` and table.txt of ``run_dir`` from its metrics.json
+    (rows unchanged); both files are replaced atomically. Returns the updated metrics."""
+    from hypersd_core.lora_formats import atomic_write
+
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise MetricsFileError(f"{run} is not a folder: pass the output folder of a training run")
+    path = run / "metrics.json"
+    metrics = _read_metrics(path)
+    try:
+        add_comparisons(metrics, compared_calls(metrics))
+        table = format_table(metrics)
+    except (KeyError, TypeError, ValueError) as e:
+        raise MetricsFileError(
+            f"{path}: a row lacks what the comparison needs ({type(e).__name__}: {e}); it is from an older "
+            "evaluation or was edited: rerun the evaluation"
+        ) from None
+    atomic_write(str(path), lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2)))
+    atomic_write(str(run / "table.txt"), lambda tmp: Path(tmp).write_text(table + "\n"))
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(
+        prog="python -m train.evaluate",
+        description="Recompute a finished run's equal-call comparisons and verdict from its metrics.json.",
+    )
+    ap.add_argument(
+        "--retable",
+        metavar="RUN_DIR",
+        required=True,
+        help="run output folder: rewrites metrics.json (equal_calls, verdict) and table.txt, no sampling",
+    )
+    args = ap.parse_args(argv)
+    try:
+        metrics = retable(args.retable)
+    except UserError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    print(metrics["verdict"])
+    print(f"rewrote {Path(args.retable) / 'metrics.json'} and {Path(args.retable) / 'table.txt'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
