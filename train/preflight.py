@@ -81,36 +81,68 @@ def config_changes(old: dict, new: dict) -> dict[str, tuple]:
     return {k: (a.get(k), b.get(k)) for k in keys if k.split(".")[0] not in RUNTIME_KEYS and a.get(k) != b.get(k)}
 
 
-def _with_defaults(old: dict) -> dict:
-    """A recorded config with the keys added since it was written set to their defaults (which
-    change nothing), so only real changes count; as recorded when it no longer parses."""
-    from .config import ConfigError, TrainConfig, from_dict
-
-    try:
-        return from_dict(TrainConfig, old).to_dict()
-    except (ConfigError, TypeError, ValueError):
-        return old
+def _short(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def check_resume_config(out: Path, new: dict, allow: bool) -> dict[str, tuple]:
-    """On --resume, compare with the run's config.json; refuse a change unless ``allow``."""
-    path = out / "config.json"
-    if not path.is_file():
-        return {}
+_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+
+
+def _recorded_config(path: Path) -> tuple[dict | None, str | None]:
+    """The run's config.json, or None and what is wrong with it (unreadable, not a JSON object)."""
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PreflightError(
-            f"{path} is unreadable ({e.__class__.__name__}); restore it, or pass "
-            "--allow-config-change to resume with the config given now"
-        ) from None
-    changes = config_changes(_with_defaults(old), new)
+        return None, f"unreadable ({e.__class__.__name__})"
+    if not isinstance(old, dict):
+        return None, f"not a training config (a JSON {_JSON_TYPES.get(type(old), type(old).__name__)}, not an object)"
+    return old, None
+
+
+def _with_defaults(old: dict) -> tuple[dict, str | None]:
+    """A recorded config with the keys added since it was written set to their defaults (which
+    change nothing), so only real changes count. When this version cannot read or run it (a key
+    or stage it no longer has, a value of the wrong type), it comes back as recorded, with why."""
+    from .config import ConfigError, TrainConfig, config_problems, from_dict
+
+    try:
+        cfg = from_dict(TrainConfig, old)
+        problems = config_problems(cfg)
+    except (ConfigError, TypeError, ValueError, AttributeError, KeyError) as e:
+        return old, _short(e)
+    return cfg.to_dict(), (_short(problems[0]) if problems else None)
+
+
+def check_resume_config(out: Path, new: dict, allow: bool) -> dict[str, tuple]:
+    """On --resume, compare with the run's config.json; refuse a change unless ``allow``. A damaged
+    config.json is refused too unless ``allow``, which resumes with the new config (recorded)."""
+    path = out / "config.json"
+    if not path.is_file():
+        return {}
+    old, damaged = _recorded_config(path)
+    if old is None:
+        if not allow:
+            raise PreflightError(
+                f"{path} (the run's recorded config) is {damaged}; restore it, or pass "
+                "--allow-config-change to resume with the config given now (it is recorded in the run)"
+            )
+        return {"config.json": (damaged, "replaced by the config given now")}
+    old, unusable = _with_defaults(old)
+    changes = config_changes(old, new)
     if changes and not allow:
-        listed = "; ".join(f"{k}: {o!r} -> {n!r}" for k, (o, n) in list(changes.items())[:8])
-        more = f" (+{len(changes) - 8} more)" if len(changes) > 8 else ""
+        shown = 4 if unusable else 8
+        listed = "; ".join(f"{k}: {o!r} -> {n!r}" for k, (o, n) in list(changes.items())[:shown])
+        more = f" (+{len(changes) - shown} more)" if len(changes) > shown else ""
+        if unusable:
+            raise PreflightError(
+                f"{path} (the run's recorded config) cannot be run by this version ({unusable}); pass "
+                "--allow-config-change to resume with the config given now (it is recorded in the run). "
+                f"The changed training config: {listed}{more}"
+            )
         raise PreflightError(
-            f"--resume with a changed training config ({listed}{more}); resume with the run's own "
-            "config, or pass --allow-config-change to accept the change (it is recorded in the run)"
+            f"--resume with a changed training config ({listed}{more}); resume with the run's own config "
+            f"(--config {path}), or pass --allow-config-change to accept the change (it is recorded in the run)"
         )
     return changes
 

@@ -269,6 +269,59 @@ def test_keys_added_since_the_run_started_are_no_change(tmp_path):
         check_resume_config(tmp_path, new, allow=False)
 
 
+def _edit(**top):
+    return lambda cfg: {**cfg, **top}
+
+
+def _stage_name(name):
+    return lambda cfg: {**cfg, "stages": [{**cfg["stages"][0], "name": name}, *cfg["stages"][1:]]}
+
+
+# (case, the recorded config.json: bytes or an edit of the run's config, the change recorded with
+# --allow-config-change, words of the one line)
+DAMAGED_RECORD_CASES = [
+    ("empty", b"", "config.json", ["is unreadable (JSONDecodeError)", "restore it"]),
+    ("truncated", b'{"seed": 0, "optim": {"lr', "config.json", ["is unreadable (JSONDecodeError)"]),
+    ("binary", b"\xff\xfe\x00\x01garbage", "config.json", ["is unreadable (UnicodeDecodeError)"]),
+    ("array", b"[1, 2]", "config.json", ["not a training config (a JSON array, not an object)"]),
+    ("null", b"null", "config.json", ["not a training config (a JSON null, not an object)"]),
+    ("string", b'"tiny-test"', "config.json", ["not a training config (a JSON string, not an object)"]),
+    (
+        "unknown stage",
+        _stage_name("renamed"),
+        "stages.0.name",
+        ["cannot be run by this version", "unknown stage 'renamed'"],
+    ),
+    ("wrong type", _edit(optim=5), "optim", ["cannot be run by this version", "config.optim: expected a mapping"]),
+    ("removed key", _edit(old_key=1), "old_key", ["cannot be run by this version", "unknown key(s) ['old_key']"]),
+    ("null value", _edit(solver_steps=None), "solver_steps", ["cannot be run by this version"]),
+]
+
+
+@pytest.mark.parametrize("case, record, key, words", DAMAGED_RECORD_CASES, ids=[c[0] for c in DAMAGED_RECORD_CASES])
+def test_resume_with_a_damaged_recorded_config(tmp_path, capsys, tokenizer_path, case, record, key, words):
+    """The run's config.json is damaged or from a version that cannot run it: one line naming the file
+    and what to do (exit 2); --allow-config-change then resumes with the config given now, recorded."""
+    from train.config import load_config
+    from train.preflight import check_resume_config, record_config_change
+
+    out = tmp_path / "run"
+    args = ["--preset", "tiny-test", "--output", str(out), "--set", f"model.tokenizer_path={tokenizer_path}"]
+    cfg = load_config("tiny-test", overrides=[f"output={out}", f"model.tokenizer_path={tokenizer_path}"]).to_dict()
+    _started_run(out, cfg)
+    path = out / "config.json"
+    path.write_bytes(record if isinstance(record, bytes) else json.dumps(record(cfg)).encode())
+    before = _digest(out)
+    code, _, err = _run(capsys, *args, "--resume")
+    assert code == 2
+    _assert_clean(err, str(path), "--allow-config-change", *words, lines=1)
+    assert _digest(out) == before
+    changes = check_resume_config(out, cfg, allow=True)
+    assert key in changes, changes
+    record_config_change(out, changes)
+    assert key in json.loads((out / "config_changes.jsonl").read_text())["changes"]
+
+
 # -- model files: architecture and integrity, from headers, before loading --------------------------
 def _sd_folder(root: Path, arch: str, unet_bytes: bytes | None = None) -> Path:
     (root / "unet").mkdir(parents=True)
