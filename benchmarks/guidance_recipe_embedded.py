@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .machine import machine_info
-from .report import RESULTS_DIR, markdown_table, write_json, write_text
+from .report import RESULTS_DIR, judged_rows, markdown_table, write_json, write_text
 
 STEPS = (1, 2, 4, 8)
 EVAL_SEED, PER_DIGIT, REFERENCE = 4321, 20, 50
@@ -52,14 +52,7 @@ def main(argv=None) -> int:
     ev = Evaluator("embedded", PER_DIGIT, [EVAL_SEED], REFERENCE, 3.0)
     rows = []
     for name, lora in runs:
-        for k, v in ev.rows(str(lora), STEPS, 1.0, 0.0).items():
-            r = {m: round(float(v[0][m]), 4) for m in ("adherence", "frechet_teacher", "trajectory_error")}
-            rows.append(dict(recipe=name, steps=k, **r))
-            print(
-                f"{name:<28} {k} steps: adherence {r['adherence']:.3f}  Frechet->teacher {r['frechet_teacher']:.2f}  "
-                f"traj.err {r['trajectory_error']:.4f}",
-                flush=True,
-            )
+        rows += judged_rows(ev.rows(str(lora), STEPS, 1.0, 0.0), "recipe", name, 28)
     command = "python -m benchmarks.guidance_recipe_embedded " + " ".join(f'--run "{s}"' for s in a.run)
     result = {
         "machine": machine_info(),

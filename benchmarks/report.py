@@ -46,6 +46,25 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     return "\n".join(out) + "\n"
 
 
+JUDGED = ("adherence", "frechet_teacher", "trajectory_error")  # the independent reader's measures
+
+
+def judged_rows(scores: dict, key: str, name: str, width: int) -> list[dict]:
+    """Rows ``{key: name, "steps": k, adherence, frechet_teacher, trajectory_error}`` (4 places) from
+    ``quality_embedded.Evaluator.rows`` output (``{k: [scores per eval seed]}``, first seed), each
+    printed as one progress line with ``name`` left-aligned in ``width`` columns."""
+    rows = []
+    for k, per_seed in scores.items():
+        r = {m: round(float(per_seed[0][m]), 4) for m in JUDGED}
+        rows.append({key: name, "steps": k, **r})
+        print(
+            f"{name:<{width}} {k} steps: adherence {r['adherence']:.3f}  Frechet->teacher {r['frechet_teacher']:.2f}  "
+            f"traj.err {r['trajectory_error']:.4f}",
+            flush=True,
+        )
+    return rows
+
+
 SAMPLER_SHARE_HEADER = [
     "model",
     "steps",

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .machine import machine_info
-from .report import RESULTS_DIR, write_json
+from .report import RESULTS_DIR, judged_rows, write_json
 
 
 def main(argv=None) -> int:
@@ -51,14 +51,7 @@ def main(argv=None) -> int:
     ]
     rows = []
     for name, path, ks, eta in plan:
-        for k, v in ev.rows(path, ks, 1.0, eta).items():
-            r = {key: round(float(v[0][key]), 4) for key in ("adherence", "frechet_teacher", "trajectory_error")}
-            rows.append(dict(lora=name, steps=k, **r))
-            print(
-                f"{name:<22} {k} steps: adherence {r['adherence']:.3f}  Frechet->teacher {r['frechet_teacher']:.2f}  "
-                f"traj.err {r['trajectory_error']:.4f}",
-                flush=True,
-            )
+        rows += judged_rows(ev.rows(path, ks, 1.0, eta), "lora", name, 22)
     write_json(
         a.out,
         {
