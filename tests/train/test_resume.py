@@ -113,22 +113,9 @@ def test_resume_inside_a_stage_whose_setup_draws_from_the_global_rng(tmp_path, t
     draw only from the trainer's generator, so the next stage's setup is where it shows)."""
     adv = {"name": "tscd", "segments": 1, "adv_weight": 0.5, "cfg_max": 2.0, "ema_decay": 0.0}
     stages = [dict(adv, steps=4), dict(adv, steps=2)]
-    args = [
-        "--preset",
-        "tiny-test",
-        "--set",
-        f"model.tokenizer_path={tokenizer_path}",
-        "--set",
-        "stages=" + json.dumps(stages),
-    ]
-    for o in (
-        "checkpoint_every=2",
-        "keep_checkpoints=10",
-        "eval.enabled=false",
-        "sample.steps=[1]",
-        "export.dtype=fp32",
-    ):
-        args += ["--set", o]
+    sets = [f"model.tokenizer_path={tokenizer_path}", "stages=" + json.dumps(stages), "checkpoint_every=2"]
+    sets += ["keep_checkpoints=10", "eval.enabled=false", "sample.steps=[1]", "export.dtype=fp32"]
+    args = ["--preset", "tiny-test", *(a for o in sets for a in ("--set", o))]
     ref = tmp_path / "ref"
     assert _in_process(*args, "--output", str(ref)) == 0
 
