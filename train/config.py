@@ -453,7 +453,10 @@ def _coerce(tp, value, where: str):
         raise ConfigError(f"{where}: expected a mapping, got {value!r}")
     args = [a for a in get_args(tp) if a is not type(None)]
     if value is None:
-        return None
+        if tp is Any or type(None) in get_args(tp):
+            return None
+        kind = {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(tp, "a value")
+        raise ConfigError(f"{where}: expected {kind}, got None (this key cannot be unset)")
     if args and origin is not dict:  # Optional[X] / unions
         tp = args[0]
         if get_origin(tp) in (list, tuple) or dataclasses.is_dataclass(tp):

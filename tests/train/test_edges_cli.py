@@ -43,6 +43,8 @@ CONFIG_CASES = [
     (["--set", "optim.lr=[1, 2]"], None, ["optim.lr: expected a number"]),
     (["--set", "lora.rank=[8]"], None, ["lora.rank: expected an integer"]),
     (["--set", "data.batch_size=0"], None, ["data.batch_size must be >= 1"]),
+    (["--set", "solver_steps=null"], None, ["config.solver_steps: expected an integer, got None"]),
+    (["--set", "stage_all.cfg_max=null"], None, ["config.stages[0].cfg_max: expected a number, got None"]),
     (["--set", "sample.steps=[0, 2]"], None, ["sample.steps must be a list of step counts"]),
     (["--set", "export.eta=2"], None, ["export.eta must be in [0, 1]"]),
     (["--set", "stage_all.keep_segments=[3]"], None, ["keep_segments entry 3 must be a segment count dividing"]),
