@@ -26,6 +26,14 @@ from .stages import StageContext, get_stage
 from .tracking import flat_config, log_image, trackers
 
 
+def _write_json(path: Path, data: dict, **kw) -> None:
+    """Replace ``path`` atomically: a killed run never leaves a half-written config/summary/metrics."""
+    from hypersd_core.lora_formats import atomic_write
+
+    text = json.dumps(data, indent=2, **kw)
+    atomic_write(str(path), lambda tmp: Path(tmp).write_text(text))
+
+
 def init_lora_from(unet: torch.nn.Module, path: str) -> None:
     """Load a LoRA file (kohya or peft layout) into the student's adapter."""
     from hypersd_core.lora_formats import detect_format, kohya_to_peft, load_lora
@@ -131,7 +139,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.seed * 7 + 1000 * acc.process_index + 1)
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+            _write_json(self.out / "config.json", cfg.to_dict())
         acc.init_trackers(cfg.tracker_project, config=flat_config(cfg.to_dict()))  # main process only
         self.ctx = StageContext(
             config=cfg,
@@ -321,7 +329,7 @@ class Trainer:
         if acc.is_main_process:
             self._final_outputs(stage)
             self.results["total_seconds"] = round(time.time() - t_start, 1)
-            (self.out / "summary.json").write_text(json.dumps(self.results, indent=2, default=str))
+            _write_json(self.out / "summary.json", self.results, default=str)
             self._print_summary()
         acc.wait_for_everyone()
         acc.end_training()  # closes the trackers
@@ -416,7 +424,7 @@ class Trainer:
 
             metrics = evaluate_digits(self, stage)
             self.results["metrics"] = str(self.out / "metrics.json")
-            (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            _write_json(self.out / "metrics.json", metrics)
             self.metrics = metrics
 
     def _print_summary(self) -> None:
