@@ -172,7 +172,7 @@ def steps_to_match(rows: dict, row: dict, cfg: float, metric: str = "trajectory_
 
 def adherence_gap(lora: float, teacher: float, n: int) -> dict:
     """The adherence difference in digits of ``n`` and its two-sided Fisher exact p-value: whether
-    a gap of a few digits is more than sampling noise."""
+    a gap of a few digits is significant at this n (a gap that is not may still be real at a larger n)."""
     from scipy.stats import fisher_exact
 
     a, b = round(lora * n), round(teacher * n)
@@ -226,7 +226,7 @@ def verdict_line(out: dict) -> str:
         who = "LoRA wins" if n == 3 else ("teacher wins" if n == 0 else f"mixed ({n}/3 to the LoRA)")
         gap = best.get("adherence_digits")
         if gap and not best["wins"]["adherence"]:
-            noise = "within sampling noise" if gap["p"] > 0.05 else "significant"
+            noise = f"not significant at n={gap['of']}" if gap["p"] > 0.05 else "significant"
             who += f", adherence {gap['lora_minus_teacher']} of {gap['of']} digits (p={gap['p']:.2f}, {noise})"
         parts.append(f"{calls} call{'s' if calls > 1 else ''}: {who} ({best['lora']} vs {best['teacher']})")
     return "Verdict at equal model calls (traj. error, Frechet->teacher, adherence): " + "; ".join(parts)

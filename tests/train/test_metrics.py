@@ -59,7 +59,7 @@ def test_equal_calls_verdict_says_when_an_adherence_gap_is_noise():
     out = {"rows": rows, "teacher_cfg": 3.0, "n_samples": 200}
     add_comparisons(out, [4])
     assert out["verdict"].endswith(
-        "4 calls: mixed (2/3 to the LoRA), adherence -2 of 200 digits (p=0.50, within sampling noise) "
+        "4 calls: mixed (2/3 to the LoRA), adherence -2 of 200 digits (p=0.50, not significant at n=200) "
         "(stage k=4 LoRA 4 vs teacher DDIM 2 cfg 3)"
     )
     rows["stage k=4 LoRA 4"]["adherence"] = 0.80
