@@ -1,0 +1,180 @@
+"""Do the equal-call verdicts hold at 1,000 samples? The trainer's eval (200 samples) cannot tell a
+1-2 digit adherence gap from noise; this re-judges chosen LoRAs against the untrained teacher at
+equal model calls on a larger eval set (default 100 per digit, seed 777: not the trainer's set),
+with the independent reader, Fréchet -> teacher DDIM 50 cfg 3 and trajectory error against it.
+
+    python -m benchmarks.equal_calls_large_n_embedded \\
+        --lora "k=4 stage=RUN/lora/stage2_tscd_k4.safetensors@4" \\
+        --lora "final eta 1=RUN/hypersd_lora.safetensors@1,2,4,8@1"
+
+Each ``--lora NAME=FILE@STEPS[@ETA]`` is sampled at cfg 1 (one call per step); the teacher rows are
+DDIM 1 step at cfg 1 (1 call) and DDIM k steps at cfg 3 (2k calls). Every LoRA row is compared with
+the teacher at its call count: who wins each measure, and the adherence gap in digits with its
+two-sided Fisher exact p-value. Writes results/equal_calls_large_n_embedded.{json,md}. About 12 min
+on one CPU core for the reference and a handful of rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from .machine import machine_info
+from .report import JUDGED, RESULTS_DIR, markdown_table, write_json, write_text
+
+EVAL_SEED, PER_DIGIT, REFERENCE, CFG = 777, 100, 50, 3.0
+BETTER_UP = {"adherence": True, "frechet_teacher": False, "trajectory_error": False}
+
+
+def parse_lora(spec: str) -> tuple[str, str, list[int], float]:
+    """``NAME=FILE@STEPS[@ETA]`` -> (name, file, steps, eta); ValueError with what is wrong."""
+    name, _, rest = spec.rpartition("=")  # names may hold "=" (k=4); file names rarely do
+    parts = rest.split("@")
+    if not name or len(parts) not in (2, 3) or not parts[0]:
+        raise ValueError(
+            f"--lora {spec!r}: expected NAME=FILE@STEPS[@ETA], e.g. 'final=run/hypersd_lora.safetensors@2,4'"
+        )
+    try:
+        steps = [int(s) for s in parts[1].split(",")]
+        eta = float(parts[2]) if len(parts) == 3 else 0.0
+    except ValueError:
+        raise ValueError(f"--lora {spec!r}: STEPS must be integers separated by commas and ETA a number") from None
+    if not steps or min(steps) < 1 or not 0 <= eta <= 1:
+        raise ValueError(f"--lora {spec!r}: steps must be >= 1 and eta in [0, 1]")
+    if not Path(parts[0]).is_file():
+        raise ValueError(f"--lora {spec!r}: no such file {parts[0]}")
+    return name, parts[0], steps, eta
+
+
+def teacher_calls(rows: list[dict]) -> list[tuple[int, float]]:
+    """(steps, cfg) of the teacher rows needed at the LoRA rows' call counts."""
+    need = set()
+    for r in rows:
+        c = r["calls"]
+        if c == 1:
+            need.add((1, 1.0))
+        elif c % 2 == 0:
+            need.add((c // 2, CFG))
+    return sorted(need, key=lambda t: (2 * t[0] if t[1] != 1 else t[0], t[1]))
+
+
+def compare(lora: dict, teacher: dict, n: int) -> dict:
+    from train.evaluate import adherence_gap
+
+    wins = {
+        m: (lora[m] >= teacher[m]) if BETTER_UP[m] else (lora[m] < teacher[m])
+        for m in JUDGED  # ties on adherence count for the LoRA, as in the trainer's verdict
+    }
+    gap = adherence_gap(lora["adherence"], teacher["adherence"], n)
+    return {
+        "lora": lora["name"],
+        "teacher": teacher["name"],
+        "calls": lora["calls"],
+        "wins": wins,
+        "adherence_digits": gap,
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lora", action="append", required=True, help="NAME=FILE@STEPS[@ETA] (repeat)")
+    ap.add_argument("--per-digit", type=int, default=PER_DIGIT)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=str(RESULTS_DIR / "equal_calls_large_n_embedded.json"))
+    a = ap.parse_args(argv)
+    try:
+        loras = [parse_lora(s) for s in a.lora]
+        if a.per_digit < 1:
+            raise ValueError(f"--per-digit must be >= 1, got {a.per_digit}")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(a.threads)
+    from .quality_embedded import Evaluator
+
+    n = 10 * a.per_digit
+    ev = Evaluator("embedded", a.per_digit, [EVAL_SEED], REFERENCE, CFG)
+    judged = lambda s: {m: round(float(s[0][m]), 4) for m in JUDGED}  # noqa: E731
+
+    def add(rows, name, kind, steps, calls, eta, scores):
+        r = {"name": name, "kind": kind, "steps": steps, "calls": calls, "eta": eta, **judged(scores)}
+        rows.append(r)
+        print(
+            f"{name:<34} {calls:>3} calls: adherence {r['adherence']:.3f}  Frechet->teacher "
+            f"{r['frechet_teacher']:.3f}  traj.err {r['trajectory_error']:.4f}",
+            flush=True,
+        )
+
+    lora_rows: list[dict] = []
+    for name, path, steps, eta in loras:
+        for k, scores in ev.rows(path, steps, 1.0, eta).items():
+            add(lora_rows, f"{name}, {k} steps" + (f", eta {eta:g}" if eta else ""), "lora", k, k, eta, scores)
+    teacher_rows: list[dict] = []
+    for k, w in teacher_calls(lora_rows):
+        add(
+            teacher_rows,
+            f"teacher DDIM {k} cfg {w:g}",
+            "teacher",
+            k,
+            2 * k if w != 1 else k,
+            0.0,
+            ev.rows(None, [k], w, 0.0)[k],
+        )
+    ref = {"name": f"teacher DDIM {REFERENCE} cfg {CFG:g} (reference)", "kind": "reference", "steps": REFERENCE}
+    ref.update(calls=2 * REFERENCE, eta=0.0, **judged([ev.score(EVAL_SEED, ev.refs[EVAL_SEED])]))
+    by_calls = {r["calls"]: r for r in teacher_rows}
+    comparisons = [compare(r, by_calls[r["calls"]], n) for r in lora_rows if r["calls"] in by_calls]
+    command = "python -m benchmarks.equal_calls_large_n_embedded " + " ".join(f'--lora "{s}"' for s in a.lora)
+    if a.per_digit != PER_DIGIT:
+        command += f" --per-digit {a.per_digit}"
+    result = {
+        "machine": machine_info(),
+        "samples": n,
+        "eval_seed": EVAL_SEED,
+        "reference": ref,
+        "rows": [ref, *teacher_rows, *lora_rows],
+        "comparisons": comparisons,
+        "command": command,
+    }
+    write_json(a.out, result)
+    table = markdown_table(
+        ["sampler", "calls", "adherence ↑", "Fréchet → teacher ↓", "traj. error ↓"],
+        [
+            [
+                r["name"],
+                r["calls"],
+                f"{r['adherence']:.3f}",
+                f"{r['frechet_teacher']:.3f}",
+                f"{r['trajectory_error']:.4f}",
+            ]
+            for r in result["rows"]
+        ],
+    )
+    verdicts = markdown_table(
+        ["LoRA", "vs teacher at equal calls", "traj. error", "Fréchet → teacher", "adherence (digits of n, p)"],
+        [
+            [
+                c["lora"],
+                c["teacher"],
+                "LoRA" if c["wins"]["trajectory_error"] else "teacher",
+                "LoRA" if c["wins"]["frechet_teacher"] else "teacher",
+                f"{'LoRA' if c['wins']['adherence'] else 'teacher'} "
+                f"({c['adherence_digits']['lora_minus_teacher']:+d} of {n}, p={c['adherence_digits']['p']:.3f})",
+            ]
+            for c in comparisons
+        ],
+    )
+    write_text(
+        Path(a.out).with_suffix(".md"),
+        f"n = {n} samples (seed {EVAL_SEED})\n\n{table}\n{verdicts}\nCommand: `{command}`\n",
+    )
+    print(verdicts)
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""equal_calls_large_n_embedded pairs each LoRA row with the teacher at the same model calls and
+reports wins and the adherence gap; checked with a stand-in evaluator (the real one needs runs)."""
+
+import json
+
+import pytest
+
+from benchmarks import equal_calls_large_n_embedded as eq
+from benchmarks import quality_embedded
+
+
+class FakeEvaluator:
+    """Scores that depend on the LoRA (None: the teacher), steps, cfg and eta."""
+
+    calls: list = []
+
+    def __init__(self, model, per_digit, seeds, ref_steps, teacher_cfg):
+        self.per_digit, self.refs = per_digit, {s: "ref" for s in seeds}
+
+    def rows(self, lora_path, steps_list, cfg, eta):
+        FakeEvaluator.calls.append((lora_path and lora_path.split("/")[-1], list(steps_list), cfg, eta))
+        student = lora_path is not None
+        return {
+            k: [
+                {
+                    "adherence": (0.97 if student else 1.0) - eta / 100,
+                    "frechet_teacher": (0.3 if student else 1.5) / k,
+                    "trajectory_error": (0.1 if student else 0.2) / k,
+                }
+            ]
+            for k in steps_list
+        }
+
+    def score(self, seed, images):
+        assert images == "ref"
+        return {"adherence": 0.977, "frechet_teacher": 0.0, "trajectory_error": 0.0}
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    FakeEvaluator.calls = []
+    monkeypatch.setattr(quality_embedded, "Evaluator", FakeEvaluator)
+    monkeypatch.setattr("benchmarks.machine.machine_info", lambda: {"cpu": "test"})
+    return FakeEvaluator
+
+
+def test_rows_pair_with_the_teacher_at_equal_calls(tmp_path, fake, capsys):
+    lora = tmp_path / "a.safetensors"
+    lora.write_bytes(b"x")
+    out = tmp_path / "r.json"
+    args = ["--lora", f"k=4 stage={lora}@1,4", "--lora", f"final={lora}@2@1", "--per-digit", "50", "--out", str(out)]
+    assert eq.main(args) == 0
+    res = json.loads(out.read_text())
+    assert res["samples"] == 500
+    names = [r["name"] for r in res["rows"]]
+    assert names == [
+        "teacher DDIM 50 cfg 3 (reference)",
+        "teacher DDIM 1 cfg 1",
+        "teacher DDIM 1 cfg 3",
+        "teacher DDIM 2 cfg 3",
+        "k=4 stage, 1 steps",
+        "k=4 stage, 4 steps",
+        "final, 2 steps, eta 1",
+    ]
+    # the teacher is sampled at cfg 1 for one call and at cfg 3 (2 calls a step) otherwise
+    assert (None, [1], 1.0, 0.0) in fake.calls and (None, [2], 3.0, 0.0) in fake.calls
+    by = {c["lora"]: c for c in res["comparisons"]}
+    assert by["k=4 stage, 4 steps"]["teacher"] == "teacher DDIM 2 cfg 3"
+    assert by["k=4 stage, 1 steps"]["teacher"] == "teacher DDIM 1 cfg 1"
+    assert by["final, 2 steps, eta 1"]["teacher"] == "teacher DDIM 1 cfg 3"
+    c = by["k=4 stage, 4 steps"]
+    assert c["wins"] == {"adherence": False, "frechet_teacher": True, "trajectory_error": True}
+    assert c["adherence_digits"]["lora_minus_teacher"] == -15 and c["adherence_digits"]["of"] == 500
+    assert c["adherence_digits"]["p"] < 0.001
+    md = out.with_suffix(".md").read_text()
+    assert "| k=4 stage, 4 steps | teacher DDIM 2 cfg 3 | LoRA | LoRA | teacher (-15 of 500, p=0.000) |" in md
+    assert "--per-digit 50" in res["command"]
+    assert "k=4 stage, 4 steps" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "spec, says",
+    [
+        ("noname", "expected NAME=FILE@STEPS"),
+        ("a={f}", "expected NAME=FILE@STEPS"),
+        ("a={f}@two", "STEPS must be integers"),
+        ("a={f}@0", "steps must be >= 1"),
+        ("a={f}@2@1.5", "eta in [0, 1]"),
+        ("a={d}/missing.safetensors@2", "no such file"),
+    ],
+)
+def test_bad_lora_spec_is_one_line(tmp_path, fake, capsys, spec, says):
+    f = tmp_path / "a.safetensors"
+    f.write_bytes(b"x")
+    assert eq.main(["--lora", spec.format(f=f, d=tmp_path), "--out", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --lora") and says in err[0]
+    assert not fake.calls and not (tmp_path / "r.json").exists()
