@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from .machine import describe, machine_info
-from .report import RESULTS_DIR, markdown_table, write_json, write_text
+from .report import RESULTS_DIR, markdown_table, split_named, write_json, write_text
 
 STEPS = (1, 2, 4, 8)
 REF_STEPS, CFG = 25, 3.0
@@ -289,7 +289,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     args.argv = argv
     for spec in args.lora:
-        name, _, path = spec.partition("=")
+        name, path = split_named(spec)
         only = name.partition("@")[2]
         if not name or not path or (only and not only.isdigit()):
             ap.error(f"--lora takes NAME=PATH or NAME@K=PATH, got {spec!r}")

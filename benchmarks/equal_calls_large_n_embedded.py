@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .machine import machine_info
-from .report import JUDGED, RESULTS_DIR, markdown_table, write_json, write_text
+from .report import JUDGED, RESULTS_DIR, markdown_table, split_named, write_json, write_text
 
 EVAL_SEED, PER_DIGIT, REFERENCE, CFG = 777, 100, 50, 3.0
 BETTER_UP = {"adherence": True, "frechet_teacher": False, "trajectory_error": False}
@@ -31,7 +31,7 @@ BETTER_UP = {"adherence": True, "frechet_teacher": False, "trajectory_error": Fa
 
 def parse_lora(spec: str) -> tuple[str, str, list[int], float]:
     """``NAME=FILE@STEPS[@ETA]`` -> (name, file, steps, eta); ValueError with what is wrong."""
-    name, _, rest = spec.rpartition("=")  # names may hold "=" (k=4); file names rarely do
+    name, rest = split_named(spec)
     parts = rest.split("@")
     if not name or len(parts) not in (2, 3) or not parts[0]:
         raise ValueError(

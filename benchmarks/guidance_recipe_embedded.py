@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .machine import machine_info
-from .report import RESULTS_DIR, judged_rows, markdown_table, write_json, write_text
+from .report import RESULTS_DIR, judged_rows, markdown_table, split_named, write_json, write_text
 
 STEPS = (1, 2, 4, 8)
 EVAL_SEED, PER_DIGIT, REFERENCE = 4321, 20, 50
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     runs = []
     for spec in a.run:
-        name, _, folder = spec.partition("=")
+        name, folder = split_named(spec)
         lora = Path(folder) / "hypersd_lora.safetensors"
         if not name or not lora.is_file():
             print(

@@ -12,6 +12,13 @@ from hypersd_core.lora_formats import atomic_write
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
+def split_named(spec: str) -> tuple[str, str]:
+    """``NAME=VALUE`` of a benchmark option, split at the last ``=``: names may hold one (``k=4 LoRA``),
+    paths rarely do. ``("", spec)`` when there is no ``=``."""
+    name, _, value = spec.rpartition("=")
+    return name, value
+
+
 def write_json(path: str | Path, data: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
