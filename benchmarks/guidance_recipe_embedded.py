@@ -54,6 +54,8 @@ def main(argv=None) -> int:
     for name, lora in runs:
         rows += judged_rows(ev.rows(str(lora), STEPS, 1.0, 0.0), "recipe", name, 28)
     command = "python -m benchmarks.guidance_recipe_embedded " + " ".join(f'--run "{s}"' for s in a.run)
+    if Path(a.out).resolve() != (RESULTS_DIR / "guidance_recipe_embedded.json").resolve():
+        command += f" --out {a.out}"
     result = {
         "machine": machine_info(),
         "samples": 10 * PER_DIGIT,
