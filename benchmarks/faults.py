@@ -261,7 +261,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tokenizer", help="CLIP tokenizer folder for --tiny (default: the repo's embedded one)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "faults"))
     args = ap.parse_args(argv)
-    from hypersd_core.lora_formats import atomic_write
+    from hypersd_core.lora_formats import atomic_write_text
 
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
@@ -280,8 +280,8 @@ def main(argv=None) -> int:
         "disk_full": d,
     }
     out = Path(args.out)
-    atomic_write(str(out.with_suffix(".json")), lambda p: Path(p).write_text(json.dumps(res, indent=1, default=str)))
-    atomic_write(str(out.with_suffix(".md")), lambda p: Path(p).write_text(markdown(res)))
+    atomic_write_text(str(out.with_suffix(".json")), json.dumps(res, indent=1, default=str))
+    atomic_write_text(str(out.with_suffix(".md")), markdown(res))
     print(markdown(res))
     ok = k["lora_bit_identical"] and not k["partial_files_after_resume"] and k["any_kill_inside_checkpoint_write"]
     if d.get("run"):

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from .report import write_text
+
 
 def load_student(folder: str, rank: int, target_modules):
     """The embedded UNet with a diffusers-layout LoRA (<run>/hypersd_lora_diffusers) applied."""
@@ -158,7 +160,7 @@ def main(argv=None) -> dict:
             save_grid(grid, Path(a.out).with_name(f"{Path(a.out).stem}_{name}.png"))
     result["seconds"] = round(time.time() - t_start, 1)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=2))
+    write_text(a.out, json.dumps(result, indent=2))
     print(format_rows(result))
     return result
 

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from hypersd_core.lora_formats import atomic_write
+from hypersd_core.lora_formats import atomic_write_text
 
 NOTE = "tensor bytes counted under fake tensors, not a GPU measurement"
 GIB, MIB = 2**30, 2**20
@@ -595,8 +595,8 @@ def main(argv=None) -> int:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(str(out), lambda tmp: Path(tmp).write_text(json.dumps(res, indent=1)))
-    atomic_write(str(out.with_suffix(".md")), lambda tmp: Path(tmp).write_text(markdown(res)))
+    atomic_write_text(str(out), json.dumps(res, indent=1))
+    atomic_write_text(str(out.with_suffix(".md")), markdown(res))
     print(table(runs, MIB if args.tiny else GIB))
     return 0
 
@@ -643,7 +643,7 @@ def _main_cuda(args, spec: str, argv) -> int:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(str(out), lambda tmp: Path(tmp).write_text(json.dumps(res, indent=1)))
+    atomic_write_text(str(out), json.dumps(res, indent=1))
     rows = [
         "| stage | batch | rank | grad. ckpt | peak allocated, GiB | peak reserved, GiB |",
         "|---|---|---|---|---|---|",
@@ -654,7 +654,7 @@ def _main_cuda(args, spec: str, argv) -> int:
             f"| {r['stage']} | {r['batch']} | {r['lora_rank']} | {'on' if r['gradient_checkpointing'] else 'off'} | "
             + (f"{last['peak'] / GIB:.2f} | {last['reserved_peak'] / GIB:.2f} |" if last else f"{r['error']} | |")
         )
-    atomic_write(str(out.with_suffix(".md")), lambda tmp: Path(tmp).write_text("\n".join(rows) + "\n"))
+    atomic_write_text(str(out.with_suffix(".md")), "\n".join(rows) + "\n")
     return 0
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from .report import write_text
+
 
 def main(argv=None) -> dict:
     from train.conditioning import TextConditioner
@@ -103,7 +105,7 @@ def main(argv=None) -> dict:
     out["seconds"] = round(time.time() - t_start, 1)
     out["settings"] = {k: v for k, v in vars(a).items() if k != "out"}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=2))
+    write_text(a.out, json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
     return out
 

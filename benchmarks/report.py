@@ -1,4 +1,4 @@
-"""Writing results: JSON (atomic, via hypersd_core's atomic_write) and markdown tables."""
+"""Writing results: JSON and text (atomic, via hypersd_core's atomic_write_text) and markdown tables."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from hypersd_core.lora_formats import atomic_write
+from hypersd_core.lora_formats import atomic_write_text
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -20,18 +20,12 @@ def split_named(spec: str) -> tuple[str, str]:
 
 
 def write_json(path: str | Path, data: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
-    atomic_write(str(path), lambda tmp: Path(tmp).write_text(text))
-    return path
+    return write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(str(path), lambda tmp: Path(tmp).write_text(text))
-    return path
+    atomic_write_text(path, text)  # makes the folder, never leaves a half file
+    return Path(path)
 
 
 def fmt(v, digits: int = 3) -> str:

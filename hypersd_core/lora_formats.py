@@ -503,3 +503,13 @@ def atomic_write(path: str, write_fn) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Replace ``path`` with ``text`` (UTF-8) as ``atomic_write`` does."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    atomic_write(str(path), write)

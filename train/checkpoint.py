@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from hypersd_core.lora_formats import atomic_write
+from hypersd_core.lora_formats import atomic_write, atomic_write_text
 
 ACCELERATE_DIR = "accelerate"
 _PY = "@py"  # suffix of optimizer entries that were Python numbers
@@ -160,7 +160,7 @@ def write_part(folder: Path, name: str, tensors: dict[str, torch.Tensor], meta: 
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     atomic_write(str(folder / f"{name}.safetensors"), lambda tmp: save_file(tensors, tmp))
     if meta is not None:
-        atomic_write(str(folder / f"{name}.json"), lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+        atomic_write_text(str(folder / f"{name}.json"), json.dumps(meta))
 
 
 def read_part(folder: Path, name: str) -> tuple[dict[str, torch.Tensor], dict | None]:
@@ -177,7 +177,7 @@ def read_part(folder: Path, name: str) -> tuple[dict[str, torch.Tensor], dict | 
 
 def commit(tmp: Path, state: dict, keep: int) -> Path:
     """Write state.json last, rename the temp folder into place, drop old checkpoints."""
-    atomic_write(str(tmp / "state.json"), lambda p: Path(p).write_text(json.dumps(state, indent=2)))
+    atomic_write_text(str(tmp / "state.json"), json.dumps(state, indent=2))
     final = tmp.parent / tmp.name.replace(".tmp-", "")
     if final.exists():
         shutil.rmtree(final)

@@ -305,7 +305,7 @@ def _read_metrics(path: Path) -> dict:
 def retable(run_dir: str | Path) -> dict:
     """Recompute ``equal_calls``, ``verdict`` and table.txt of ``run_dir`` from its metrics.json
     (rows unchanged); both files are replaced atomically. Returns the updated metrics."""
-    from hypersd_core.lora_formats import atomic_write
+    from hypersd_core.lora_formats import atomic_write_text
 
     run = Path(run_dir)
     if not run.is_dir():
@@ -320,8 +320,8 @@ def retable(run_dir: str | Path) -> dict:
             f"{path}: a row lacks what the comparison needs ({type(e).__name__}: {e}); it is from an older "
             "evaluation or was edited: rerun the evaluation"
         ) from None
-    atomic_write(str(path), lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2)))
-    atomic_write(str(run / "table.txt"), lambda tmp: Path(tmp).write_text(table + "\n"))
+    atomic_write_text(str(path), json.dumps(metrics, indent=2))
+    atomic_write_text(str(run / "table.txt"), table + "\n")
     return metrics
 
 

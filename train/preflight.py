@@ -149,7 +149,7 @@ def check_resume_config(out: Path, new: dict, allow: bool) -> dict[str, tuple]:
 
 def record_config_change(out: Path, changes: dict) -> None:
     """Append an accepted config change to ``config_changes.jsonl`` in the run folder."""
-    from hypersd_core.lora_formats import atomic_write
+    from hypersd_core.lora_formats import atomic_write_text
 
     path = out / "config_changes.jsonl"
     line = json.dumps(
@@ -160,7 +160,7 @@ def record_config_change(out: Path, changes: dict) -> None:
         default=str,
     )
     old = path.read_text(encoding="utf-8") if path.is_file() else ""
-    atomic_write(str(path), lambda tmp: Path(tmp).write_text(old + line + "\n", encoding="utf-8"))
+    atomic_write_text(path, old + line + "\n")
 
 
 # -- model files -------------------------------------------------------------------------------

@@ -28,10 +28,10 @@ from .tracking import flat_config, log_image, trackers
 
 def _write_json(path: Path, data: dict, **kw) -> None:
     """Replace ``path`` atomically: a killed run never leaves a half-written config/summary/metrics."""
-    from hypersd_core.lora_formats import atomic_write
+    from hypersd_core.lora_formats import atomic_write_text
 
     text = json.dumps(data, indent=2, **kw)
-    atomic_write(str(path), lambda tmp: Path(tmp).write_text(text))
+    atomic_write_text(str(path), text)
 
 
 def init_lora_from(unet: torch.nn.Module, path: str) -> None:

@@ -100,3 +100,28 @@ def test_written_files_honour_the_umask(tmp_path):
         assert os.stat(p).st_mode & 0o777 == 0o600
     finally:
         os.umask(old)
+
+
+def test_atomic_write_text_replaces_whole_or_not_at_all(tmp_path):
+    from hypersd_core.lora_formats import atomic_write, atomic_write_text
+
+    p = tmp_path / "new" / "summary.json"
+    atomic_write_text(p, '{"a": 1} é\n')  # makes the folder; UTF-8 whatever the locale
+    assert p.read_bytes() == '{"a": 1} é\n'.encode()
+    assert os.stat(p).st_mode & 0o777 == 0o666 & ~_umask()
+
+    def dies(tmp):
+        with open(tmp, "w") as f:
+            f.write("half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        atomic_write(str(p), dies)
+    assert p.read_bytes() == '{"a": 1} é\n'.encode()  # the old file stays whole
+    assert sorted(x.name for x in p.parent.iterdir()) == ["summary.json"]  # no .tmp- left
+
+
+def _umask():
+    old = os.umask(0)
+    os.umask(old)
+    return old

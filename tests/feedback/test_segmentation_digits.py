@@ -58,6 +58,21 @@ def test_coco_reader(coco_folder):
     t = coco.target(coco.index_of("a photo of dog"), 20)  # 40x48 -> 20x24, centre crop 20x20 (left 2)
     assert t["labels"].tolist() == [2] and t["masks"].shape == (1, 20, 20)
     assert t["boxes"][0].tolist() == pytest.approx([0, 2, 13, 15], abs=1)
+
+
+def test_captions_jsonl_for_the_folder_loader(coco_folder, tmp_path):
+    from train.rewards.coco import write_captions_jsonl
+
+    coco = CocoInstances(
+        str(coco_folder / "instances.json"), str(coco_folder / "images"), str(coco_folder / "captions.json")
+    )
+    out = tmp_path / "captions.jsonl"
+    assert write_captions_jsonl(coco, str(out)) == 2
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert rows == [
+        {"file_name": "0.png", "caption": "a cat on a mat"},
+        {"file_name": "1.png", "caption": "a photo of dog"},
+    ]
     assert coco.image(0, 16).shape == (3, 16, 16)
     with pytest.raises(KeyError, match="not in the COCO set"):
         coco.index_of("a unicorn")

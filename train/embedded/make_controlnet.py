@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from hypersd_core.lora_formats import atomic_write_text
 from hypersd_core.schedule import VPSchedule
 from hypersd_models.controlnet import EMBEDDED_CONTROLNET_DIR, build_embedded_controlnet, scribble, stroke_iou
 from hypersd_models.embedded import encode_prompts, load_embedded
@@ -132,7 +133,7 @@ def main(argv=None) -> None:
         "eval": f"{min(args.eval_samples, len(test.labels))} held-out digits, teacher DDIM 25 cfg 3, control strength 1",
         **scores,
     }
-    (out / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    atomic_write_text(out / "train_info.json", json.dumps(info, indent=2) + "\n")
     print(json.dumps(info, indent=2), flush=True)
 
 

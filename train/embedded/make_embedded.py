@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from hypersd_core.lora_formats import atomic_write_text
 from hypersd_core.parameterization import add_noise
 from hypersd_core.schedule import VPSchedule
 from train.digits import all_captions, load_digit_splits, random_captions, random_shift
@@ -188,7 +189,7 @@ def main(argv=None) -> None:
         "unet_config": {k: list(v) if isinstance(v, tuple) else v for k, v in UNET_CONFIG.items()},
         "text_config": TEXT_CONFIG,
     }
-    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
     print(f"teacher DDIM 25 steps cfg 3: classifier accuracy {acc:.4f}", flush=True)
 
 

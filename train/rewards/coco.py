@@ -139,10 +139,10 @@ def rasterize(segmentation, height: int, width: int) -> np.ndarray:
 
 def write_captions_jsonl(coco: CocoInstances, out: str) -> int:
     """captions.jsonl (file_name, caption) for the training folder loader; returns the count."""
-    from hypersd_core.lora_formats import atomic_write
+    from hypersd_core.lora_formats import atomic_write_text
 
     lines = [json.dumps({"file_name": r["image"]["file_name"], "caption": r["caption"]}) for r in coco.records]
-    atomic_write(out, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
+    atomic_write_text(out, "\n".join(lines) + "\n")
     return len(lines)
 
 
