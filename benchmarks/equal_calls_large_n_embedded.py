@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .machine import machine_info
-from .report import JUDGED, RESULTS_DIR, markdown_table, split_named, write_json, write_text
+from .report import JUDGED, RESULTS_DIR, judged_table, markdown_table, split_named, write_json, write_text
 
 EVAL_SEED, PER_DIGIT, REFERENCE, CFG = 777, 100, 50, 3.0
 BETTER_UP = {"adherence": True, "frechet_teacher": False, "trajectory_error": False}
@@ -140,19 +140,7 @@ def main(argv=None) -> int:
         "command": command,
     }
     write_json(a.out, result)
-    table = markdown_table(
-        ["sampler", "calls", "adherence ↑", "Fréchet → teacher ↓", "traj. error ↓"],
-        [
-            [
-                r["name"],
-                r["calls"],
-                f"{r['adherence']:.3f}",
-                f"{r['frechet_teacher']:.3f}",
-                f"{r['trajectory_error']:.4f}",
-            ]
-            for r in result["rows"]
-        ],
-    )
+    table = judged_table(result["rows"], ("sampler", "name"), ("calls", "calls"), frechet_digits=3)
     verdicts = markdown_table(
         ["LoRA", "vs teacher at equal calls", "traj. error", "Fréchet → teacher", "adherence (digits of n, p)"],
         [

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .machine import machine_info
-from .report import RESULTS_DIR, judged_rows, markdown_table, split_named, write_json, write_text
+from .report import RESULTS_DIR, judged_rows, judged_table, split_named, write_json, write_text
 
 STEPS = (1, 2, 4, 8)
 EVAL_SEED, PER_DIGIT, REFERENCE = 4321, 20, 50
@@ -65,19 +65,7 @@ def main(argv=None) -> int:
         "command": command,
     }
     write_json(a.out, result)
-    table = markdown_table(
-        ["recipe (last stage)", "steps", "adherence ↑", "Fréchet → teacher ↓", "traj. error ↓"],
-        [
-            [
-                r["recipe"],
-                r["steps"],
-                f"{r['adherence']:.3f}",
-                f"{r['frechet_teacher']:.2f}",
-                f"{r['trajectory_error']:.4f}",
-            ]
-            for r in rows
-        ],
-    )
+    table = judged_table(rows, ("recipe (last stage)", "recipe"), ("steps", "steps"))
     write_text(Path(a.out).with_suffix(".md"), f"{table}\n\nCommand: `{command}`\n")
     print(f"wrote {a.out}")
     return 0

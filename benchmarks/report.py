@@ -66,6 +66,24 @@ def judged_rows(scores: dict, key: str, name: str, width: int) -> list[dict]:
     return rows
 
 
+def judged_table(rows: Sequence[dict], name: tuple[str, str], count: tuple[str, str], frechet_digits: int = 2) -> str:
+    """Markdown of judged rows: ``name`` and ``count`` are (header, row key) of the first two columns
+    (e.g. the recipe and its steps), then adherence, Fréchet -> teacher and trajectory error."""
+    return markdown_table(
+        [name[0], count[0], "adherence ↑", "Fréchet → teacher ↓", "traj. error ↓"],
+        [
+            [
+                r[name[1]],
+                r[count[1]],
+                f"{r['adherence']:.3f}",
+                f"{r['frechet_teacher']:.{frechet_digits}f}",
+                f"{r['trajectory_error']:.4f}",
+            ]
+            for r in rows
+        ],
+    )
+
+
 SAMPLER_SHARE_HEADER = [
     "model",
     "steps",

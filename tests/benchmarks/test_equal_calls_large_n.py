@@ -6,7 +6,6 @@ import json
 import pytest
 
 from benchmarks import equal_calls_large_n_embedded as eq
-from benchmarks import quality_embedded
 
 
 class FakeEvaluator:
@@ -37,11 +36,8 @@ class FakeEvaluator:
 
 
 @pytest.fixture
-def fake(monkeypatch):
-    FakeEvaluator.calls = []
-    monkeypatch.setattr(quality_embedded, "Evaluator", FakeEvaluator)
-    monkeypatch.setattr("benchmarks.machine.machine_info", lambda: {"cpu": "test"})
-    return FakeEvaluator
+def fake(stand_in_evaluator):
+    return stand_in_evaluator(FakeEvaluator)
 
 
 def test_rows_pair_with_the_teacher_at_equal_calls(tmp_path, fake, capsys):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks import guidance_recipe_embedded, quality_embedded, steps_vs_segments_embedded
+from benchmarks import guidance_recipe_embedded, steps_vs_segments_embedded
 
 
 class FakeEvaluator:
@@ -34,11 +34,8 @@ class FakeEvaluator:
 
 
 @pytest.fixture
-def fake(monkeypatch):
-    FakeEvaluator.calls = []
-    monkeypatch.setattr(quality_embedded, "Evaluator", FakeEvaluator)
-    monkeypatch.setattr("benchmarks.machine.machine_info", lambda: {"cpu": "test"})
-    return FakeEvaluator
+def fake(stand_in_evaluator):
+    return stand_in_evaluator(FakeEvaluator)
 
 
 def _run_folder(root, stages=(8, 4, 2)):
