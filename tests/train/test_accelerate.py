@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,12 +32,6 @@ STAGES = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch_cmd(out, tokenizer_path, *extra) -> list[str]:
     return [
         sys.executable,
@@ -54,7 +47,7 @@ def launch_cmd(out, tokenizer_path, *extra) -> list[str]:
         "--dynamo_backend",
         "no",
         "--main_process_port",
-        str(_free_port()),
+        "0",  # accelerate picks a free port itself on one machine: no race with other tests' sockets
         "-m",
         "train",
         "--preset",
