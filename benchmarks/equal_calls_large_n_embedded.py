@@ -26,7 +26,6 @@ from .machine import machine_info
 from .report import JUDGED, RESULTS_DIR, judged_table, markdown_table, split_named, write_json, write_text
 
 EVAL_SEED, PER_DIGIT, REFERENCE, CFG = 777, 100, 50, 3.0
-BETTER_UP = {"adherence": True, "frechet_teacher": False, "trajectory_error": False}
 
 
 def parse_lora(spec: str) -> tuple[str, str, list[int], float]:
@@ -51,30 +50,21 @@ def parse_lora(spec: str) -> tuple[str, str, list[int], float]:
 
 def teacher_calls(rows: list[dict]) -> list[tuple[int, float]]:
     """(steps, cfg) of the teacher rows needed at the LoRA rows' call counts."""
-    need = set()
-    for r in rows:
-        c = r["calls"]
-        if c == 1:
-            need.add((1, 1.0))
-        elif c % 2 == 0:
-            need.add((c // 2, CFG))
+    from train.evaluate import teacher_at
+
+    need = {at for r in rows if (at := teacher_at(r["calls"], CFG))}
     return sorted(need, key=lambda t: (2 * t[0] if t[1] != 1 else t[0], t[1]))
 
 
 def compare(lora: dict, teacher: dict, n: int) -> dict:
-    from train.evaluate import adherence_gap
+    from train.evaluate import adherence_gap, lora_wins
 
-    wins = {
-        m: (lora[m] >= teacher[m]) if BETTER_UP[m] else (lora[m] < teacher[m])
-        for m in JUDGED  # ties on adherence count for the LoRA, as in the trainer's verdict
-    }
-    gap = adherence_gap(lora["adherence"], teacher["adherence"], n)
     return {
         "lora": lora["name"],
         "teacher": teacher["name"],
         "calls": lora["calls"],
-        "wins": wins,
-        "adherence_digits": gap,
+        "wins": lora_wins(lora, teacher),
+        "adherence_digits": adherence_gap(lora["adherence"], teacher["adherence"], n),
     }
 
 

@@ -154,11 +154,23 @@ def evaluate_digits(trainer, stage, log=_log) -> dict:
 JUDGED = (("trajectory_error", False), ("frechet_teacher", False), ("adherence", True))
 
 
+def teacher_at(calls: int, cfg: float) -> tuple[int, float] | None:
+    """(steps, cfg) of the untrained teacher at ``calls`` model calls: 1 step cfg 1 at one call,
+    calls/2 steps at the guided cfg otherwise (two calls a step); None for an odd count above 1."""
+    return (1, 1.0) if calls == 1 else ((calls // 2, cfg) if calls % 2 == 0 else None)
+
+
 def baseline_at(rows: dict, calls: int, cfg: float) -> str | None:
-    """The teacher row the issue's rule picks at ``calls`` model calls: 1 step cfg 1 at one call,
-    calls/2 steps at the guided cfg otherwise."""
-    want = teacher_row(1, 1.0) if calls == 1 else (teacher_row(calls // 2, cfg) if calls % 2 == 0 else None)
+    """The teacher row at ``calls`` model calls (``teacher_at``), if the table has it."""
+    at = teacher_at(calls, cfg)
+    want = teacher_row(*at) if at else None
     return want if want in rows else None
+
+
+def lora_wins(lora: dict, teacher: dict) -> dict[str, bool]:
+    """Per judged measure, whether the LoRA row is better; ties on adherence (both read every
+    digit right) count for the LoRA: it is not worse."""
+    return {m: (lora[m] >= teacher[m]) if up else (lora[m] < teacher[m]) for m, up in JUDGED}
 
 
 def steps_to_match(rows: dict, row: dict, cfg: float, metric: str = "trajectory_error") -> int | None:
@@ -194,11 +206,7 @@ def add_comparisons(out: dict, steps) -> None:
             continue
         cands = [n for n, r in rows.items() if r.get("kind") in ("student", "stage") and r["nfe"] == c]
         for n in cands:
-            # ties on adherence (both read every digit right) count for the LoRA: it is not worse
-            wins = {
-                metric: (rows[n][metric] >= rows[base][metric]) if up else (rows[n][metric] < rows[base][metric])
-                for metric, up in JUDGED
-            }
+            wins = lora_wins(rows[n], rows[base])
             comp[f"{n} vs {base}"] = {
                 "calls": c,
                 "lora": n,
