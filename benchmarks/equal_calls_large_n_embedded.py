@@ -10,7 +10,7 @@ with the independent reader, Fréchet -> teacher DDIM 50 cfg 3 and trajectory er
 Each ``--lora NAME=FILE@STEPS[@ETA]`` is sampled at cfg 1 (one call per step); the teacher rows are
 DDIM 1 step at cfg 1 (1 call) and DDIM k steps at cfg 3 (2k calls). Every LoRA row is compared with
 the teacher at its call count: who wins each measure, and the adherence gap in digits with its
-two-sided Fisher exact p-value. Writes results/equal_calls_large_n_embedded.{json,md}. About 12 min
+two-sided Fisher exact p-value. Writes results/equal_calls_large_n_embedded.{json,md}. About 10 min
 on one CPU core for the reference and a handful of rows.
 """
 
