@@ -78,14 +78,17 @@ def base_config(model: str, quick: bool) -> dict:
     return data
 
 
-def tscd_stages(data: dict, quick: bool, adversarial: bool = True, steps: int | None = None) -> list[dict]:
-    """The preset's TSCD stages; ``steps`` (per stage) overrides the preset's count."""
+def tscd_stages(data: dict, quick: bool, adversarial: bool = True, steps: int | list[int] | None = None) -> list[dict]:
+    """The preset's TSCD stages; ``steps`` (one count for every stage, or one per stage) overrides
+    the preset's counts."""
     stages = [dict(s) for s in data["stages"]]
-    for s in stages:
+    if isinstance(steps, list) and len(steps) != len(stages):
+        raise ValueError(f"--stage-steps needs {len(stages)} counts (one per stage), got {len(steps)}")
+    for i, s in enumerate(stages):
         if quick:
             s["steps"] = 2
         elif steps:
-            s["steps"] = steps
+            s["steps"] = steps[i] if isinstance(steps, list) else steps
         if not adversarial:
             s["adv_weight"] = 0.0
             s["consistency_weight"] = 1.0
@@ -278,10 +281,11 @@ def run(args) -> dict:
     work = Path(args.work)
     data = base_config(args.model, quick)
     data["threads"] = args.threads  # the preset's own count would override --threads in every run
-    tscd = tscd_stages(data, quick, steps=args.steps_per_stage)
+    budget = args.stage_steps or args.steps_per_stage
+    tscd = tscd_stages(data, quick, steps=budget)
     methods_cfg = {
         TSCD: dict(stages=tscd),
-        TSCD_MSE: dict(stages=tscd_stages(data, quick, adversarial=False, steps=args.steps_per_stage)),
+        TSCD_MSE: dict(stages=tscd_stages(data, quick, adversarial=False, steps=budget)),
         TSCD21: dict(stages=two_stage(tscd)),
         BASELINE: dict(stages=[baseline_stage(tscd)]),
         FEEDBACK: dict(stages=[feedback_stage(tscd, quick)], init=TSCD),
@@ -604,6 +608,17 @@ def plot(result: dict, path: Path) -> Path | None:
     return path
 
 
+def stage_steps(text: str) -> list[int]:
+    """``--stage-steps 50,50,200,100`` -> [50, 50, 200, 100] (argparse type: a bad value is one line)."""
+    try:
+        counts = [int(c) for c in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"every stage needs at least one step, got {text!r}")
+    return counts
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2 steps per stage, few samples: checks the script end to end")
@@ -618,12 +633,22 @@ def main(argv=None) -> int:
         default=60,
         help="optimizer steps of every stage (the embedded preset has 120; 60 fits the CPU time box)",
     )
+    ap.add_argument(
+        "--stage-steps",
+        type=stage_steps,
+        default=None,
+        help="optimizer steps of each TSCD stage, k=8,4,2,1 in order (e.g. 50,50,200,100); "
+        "overrides --steps-per-stage; the single-stage baseline gets their sum",
+    )
     ap.add_argument("--ablation", action="store_true", help=f"also train {TSCD_MSE!r} and {TSCD21!r}")
     ap.add_argument("--unified-eta", type=float, default=0.3, help="eta recorded in the unified LoRA's metadata")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default=None, help="folder for training outputs (default: a temp folder)")
     ap.add_argument("--out", default=None, help="results JSON (a .md table and .png plot are written beside it)")
     args = ap.parse_args(argv)
+    n_stages = len(base_config(args.model, args.quick)["stages"])
+    if args.stage_steps and len(args.stage_steps) != n_stages:
+        ap.error(f"--stage-steps needs {n_stages} counts, one per TSCD stage (k=8,4,2,1), got {len(args.stage_steps)}")
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="hypersd-quality-") as tmp:

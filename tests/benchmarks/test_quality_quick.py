@@ -4,6 +4,8 @@ and plot are written with finite metrics for every method and step count."""
 import json
 import math
 
+import pytest
+
 from benchmarks.quality_embedded import BASELINE, TEACHER, TEACHER_CFG1, TSCD, TSCD_PER_STEP, main
 
 
@@ -62,3 +64,25 @@ def test_quality_quick_end_to_end(tmp_path):
     md = out.with_suffix(".md").read_text()
     assert TSCD in md and BASELINE in md and "QUICK MODE" in md and "teacher at equal calls" in md
     assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_stage_steps_set_each_stage_and_the_baseline_gets_their_sum():
+    from benchmarks.quality_embedded import base_config, baseline_stage, tscd_stages
+
+    data = base_config("embedded", quick=False)
+    stages = tscd_stages(data, quick=False, steps=[50, 50, 200, 100])
+    assert [(s["segments"], s["steps"]) for s in stages] == [(8, 50), (4, 50), (2, 200), (1, 100)]
+    assert baseline_stage(stages)["steps"] == 400
+    assert [s["steps"] for s in tscd_stages(data, quick=False, steps=100)] == [100] * 4
+
+
+@pytest.mark.parametrize(
+    "value, says",
+    [("50,50,200", "needs 4 counts"), ("50,x,1,1", "positive integers"), ("50,0,1,1", "at least one step")],
+)
+def test_bad_stage_steps_is_one_line(value, says, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--stage-steps", value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert says in err[-1] and "Traceback" not in "\n".join(err)
