@@ -52,6 +52,8 @@ TSCD_MSE = "TSCD 8-4-2-1 (no adv.)"
 TSCD_PER_STEP = "TSCD per-step LoRAs"
 TSCD21 = "TSCD 2-1"
 TSCD21_PER_STEP = "TSCD 2-1 per-step LoRAs"
+TSCD_MSE_PER_STEP = "TSCD 8-4-2-1 (no adv.) per-step LoRAs"
+PER_STEP = {TSCD: TSCD_PER_STEP, TSCD_MSE: TSCD_MSE_PER_STEP, TSCD21: TSCD21_PER_STEP}  # method -> its stage LoRAs' rows
 TEACHER, TEACHER_CFG1 = "teacher DDIM", "teacher DDIM cfg 1"
 METRICS = ("frechet", "frechet_teacher", "adherence", "adherence_reward", "trajectory_error", "seconds")
 FEEDBACK = "TSCD + feedback"
@@ -325,7 +327,7 @@ def run(args) -> dict:
     print(f"[{time.time() - t_start:6.0f}s] teacher cfg {teacher_cfg:g} rows done", flush=True)
     result["rows"][TEACHER_CFG1] = {str(k): _agg(v, nfe=k) for k, v in ev.rows(None, cfg1_steps, 1.0, 0.0).items()}
     per_method: dict[str, dict[int, list[dict]]] = {m: {k: [] for k in steps} for m in methods}
-    per_step = {name: {} for name, m in ((TSCD_PER_STEP, TSCD), (TSCD21_PER_STEP, TSCD21)) if m in methods}
+    per_step = {name: {} for m, name in PER_STEP.items() if m in methods}
     for seed in seeds:
         loras: dict[str, str] = {}
         for m in methods:
@@ -353,8 +355,8 @@ def run(args) -> dict:
             print(f"[{time.time() - t_start:6.0f}s] evaluating {m} (eta {eta:g})", flush=True)
             for k, v in ev.rows(loras[m], list(per_method[m]), 1.0, eta).items():
                 per_method[m][k] += v
-            if m in (TSCD, TSCD21):  # each stage's own LoRA at its own step count
-                name = TSCD_PER_STEP if m == TSCD else TSCD21_PER_STEP
+            if m in PER_STEP:  # each stage's own LoRA at its own step count
+                name = PER_STEP[m]
                 paths = {
                     int(s["segments"]): str(out / "lora" / f"stage{i + 1}_tscd_k{s['segments']}.safetensors")
                     for i, s in enumerate(spec["stages"][:-1])
@@ -419,7 +421,7 @@ def verdict(result: dict) -> dict:
     + = TSCD better)."""
     rows = result["rows"]
     out = {}
-    for name in (TSCD, TSCD_MSE, TSCD_PER_STEP, TSCD21, TSCD21_PER_STEP):
+    for name in (TSCD, TSCD_MSE, TSCD21, *PER_STEP.values()):
         if name not in rows or BASELINE not in rows:
             continue
         per = {}
