@@ -312,7 +312,8 @@ def _read_metrics(path: Path) -> dict:
 
 def retable(run_dir: str | Path) -> dict:
     """Recompute ``equal_calls``, ``verdict`` and table.txt of ``run_dir`` from its metrics.json
-    (rows unchanged); both files are replaced atomically. Returns the updated metrics."""
+    (rows unchanged). Each file is replaced atomically, one after the other: a kill between the two
+    leaves a stale table.txt, which running this again mends. Returns the updated metrics."""
     from hypersd_core.lora_formats import atomic_write_text
 
     run = Path(run_dir)
