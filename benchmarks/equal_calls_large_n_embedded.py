@@ -17,6 +17,7 @@ on one CPU core for the reference and a handful of rows.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from .machine import machine_info
 from .report import JUDGED, RESULTS_DIR, judged_table, markdown_table, split_named, write_json, write_text
 
 EVAL_SEED, PER_DIGIT, REFERENCE, CFG = 777, 100, 50, 3.0
+SEEDED = re.compile(r"^(?P<base>.+?) \(seed (?P<seed>\d+)\)$")  # "k=4 stage (seed 1)"
 
 
 def parse_lora(spec: str) -> tuple[str, str, list[int], float]:
@@ -68,6 +70,60 @@ def compare(lora: dict, teacher: dict, n: int) -> dict:
     }
 
 
+def over_seeds(lora_rows: list[dict], comparisons: list[dict]) -> list[dict]:
+    """LoRAs named ``NAME (seed N)`` (one per training seed): per NAME and step count, the mean and
+    95 % CI (Student t) of each measure over the seeds, and in how many seeds the LoRA beats the
+    teacher at equal calls on each."""
+    from train.evaluate import JUDGED as DIRECTIONS
+
+    from .quality_embedded import summarise
+
+    wins = {c["lora"]: c["wins"] for c in comparisons}
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in lora_rows:
+        m = SEEDED.match(r.get("lora", ""))
+        if m:
+            groups.setdefault((m["base"], r["steps"]), []).append(r)
+    out = []
+    for (base, steps), rows in groups.items():
+        if len(rows) < 2:
+            continue
+        g = {"name": f"{base}, {steps} steps", "calls": rows[0]["calls"], "seeds": len(rows)}
+        for measure, _ in DIRECTIONS:
+            g[measure] = summarise([r[measure] for r in rows])
+        g["lora_wins_in_seeds"] = {
+            measure: sum(bool(wins.get(r["name"], {}).get(measure)) for r in rows) for measure, _ in DIRECTIONS
+        }
+        out.append(g)
+    return out
+
+
+def seeds_table(groups: list[dict]) -> str:
+    from train.evaluate import JUDGED as DIRECTIONS
+
+    label = {"trajectory_error": "traj. error", "frechet_teacher": "Fréchet → teacher", "adherence": "adherence"}
+    heads = [f"{label[m]} {'↑' if up else '↓'}" for m, up in DIRECTIONS]
+    return markdown_table(
+        [
+            "LoRA (mean ± 95 % CI over training seeds)",
+            "calls",
+            "seeds",
+            *heads,
+            "seeds where the LoRA wins (same order)",
+        ],
+        [
+            [
+                g["name"],
+                g["calls"],
+                g["seeds"],
+                *(f"{g[m]['mean']:.3f} ± {g[m]['ci95']:.3f}" for m, _ in DIRECTIONS),
+                " / ".join(str(g["lora_wins_in_seeds"][m]) for m, _ in DIRECTIONS),
+            ]
+            for g in groups
+        ],
+    )
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lora", action="append", required=True, help="NAME=FILE@STEPS[@ETA] (repeat)")
@@ -89,8 +145,8 @@ def main(argv=None) -> int:
     ev = Evaluator("embedded", a.per_digit, [EVAL_SEED], REFERENCE, CFG)
     judged = lambda s: {m: round(float(s[0][m]), 4) for m in JUDGED}  # noqa: E731
 
-    def add(rows, name, kind, steps, calls, eta, scores):
-        r = {"name": name, "kind": kind, "steps": steps, "calls": calls, "eta": eta, **judged(scores)}
+    def add(rows, name, kind, steps, calls, eta, scores, **extra):
+        r = {"name": name, "kind": kind, "steps": steps, "calls": calls, "eta": eta, **judged(scores), **extra}
         rows.append(r)
         print(
             f"{name:<34} {calls:>3} calls: adherence {r['adherence']:.3f}  Frechet->teacher "
@@ -101,7 +157,8 @@ def main(argv=None) -> int:
     lora_rows: list[dict] = []
     for name, path, steps, eta in loras:
         for k, scores in ev.rows(path, steps, 1.0, eta).items():
-            add(lora_rows, f"{name}, {k} steps" + (f", eta {eta:g}" if eta else ""), "lora", k, k, eta, scores)
+            label = f"{name}, {k} steps" + (f", eta {eta:g}" if eta else "")
+            add(lora_rows, label, "lora", k, k, eta, scores, lora=name)
     teacher_rows: list[dict] = []
     for k, w in teacher_calls(lora_rows):
         add(
@@ -127,6 +184,7 @@ def main(argv=None) -> int:
         "reference": ref,
         "rows": [ref, *teacher_rows, *lora_rows],
         "comparisons": comparisons,
+        "over_seeds": over_seeds(lora_rows, comparisons),
         "command": command,
     }
     write_json(a.out, result)
@@ -145,11 +203,14 @@ def main(argv=None) -> int:
             for c in comparisons
         ],
     )
+    seeds = f"{seeds_table(result['over_seeds'])}\n" if result["over_seeds"] else ""
     write_text(
         Path(a.out).with_suffix(".md"),
-        f"n = {n} samples (seed {EVAL_SEED})\n\n{table}\n{verdicts}\nCommand: `{command}`\n",
+        f"n = {n} samples (seed {EVAL_SEED})\n\n{table}\n{verdicts}\n{seeds}Command: `{command}`\n",
     )
     print(verdicts)
+    if seeds:
+        print(seeds)
     print(f"wrote {a.out}")
     return 0
 

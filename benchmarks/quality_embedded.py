@@ -53,7 +53,8 @@ TSCD_PER_STEP = "TSCD per-step LoRAs"
 TSCD21 = "TSCD 2-1"
 TSCD21_PER_STEP = "TSCD 2-1 per-step LoRAs"
 TSCD_MSE_PER_STEP = "TSCD 8-4-2-1 (no adv.) per-step LoRAs"
-PER_STEP = {TSCD: TSCD_PER_STEP, TSCD_MSE: TSCD_MSE_PER_STEP, TSCD21: TSCD21_PER_STEP}  # method -> its stage LoRAs' rows
+# method -> the rows of its stage LoRAs, each at its own step count
+PER_STEP = {TSCD: TSCD_PER_STEP, TSCD_MSE: TSCD_MSE_PER_STEP, TSCD21: TSCD21_PER_STEP}
 TEACHER, TEACHER_CFG1 = "teacher DDIM", "teacher DDIM cfg 1"
 METRICS = ("frechet", "frechet_teacher", "adherence", "adherence_reward", "trajectory_error", "seconds")
 FEEDBACK = "TSCD + feedback"

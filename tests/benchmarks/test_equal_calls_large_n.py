@@ -92,3 +92,37 @@ def test_bad_lora_spec_is_one_line(tmp_path, fake, capsys, spec, says):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --lora") and says in err[0]
     assert not fake.calls and not (tmp_path / "r.json").exists()
+
+
+class SeededEvaluator(FakeEvaluator):
+    """LoRA scores shift with the training seed in the file name (s0, s1, s2)."""
+
+    def rows(self, lora_path, steps_list, cfg, eta):
+        out = super().rows(lora_path, steps_list, cfg, eta)
+        if lora_path:
+            seed = int(lora_path.split("/")[-1][1])
+            for k in out:
+                out[k][0]["trajectory_error"] += seed / 100  # seed 2 loses to the teacher at 4 calls
+        return out
+
+
+def test_loras_named_by_seed_are_summarised_over_seeds(tmp_path, stand_in_evaluator):
+    stand_in_evaluator(SeededEvaluator)
+    specs = []
+    for seed in range(3):
+        f = tmp_path / f"s{seed}.safetensors"
+        f.write_bytes(b"x")
+        specs += ["--lora", f"k=4 stage (seed {seed})={f}@4"]
+    specs += ["--lora", f"alone={tmp_path / 's0.safetensors'}@4"]
+    out = tmp_path / "r.json"
+    assert eq.main([*specs, "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    [g] = res["over_seeds"]  # "alone" has no seed tag and is not grouped
+    assert g["name"] == "k=4 stage, 4 steps" and g["seeds"] == 3 and g["calls"] == 4
+    traj = g["trajectory_error"]
+    assert traj["values"] == pytest.approx([0.025, 0.035, 0.045]) and traj["mean"] == pytest.approx(0.035)
+    assert traj["ci95"] == pytest.approx(4.303 * 0.01 / 3**0.5, rel=1e-3)
+    # the teacher's 2 steps: 0.1 traj. error; every seed's LoRA is below it
+    assert g["lora_wins_in_seeds"] == {"trajectory_error": 3, "frechet_teacher": 3, "adherence": 0}
+    md = out.with_suffix(".md").read_text()
+    assert "| k=4 stage, 4 steps | 4 | 3 | 0.035 ± 0.025 |" in md and "| 3 / 3 / 0 |" in md
