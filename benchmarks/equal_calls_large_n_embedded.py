@@ -7,7 +7,8 @@ with the independent reader, Fréchet -> teacher DDIM 50 cfg 3 and trajectory er
         --lora "k=4 stage=RUN/lora/stage2_tscd_k4.safetensors@4" \\
         --lora "final eta 1=RUN/hypersd_lora.safetensors@1,2,4,8@1"
 
-Each ``--lora NAME=FILE@STEPS[@ETA]`` is sampled at cfg 1 (one call per step); the teacher rows are
+Each ``--lora NAME=FILE@STEPS[@ETA[@CFG]]`` is sampled at cfg 1 (one call per step) unless CFG is
+given (then two calls a step, as for the teacher); the teacher rows are
 DDIM 1 step at cfg 1 (1 call) and DDIM k steps at cfg 3 (2k calls). Every LoRA row is compared with
 the teacher at its call count: who wins each measure, and the adherence gap in digits with its
 two-sided Fisher exact p-value. Writes results/equal_calls_large_n_embedded.{json,md}. About 10 min
@@ -30,24 +31,25 @@ EVAL_SEED, PER_DIGIT, REFERENCE, CFG = 777, 100, 50, 3.0
 SEEDED = re.compile(r"^(?P<base>.+?) \(seed (?P<seed>\d+)\)$")  # "k=4 stage (seed 1)"
 
 
-def parse_lora(spec: str) -> tuple[str, str, list[int], float]:
-    """``NAME=FILE@STEPS[@ETA]`` -> (name, file, steps, eta); ValueError with what is wrong."""
+def parse_lora(spec: str) -> tuple[str, str, list[int], float, float]:
+    """``NAME=FILE@STEPS[@ETA[@CFG]]`` -> (name, file, steps, eta, cfg); ValueError with what is wrong."""
     name, rest = split_named(spec)
     parts = rest.split("@")
-    if not name or len(parts) not in (2, 3) or not parts[0]:
+    if not name or len(parts) not in (2, 3, 4) or not parts[0]:
         raise ValueError(
-            f"--lora {spec!r}: expected NAME=FILE@STEPS[@ETA], e.g. 'final=run/hypersd_lora.safetensors@2,4'"
+            f"--lora {spec!r}: expected NAME=FILE@STEPS[@ETA[@CFG]], e.g. 'final=run/hypersd_lora.safetensors@2,4'"
         )
     try:
         steps = [int(s) for s in parts[1].split(",")]
-        eta = float(parts[2]) if len(parts) == 3 else 0.0
+        eta = float(parts[2]) if len(parts) >= 3 else 0.0
+        cfg = float(parts[3]) if len(parts) == 4 else 1.0
     except ValueError:
-        raise ValueError(f"--lora {spec!r}: STEPS must be integers separated by commas and ETA a number") from None
-    if not steps or min(steps) < 1 or not 0 <= eta <= 1:
-        raise ValueError(f"--lora {spec!r}: steps must be >= 1 and eta in [0, 1]")
+        raise ValueError(f"--lora {spec!r}: STEPS must be integers separated by commas, ETA and CFG numbers") from None
+    if not steps or min(steps) < 1 or not 0 <= eta <= 1 or not 1 <= cfg <= 30:
+        raise ValueError(f"--lora {spec!r}: steps must be >= 1, eta in [0, 1] and cfg in [1, 30]")
     if not Path(parts[0]).is_file():
         raise ValueError(f"--lora {spec!r}: no such file {parts[0]}")
-    return name, parts[0], steps, eta
+    return name, parts[0], steps, eta, cfg
 
 
 def teacher_calls(rows: list[dict]) -> list[tuple[int, float]]:
@@ -79,16 +81,16 @@ def over_seeds(lora_rows: list[dict], comparisons: list[dict]) -> list[dict]:
     from .quality_embedded import summarise
 
     wins = {c["lora"]: c["wins"] for c in comparisons}
-    groups: dict[tuple[str, int], list[dict]] = {}
+    groups: dict[str, list[dict]] = {}
     for r in lora_rows:
         m = SEEDED.match(r.get("lora", ""))
-        if m:
-            groups.setdefault((m["base"], r["steps"]), []).append(r)
+        if m:  # the row's label without the seed tag: "k=4 stage, 4 steps"
+            groups.setdefault(r["name"].replace(r["lora"], m["base"], 1), []).append(r)
     out = []
-    for (base, steps), rows in groups.items():
+    for name, rows in groups.items():
         if len(rows) < 2:
             continue
-        g = {"name": f"{base}, {steps} steps", "calls": rows[0]["calls"], "seeds": len(rows)}
+        g = {"name": name, "calls": rows[0]["calls"], "seeds": len(rows)}
         for measure, _ in DIRECTIONS:
             g[measure] = summarise([r[measure] for r in rows])
         g["lora_wins_in_seeds"] = {
@@ -155,10 +157,11 @@ def main(argv=None) -> int:
         )
 
     lora_rows: list[dict] = []
-    for name, path, steps, eta in loras:
-        for k, scores in ev.rows(path, steps, 1.0, eta).items():
-            label = f"{name}, {k} steps" + (f", eta {eta:g}" if eta else "")
-            add(lora_rows, label, "lora", k, k, eta, scores, lora=name)
+    for name, path, steps, eta, cfg in loras:
+        for k, scores in ev.rows(path, steps, cfg, eta).items():
+            label = f"{name}, {k} steps" + (f", eta {eta:g}" if eta else "") + (f", cfg {cfg:g}" if cfg != 1 else "")
+            calls = 2 * k if cfg != 1 else k  # guidance runs the model twice a step
+            add(lora_rows, label, "lora", k, calls, eta, scores, lora=name, cfg=cfg)
     teacher_rows: list[dict] = []
     for k, w in teacher_calls(lora_rows):
         add(

@@ -82,6 +82,9 @@ def test_rows_pair_with_the_teacher_at_equal_calls(tmp_path, fake, capsys):
         ("a={f}@two", "STEPS must be integers"),
         ("a={f}@0", "steps must be >= 1"),
         ("a={f}@2@1.5", "eta in [0, 1]"),
+        ("a={f}@2@0@0.5", "cfg in [1, 30]"),
+        ("a={f}@2@0@x", "ETA and CFG numbers"),
+        ("a={f}@2@0@1@9", "expected NAME=FILE@STEPS"),
         ("a={d}/missing.safetensors@2", "no such file"),
     ],
 )
@@ -126,3 +129,16 @@ def test_loras_named_by_seed_are_summarised_over_seeds(tmp_path, stand_in_evalua
     assert g["lora_wins_in_seeds"] == {"trajectory_error": 3, "frechet_teacher": 3, "adherence": 0}
     md = out.with_suffix(".md").read_text()
     assert "| k=4 stage, 4 steps | 4 | 3 | 0.035 ± 0.025 |" in md and "| 3 / 3 / 0 |" in md
+
+
+def test_a_lora_row_with_guidance_costs_two_calls_a_step(tmp_path, fake):
+    lora = tmp_path / "a.safetensors"
+    lora.write_bytes(b"x")
+    out = tmp_path / "r.json"
+    assert eq.main(["--lora", f"k=2 stage={lora}@2@0@1.2", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    row = next(r for r in res["rows"] if r["kind"] == "lora")
+    assert row["name"] == "k=2 stage, 2 steps, cfg 1.2" and row["calls"] == 4 and row["cfg"] == 1.2
+    assert ("a.safetensors", [2], 1.2, 0.0) in fake.calls
+    [c] = res["comparisons"]
+    assert c["teacher"] == "teacher DDIM 2 cfg 3"  # 4 calls
