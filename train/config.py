@@ -170,6 +170,9 @@ class ExportConfig:
     strength: float = 1.0
     spacing: str = "trailing"
     steps: list[int] | None = None  # step counts the LoRA serves; None: [final stage's segments]
+    # 1 step from pure noise at this timestep (the one-step sampler) for the final LoRA; None: the
+    # final stage's own (a DMD stage's), else the TSCD sampler at t=999
+    onestep_timestep: int | None = None
     dtype: str = "fp16"  # fp16 | bf16 | fp32: tensor dtype of the exported files (the official ones are fp16)
     key_names: str = "diffusers"  # diffusers | sd-scripts (SDXL: Stability's input_blocks/... names, as sd-scripts)
     title: str | None = None  # modelspec.title / ss_output_name; None: the file name
@@ -361,6 +364,11 @@ def config_problems(cfg: TrainConfig) -> list[str]:
         f"export.spacing must be 'trailing' or 'tcd', got {cfg.export.spacing!r}",
     )
     pos(cfg.export.strength, "export.strength")
+    if cfg.export.onestep_timestep is not None:
+        need(
+            isinstance(cfg.export.onestep_timestep, int) and 1 <= cfg.export.onestep_timestep < cfg.num_train_timesteps,
+            f"export.onestep_timestep must be in [1, {cfg.num_train_timesteps - 1}], got {cfg.export.onestep_timestep}",
+        )
     if cfg.export.steps is not None:
         steps_list(cfg.export.steps, "export.steps")
     need(

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from .errors import UserError
+from .export import onestep_timestep
 from .grids import generate
 from .lora import load_lora_tensors, lora_tensors
 from .metrics import classifier_features, digit_eval_set, digit_reader, score_images
@@ -62,7 +63,7 @@ def evaluate_digits(trainer, stage, log=_log) -> dict:
         and i < len(trainer.cfg.stages) - 1
         and (trainer.out / "lora" / f"stage{i + 1}_{s.name}_k{s.segments}.safetensors").is_file()
     ]
-    onestep = stage.metadata().get("onestep_timestep")  # a DMD stage's one-step sampler
+    onestep = onestep_timestep(trainer.cfg, stage.metadata())  # the final LoRA's one-step sampler, if any
     total = 1 + len(ladder) + len(cfg1) + len(e.steps) + (onestep is not None and 1 in e.steps) + len(stage_loras)
     out = {
         "n_samples": len(labels),

@@ -34,6 +34,13 @@ def lora_alpha(unet) -> float:
     return float(cfg.lora_alpha)
 
 
+def onestep_timestep(cfg: TrainConfig, stage_metadata: dict, last: bool = True) -> int | None:
+    """The timestep a LoRA's 1 step starts from (the one-step sampler): the stage's own (a DMD
+    stage's), else export.onestep_timestep for the final LoRA; None: the TSCD sampler at t=999."""
+    own = stage_metadata.get("onestep_timestep")
+    return own if own is not None or not last else cfg.export.onestep_timestep
+
+
 def lora_metadata(
     cfg: TrainConfig, stage_metadata: dict, base_model: str, prediction_type: str, last: bool = True
 ) -> HyperSDMetadata:
@@ -57,7 +64,7 @@ def lora_metadata(
         eta=e.eta,
         cfg=e.cfg,
         spacing=e.spacing,
-        onestep_timestep=stage_metadata.get("onestep_timestep"),
+        onestep_timestep=onestep_timestep(cfg, stage_metadata, last),
         stage=stage_metadata.get("stage"),
         extra=extra,
     )

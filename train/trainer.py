@@ -18,7 +18,7 @@ from .conditioning import TextConditioner
 from .config import TrainConfig
 from .data import build_source
 from .errors import ResumeError, TrainingDiverged
-from .export import export_lora, lora_metadata
+from .export import export_lora, lora_metadata, onestep_timestep
 from .grids import grid_image, sample_grid_rows, save_grid
 from .lora import add_lora, adapters_disabled, load_lora_tensors, lora_tensors
 from .optim import build_lr_scheduler, build_optimizer, build_zero_optimizer, reset_state
@@ -407,7 +407,7 @@ class Trainer:
             schedule=m.schedule,
             prediction_type=m.prediction_type,
             decode=self.decode,
-            onestep_timestep=stage.metadata().get("onestep_timestep"),
+            onestep_timestep=onestep_timestep(self.cfg, stage.metadata(), stage.index == len(self.cfg.stages) - 1),
         )
 
     def _tb_grid(self, stage, step: int) -> None:

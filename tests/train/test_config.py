@@ -46,6 +46,8 @@ def test_files_and_overrides(tmp_path):
         ("data.batch_size=many", "expected an integer"),
         ("stage_all.loss=l1", "huber"),
         ("noequals", "key=value"),
+        ("export.onestep_timestep=1000", "onestep_timestep must be in"),
+        ("export.onestep_timestep=0", "onestep_timestep must be in"),
     ],
 )
 def test_clear_errors(override, message):
@@ -75,3 +77,18 @@ def test_stage_registry_and_plugins():
     assert get_stage("test-noop") is Noop
     with pytest.raises(ValueError, match="already registered"):
         register_stage("test-noop")(type("Other", (Stage,), {}))
+
+
+def test_the_final_lora_carries_export_onestep_timestep_and_a_dmd_stage_keeps_its_own():
+    from train.export import lora_metadata, onestep_timestep
+
+    cfg = load_config("embedded")
+    assert cfg.export.onestep_timestep == 800  # the embedded preset's final LoRA: one step at t=800
+    tscd = {"segments": 1, "steps": [1]}
+    assert onestep_timestep(cfg, tscd, last=True) == 800
+    assert onestep_timestep(cfg, tscd, last=False) is None  # a stage's own LoRA: the TSCD sampler
+    assert onestep_timestep(cfg, {**tscd, "onestep_timestep": 700}, last=True) == 700
+    assert lora_metadata(cfg, tscd, "embedded-digits", "epsilon", last=True).onestep_timestep == 800
+    assert lora_metadata(cfg, tscd, "embedded-digits", "epsilon", last=False).onestep_timestep is None
+    plain = load_config("embedded", overrides=["export.onestep_timestep=null"])
+    assert onestep_timestep(plain, tscd, last=True) is None
