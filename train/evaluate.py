@@ -229,8 +229,12 @@ def verdict_line(out: dict) -> str:
         return "no teacher row at equal model calls"
     parts = []
     for calls in sorted(by_calls):
-        # the best LoRA at these calls; on a tie the stage's own k-step LoRA (the one shipped for k steps)
-        best = max(by_calls[calls], key=lambda c: (sum(c["wins"].values()), c["lora"].startswith("stage")))
+        # the best LoRA at these calls; on a tie the stage's own k-step LoRA (the one shipped for k steps),
+        # then the final LoRA's one-step sampler ("student 1 t=800", what its header tells ComfyUI to run)
+        best = max(
+            by_calls[calls],
+            key=lambda c: (sum(c["wins"].values()), c["lora"].startswith("stage"), " t=" in c["lora"]),
+        )
         n = sum(best["wins"].values())
         who = "LoRA wins" if n == 3 else ("teacher wins" if n == 0 else f"mixed ({n}/3 to the LoRA)")
         gap = best.get("adherence_digits")

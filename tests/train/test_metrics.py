@@ -65,3 +65,21 @@ def test_equal_calls_verdict_says_when_an_adherence_gap_is_noise():
     rows["stage k=4 LoRA 4"]["adherence"] = 0.80
     add_comparisons(out, [4])
     assert "adherence -40 of 200 digits (p=0.00, significant)" in out["verdict"]
+
+
+def test_verdict_names_the_one_step_sampler_row_when_both_one_call_rows_win():
+    from train.evaluate import add_comparisons
+
+    rows = {
+        "teacher DDIM 1 cfg 1": dict(
+            kind="teacher", cfg=1.0, steps=1, nfe=1, adherence=0.985, frechet_teacher=6.8, trajectory_error=0.35
+        ),
+        "student 1": dict(kind="student", nfe=1, adherence=1.0, frechet_teacher=4.7, trajectory_error=0.31),
+        "student 1 t=800": dict(kind="student", nfe=1, adherence=0.99, frechet_teacher=1.7, trajectory_error=0.23),
+    }
+    out = {"rows": rows, "teacher_cfg": 3.0, "n_samples": 200}
+    add_comparisons(out, [1])
+    assert "1 call: LoRA wins (student 1 t=800 vs teacher DDIM 1 cfg 1)" in out["verdict"]
+    rows["student 1 t=800"]["trajectory_error"] = 0.4  # now only the TSCD sampler's row wins all three
+    add_comparisons(out, [1])
+    assert "1 call: LoRA wins (student 1 vs teacher DDIM 1 cfg 1)" in out["verdict"]
