@@ -125,12 +125,16 @@ def test_metadata_and_every_key(trained, loaded):
 
 @pytest.mark.parametrize("eta", [0.0, 0.3])
 def test_comfyui_equals_the_trainers_grid(comfyui, trained, loaded, eta):
-    """Same LoRA, prompts, noise and seed: ComfyUI's images are the trainer's grid rows, and the
-    digit classifier reads them identically."""
+    """Same LoRA, prompts, noise and seed: ComfyUI's images are the trainer's grid rows (1 step:
+    the one-step sampler at the header's timestep, on both sides), and the digit classifier reads
+    them identically."""
+    from train.export import onestep_timestep
     from train.grids import generate
     from train.metrics import prompt_adherence
 
     trainer, _ = trained
+    onestep = onestep_timestep(trainer.cfg, {})  # the final LoRA's header: 800 in the embedded preset
+    assert onestep == 800
     _, patched, _ = loaded
     prompts = trainer.grid_prompts()
     labels = torch.arange(len(prompts)) % 10
@@ -154,6 +158,7 @@ def test_comfyui_equals_the_trainers_grid(comfyui, trained, loaded, eta):
             prediction_type=m.prediction_type,
             decode=trainer.decode,
             seed=seed,
+            onestep_timestep=onestep if steps == 1 else None,  # as the trainer's grid and HyperSDScheduler
         )
         got = comfy_sample(comfyui, patched, cond, steps, seed, eta).clamp(-1, 1)
         diff = (got - ref).abs().max().item()
