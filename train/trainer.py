@@ -268,7 +268,7 @@ class Trainer:
             stage = get_stage(scfg.name)(self.ctx, scfg, idx)
             stage.setup()
             start = state["step"] if idx == state["stage"] else 0
-            if mid_stage and idx == state["stage"]:
+            if mid_stage and folder is not None and idx == state["stage"]:
                 # The interrupted run set this stage up before it saved, so its RNG states and optimizers
                 # are restored after setup (a discriminator's init draws from the global RNG).
                 self._restore_process_state(folder)
