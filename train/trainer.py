@@ -268,6 +268,7 @@ class Trainer:
             stage = get_stage(scfg.name)(self.ctx, scfg, idx)
             stage.setup()
             start = state["step"] if idx == state["stage"] else 0
+            # folder is None again after the resumed stage (the next one starts from its boundary)
             if mid_stage and folder is not None and idx == state["stage"]:
                 # The interrupted run set this stage up before it saved, so its RNG states and optimizers
                 # are restored after setup (a discriminator's init draws from the global RNG).
