@@ -392,27 +392,26 @@ def _agg(scores: list[dict], nfe: int, group: int | None = None) -> dict:
 
 
 def equal_calls(result: dict, cfg: float) -> dict:
-    """Each student row vs the untrained teacher at the same model calls: 1 call = teacher 1 step
-    cfg 1, 2k calls = teacher k steps at cfg ``cfg`` (+ = the LoRA is better)."""
+    """Each student row vs the untrained teacher at the same model calls (``train.evaluate.teacher_at``:
+    1 call = teacher 1 step cfg 1, 2k calls = teacher k steps at cfg ``cfg``), judged on the means
+    by ``lora_wins`` ("better": + = the LoRA is better)."""
+    from train.evaluate import JUDGED, lora_wins, teacher_at
+
     rows = result["rows"]
     out = {}
     for name, by_k in rows.items():
         if name.startswith("teacher"):
             continue
         for k, r in by_k.items():
-            c = int(r["nfe"])
-            base = rows[TEACHER_CFG1].get("1") if c == 1 else rows[TEACHER].get(str(c // 2)) if c % 2 == 0 else None
+            at = teacher_at(int(r["nfe"]), cfg)
+            base = None if at is None else (rows[TEACHER_CFG1] if at[1] == 1 else rows[TEACHER]).get(str(at[0]))
             if base is None:
                 continue
-            label = "teacher DDIM 1 cfg 1" if c == 1 else f"teacher DDIM {c // 2} cfg {cfg:g}"
-            d = {
-                m: (base[m]["mean"] - r[m]["mean"]) if m != "adherence" else (r[m]["mean"] - base[m]["mean"])
-                for m in ("trajectory_error", "frechet_teacher", "adherence")
-            }
+            lora, teacher = ({m: row[m]["mean"] for m, _ in JUDGED} for row in (r, base))
             out.setdefault(name, {})[k] = {
-                "teacher": label,
-                "better": d,
-                "lora_wins": {m: v > 0 if m != "adherence" else v >= 0 for m, v in d.items()},
+                "teacher": f"teacher DDIM {at[0]} cfg {at[1]:g}",
+                "better": {m: (lora[m] - teacher[m]) * (1 if up else -1) for m, up in JUDGED},
+                "lora_wins": lora_wins(lora, teacher),
             }
     return out
 
