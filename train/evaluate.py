@@ -129,7 +129,7 @@ def evaluate_digits(trainer, stage, log=_log) -> dict:
             add(f"student {k}", student(k), k, k, t0, kind="student")
             if k == 1 and onestep is not None:
                 t0 = time.time()
-                add(f"student 1 t={onestep}", student(1, onestep), 1, 1, t0, kind="student")
+                add(f"student 1 t={onestep}", student(1, onestep), 1, 1, t0, kind="student", onestep_timestep=onestep)
     # Each stage's own LoRA at its own step count (k segments -> k steps), as Hyper-SD ships N-step LoRAs.
     from .trainer import init_lora_from
 
@@ -211,6 +211,8 @@ def add_comparisons(out: dict, steps) -> None:
             comp[f"{n} vs {base}"] = {
                 "calls": c,
                 "lora": n,
+                "kind": rows[n]["kind"],
+                "onestep_timestep": rows[n].get("onestep_timestep"),
                 "teacher": base,
                 "wins": wins,
                 "lora_wins_all": all(wins.values()),
@@ -233,7 +235,7 @@ def verdict_line(out: dict) -> str:
         # then the final LoRA's one-step sampler ("student 1 t=800", what its header tells ComfyUI to run)
         best = max(
             by_calls[calls],
-            key=lambda c: (sum(c["wins"].values()), c["lora"].startswith("stage"), " t=" in c["lora"]),
+            key=lambda c: (sum(c["wins"].values()), c["kind"] == "stage", c["onestep_timestep"] is not None),
         )
         n = sum(best["wins"].values())
         who = "LoRA wins" if n == 3 else ("teacher wins" if n == 0 else f"mixed ({n}/3 to the LoRA)")

@@ -81,6 +81,7 @@ def test_dmd_stage_at_timestep_800_is_scored_with_the_onestep_sampler(tmp_path):
     rows = json.loads((tmp_path / "out" / "metrics.json").read_text())["rows"]
     assert {"student 1", "student 1 t=800", "student 2"} <= set(rows)
     assert rows["student 1 t=800"]["frechet"] != rows["student 1"]["frechet"]  # a different sampler ran
+    assert rows["student 1 t=800"]["onestep_timestep"] == 800 and "onestep_timestep" not in rows["student 1"]
 
 
 def test_unknown_feedback_option_is_a_config_error(tmp_path):

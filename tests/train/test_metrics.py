@@ -75,7 +75,9 @@ def test_verdict_names_the_one_step_sampler_row_when_both_one_call_rows_win():
             kind="teacher", cfg=1.0, steps=1, nfe=1, adherence=0.985, frechet_teacher=6.8, trajectory_error=0.35
         ),
         "student 1": dict(kind="student", nfe=1, adherence=1.0, frechet_teacher=4.7, trajectory_error=0.31),
-        "student 1 t=800": dict(kind="student", nfe=1, adherence=0.99, frechet_teacher=1.7, trajectory_error=0.23),
+        "student 1 t=800": dict(
+            kind="student", nfe=1, adherence=0.99, frechet_teacher=1.7, trajectory_error=0.23, onestep_timestep=800
+        ),
     }
     out = {"rows": rows, "teacher_cfg": 3.0, "n_samples": 200}
     add_comparisons(out, [1])
@@ -83,3 +85,8 @@ def test_verdict_names_the_one_step_sampler_row_when_both_one_call_rows_win():
     rows["student 1 t=800"]["trajectory_error"] = 0.4  # now only the TSCD sampler's row wins all three
     add_comparisons(out, [1])
     assert "1 call: LoRA wins (student 1 vs teacher DDIM 1 cfg 1)" in out["verdict"]
+    # the tie-break reads the row's sampler, not its name
+    rows["student 1 t=800"]["trajectory_error"] = 0.23
+    rows["one step"] = rows.pop("student 1 t=800")
+    add_comparisons(out, [1])
+    assert "1 call: LoRA wins (one step vs teacher DDIM 1 cfg 1)" in out["verdict"]
