@@ -52,6 +52,17 @@ def parse_lora(spec: str) -> tuple[str, str, list[int], float, float]:
     return name, parts[0], steps, eta, cfg
 
 
+def large_n_evaluator(per_digit: int, cfg: float = CFG, threads: int = 1):
+    """The large-n eval set (seed ``EVAL_SEED``, ``per_digit`` per class) with the teacher's DDIM
+    ``REFERENCE``-step samples at ``cfg`` as the reference; ValueError for a bad ``per_digit``."""
+    if per_digit < 1:
+        raise ValueError(f"--per-digit must be >= 1, got {per_digit}")
+    torch.set_num_threads(threads)
+    from .quality_embedded import Evaluator
+
+    return Evaluator("embedded", per_digit, [EVAL_SEED], REFERENCE, cfg)
+
+
 def teacher_calls(rows: list[dict]) -> list[tuple[int, float]]:
     """(steps, cfg) of the teacher rows needed at the LoRA rows' call counts."""
     from train.evaluate import teacher_at
@@ -135,16 +146,11 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     try:
         loras = [parse_lora(s) for s in a.lora]
-        if a.per_digit < 1:
-            raise ValueError(f"--per-digit must be >= 1, got {a.per_digit}")
+        ev = large_n_evaluator(a.per_digit, CFG, a.threads)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    torch.set_num_threads(a.threads)
-    from .quality_embedded import Evaluator
-
     n = 10 * a.per_digit
-    ev = Evaluator("embedded", a.per_digit, [EVAL_SEED], REFERENCE, CFG)
     judged = lambda s: {m: round(float(s[0][m]), 4) for m in JUDGED}  # noqa: E731
 
     def add(rows, name, kind, steps, calls, eta, scores, **extra):

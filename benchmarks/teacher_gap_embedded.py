@@ -19,12 +19,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
 
+from .equal_calls_large_n_embedded import EVAL_SEED, PER_DIGIT, REFERENCE, large_n_evaluator
 from .machine import machine_info
 from .report import JUDGED, RESULTS_DIR, markdown_table, write_json, write_text
 
-EVAL_SEED, PER_DIGIT, REFERENCE = 777, 100, 50
 STEPS = (1, 2, 3, 4, 6, 8, 25)
 
 
@@ -64,16 +63,11 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     try:
         cfgs = parse_cfgs(a.cfg)
-        if a.per_digit < 1:
-            raise ValueError(f"--per-digit {a.per_digit}: must be at least 1")
+        ev = large_n_evaluator(a.per_digit, cfgs[0], a.threads)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    torch.set_num_threads(a.threads)
-    from .quality_embedded import Evaluator
-
     n = 10 * a.per_digit
-    ev = Evaluator("embedded", a.per_digit, [EVAL_SEED], REFERENCE, cfgs[0])
     judged = lambda s: {m: round(float(s[m]), 4) for m in JUDGED}  # noqa: E731
     per_cfg = []
     for w in cfgs:

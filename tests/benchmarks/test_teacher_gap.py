@@ -27,8 +27,10 @@ def test_teacher_gap_rows_and_summary(tmp_path, capsys):
 def test_bad_cfg_is_one_line(capsys):
     assert tg.main(["--cfg", "3,x"]) == 2
     assert tg.main(["--cfg", "0.5"]) == 2
+    assert tg.main(["--per-digit", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         "error: --cfg '3,x': expected guidance scales separated by commas, e.g. 3,5,7",
         "error: --cfg '0.5': each guidance scale must be in (1, 30]",
+        "error: --per-digit must be >= 1, got 0",
     ]
