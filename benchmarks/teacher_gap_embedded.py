@@ -19,7 +19,6 @@ import argparse
 import sys
 from pathlib import Path
 
-
 from .equal_calls_large_n_embedded import EVAL_SEED, PER_DIGIT, REFERENCE, large_n_evaluator
 from .machine import machine_info
 from .report import JUDGED, RESULTS_DIR, markdown_table, write_json, write_text
@@ -48,9 +47,11 @@ def summarise(rows: list[dict], ref: dict, n: int) -> dict:
         f25 = by[25]["frechet_teacher"]
         out["traj_ratio_4_vs_25"] = round(by[4]["trajectory_error"] / by[25]["trajectory_error"], 2)
         out["frechet_ratio_4_vs_25"] = None if f25 <= 0 else round(by[4]["frechet_teacher"] / f25, 1)
-    out["adherence_vs_reference"] = {
-        str(k): adherence_gap(by[k]["adherence"], ref["adherence"], n) for k in (2, 4, 8) if k in by
-    }
+    out["adherence_vs_reference"] = {}
+    for k in (2, 4, 8):
+        if k in by:
+            g = adherence_gap(by[k]["adherence"], ref["adherence"], n)
+            out["adherence_vs_reference"][str(k)] = {"minus_reference": g["lora_minus_teacher"], "of": n, "p": g["p"]}
     return out
 
 
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
     for c in per_cfg:
         s = c["summary"]
         gaps = ", ".join(
-            f"{k} steps {g['lora_minus_teacher']:+d} (p={g['p']:.3f})" for k, g in s["adherence_vs_reference"].items()
+            f"{k} steps {g['minus_reference']:+d} (p={g['p']:.3f})" for k, g in s["adherence_vs_reference"].items()
         )
         rows = [
             [r["name"], r["calls"], r["adherence"], r["frechet_teacher"], r["trajectory_error"]]

@@ -18,7 +18,7 @@ def test_teacher_gap_rows_and_summary(tmp_path, capsys):
         s = c["summary"]
         assert s["traj_ratio_4_vs_25"] == round(by[4]["trajectory_error"] / by[25]["trajectory_error"], 2)
         gap = s["adherence_vs_reference"]["4"]
-        assert gap["lora_minus_teacher"] == round(by[4]["adherence"] * 10) - round(c["reference"]["adherence"] * 10)
+        assert gap["minus_reference"] == round(by[4]["adherence"] * 10) - round(c["reference"]["adherence"] * 10)
     # the guided references differ: a different cfg ran
     assert res["cfgs"][0]["rows"][0]["trajectory_error"] != res["cfgs"][1]["rows"][0]["trajectory_error"]
     assert "### cfg 5" in out.with_suffix(".md").read_text()
