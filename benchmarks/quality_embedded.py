@@ -195,12 +195,16 @@ class Evaluator:
         self.reader = digit_reader(res)
         self.real = {"reader": self.reader.features(test.images), "reward": classifier_features(self.clf, test.images)}
         self.n_real = len(test.labels)
-        self.ref_steps, self.teacher_cfg = ref_steps, teacher_cfg
+        self.ref_steps = ref_steps
         self.sets = {s: digit_eval_set(per_digit, res, s, ch) for s in eval_seeds}
-        self.refs, self.ref_seconds = {}, {}
-        for s in eval_seeds:
+        self.use_reference(teacher_cfg)
+
+    def use_reference(self, teacher_cfg: float) -> None:
+        """Judge against the teacher's ``ref_steps``-step samples at ``teacher_cfg`` (made for every eval set)."""
+        self.teacher_cfg, self.refs, self.ref_seconds = teacher_cfg, {}, {}
+        for s in self.sets:
             t0 = time.perf_counter()
-            self.refs[s] = self.generate(s, ref_steps, teacher_cfg)
+            self.refs[s] = self.generate(s, self.ref_steps, teacher_cfg)
             self.ref_seconds[s] = time.perf_counter() - t0
 
     def generate(self, seed: int, steps: int, cfg: float, eta: float = 0.0, onestep: int | None = None) -> torch.Tensor:

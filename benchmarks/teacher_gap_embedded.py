@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     per_cfg = []
     for w in cfgs:
         if w != ev.teacher_cfg:
-            ev.teacher_cfg, ev.refs[EVAL_SEED] = w, ev.generate(EVAL_SEED, REFERENCE, w)
+            ev.use_reference(w)
         ref = {"name": f"teacher DDIM {REFERENCE} cfg {w:g} (reference)", "steps": REFERENCE, "calls": 2 * REFERENCE}
         ref.update(judged(ev.score(EVAL_SEED, ev.refs[EVAL_SEED])), trajectory_error=0.0, frechet_teacher=0.0)
         rows = []
