@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from hypersd_core.lora_formats import atomic_write_text
+from train.evaluate import JUDGED as _DIRECTED
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -47,7 +48,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     return "\n".join(out) + "\n"
 
 
-JUDGED = ("adherence", "frechet_teacher", "trajectory_error")  # the independent reader's measures
+# The independent reader's measures (their directions live in train.evaluate.JUDGED), by name: the
+# column and key order of every committed result.
+JUDGED = tuple(sorted(m for m, _ in _DIRECTED))
 
 
 def judged_rows(scores: dict, key: str, name: str, width: int) -> list[dict]:
