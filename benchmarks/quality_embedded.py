@@ -86,7 +86,7 @@ def tscd_stages(data: dict, quick: bool, adversarial: bool = True, steps: int | 
     the preset's counts."""
     stages = [dict(s) for s in data["stages"]]
     if isinstance(steps, list) and len(steps) != len(stages):
-        raise ValueError(f"--stage-steps needs {len(stages)} counts (one per stage), got {len(steps)}")
+        raise ValueError(f"--stage-steps needs {len(stages)} counts, one per TSCD stage (k=8,4,2,1), got {len(steps)}")
     for i, s in enumerate(stages):
         if quick:
             s["steps"] = 2
@@ -652,9 +652,10 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default=None, help="folder for training outputs (default: a temp folder)")
     ap.add_argument("--out", default=None, help="results JSON (a .md table and .png plot are written beside it)")
     args = ap.parse_args(argv)
-    n_stages = len(base_config(args.model, args.quick)["stages"])
-    if args.stage_steps and len(args.stage_steps) != n_stages:
-        ap.error(f"--stage-steps needs {n_stages} counts, one per TSCD stage (k=8,4,2,1), got {len(args.stage_steps)}")
+    try:  # before any training: a wrong --stage-steps count is one line
+        tscd_stages(base_config(args.model, args.quick), args.quick, steps=args.stage_steps)
+    except ValueError as e:
+        ap.error(str(e))
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="hypersd-quality-") as tmp:
