@@ -29,6 +29,14 @@ def write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def write_results(path: str | Path, data: dict, markdown: str) -> None:
+    """``data`` as JSON at ``path`` and ``markdown`` beside it (.md), then the markdown printed."""
+    write_json(path, data)
+    write_text(Path(path).with_suffix(".md"), markdown)
+    print(markdown)
+    print(f"wrote {path}")
+
+
 def fmt(v, digits: int = 3) -> str:
     """Numbers for tables: ``-`` for missing, fixed significant digits otherwise."""
     if v is None:

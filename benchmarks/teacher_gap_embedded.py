@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from .equal_calls_large_n_embedded import EVAL_SEED, PER_DIGIT, REFERENCE, large_n_evaluator
 from .machine import machine_info
-from .report import JUDGED, RESULTS_DIR, markdown_table, write_json, write_text
+from .report import JUDGED, RESULTS_DIR, markdown_table, write_results
 
 STEPS = (1, 2, 3, 4, 6, 8, 25)
 
@@ -89,9 +88,6 @@ def main(argv=None) -> int:
     command = f"python -m benchmarks.teacher_gap_embedded --cfg {a.cfg}"
     if a.per_digit != PER_DIGIT:
         command += f" --per-digit {a.per_digit}"
-    write_json(
-        a.out, {"machine": machine_info(), "samples": n, "eval_seed": EVAL_SEED, "cfgs": per_cfg, "command": command}
-    )
     tables = []
     for c in per_cfg:
         s = c["summary"]
@@ -108,10 +104,10 @@ def main(argv=None) -> int:
             + f"\nAt 4 vs 25 steps: trajectory error x{s.get('traj_ratio_4_vs_25')}, Fréchet → teacher "
             f"x{s.get('frechet_ratio_4_vs_25')}. Few-step adherence minus the reference's, in digits of {n}: {gaps}.\n"
         )
-    text = f"n = {n} samples (seed {EVAL_SEED})\n\n" + "\n".join(tables) + f"\nCommand: `{command}`\n"
-    write_text(Path(a.out).with_suffix(".md"), text)
-    print(text)
-    print(f"wrote {a.out}")
+    result = {"machine": machine_info(), "samples": n, "eval_seed": EVAL_SEED, "cfgs": per_cfg, "command": command}
+    write_results(
+        a.out, result, f"n = {n} samples (seed {EVAL_SEED})\n\n" + "\n".join(tables) + f"\nCommand: `{command}`\n"
+    )
     return 0
 
 

@@ -24,10 +24,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 from .machine import machine_info
-from .report import RESULTS_DIR, markdown_table, write_json, write_text
+from .report import RESULTS_DIR, markdown_table, write_results
 
 VARIANTS = ("default", "polarity", "latent")
 STEPS = (1, 2, 4, 8, 25)
@@ -309,11 +308,7 @@ def main(argv=None) -> int:
         v = build_variant(name, a.steps, a.ae_steps, a.seed)
         r = measure(v, a.per_digit, a.cfg)
         result["variants"][name] = {"train_seconds": v["train_seconds"], **r}
-    write_json(a.out, result)
-    text = markdown(result)
-    write_text(Path(a.out).with_suffix(".md"), text)
-    print(text)
-    print(f"wrote {a.out}")
+    write_results(a.out, result, markdown(result))
     return 0
 
 
