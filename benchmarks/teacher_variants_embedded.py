@@ -22,6 +22,7 @@ discriminates. Writes results/teacher_variants_embedded.{json,md}.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 
@@ -42,14 +43,6 @@ def parse_variants(text: str) -> list[str]:
     if not names or bad:
         raise ValueError(f"--variants {text!r}: choose from {', '.join(VARIANTS)} (comma separated)")
     return names
-
-
-def invert_half(x, gen):
-    """Each image negated (white-on-black <-> black-on-white) with probability 1/2."""
-    import torch
-
-    sign = torch.where(torch.rand(len(x), generator=gen) < 0.5, -1.0, 1.0).view(-1, 1, 1, 1)
-    return x * sign
 
 
 class AutoEncoder:
@@ -126,9 +119,9 @@ def build_variant(name: str, steps: int, ae_steps: int, seed: int) -> dict:
     import torch
 
     from hypersd_models.embedded import build_text_encoder, find_tokenizer, load_embedded, load_tokenizer
-    from train.digits import load_digit_splits, random_shift
-    from train.embedded.make_embedded import train_teacher
-    from train.metrics import DigitReader, digit_reader
+    from train.digits import layout_held_out, load_digit_splits, random_shift
+    from train.embedded.make_embedded import digit_batch, train_teacher
+    from train.metrics import digit_reader
 
     train, test = load_digit_splits(16)
     t0 = time.time()
@@ -139,16 +132,9 @@ def build_variant(name: str, steps: int, ae_steps: int, seed: int) -> dict:
         return dict(v, unet=t.unet, text_encoder=t.text_encoder, tokenizer=t.tokenizer, train_seconds=0.0)
     tokenizer = load_tokenizer(find_tokenizer())
     text_encoder = build_text_encoder(seed=seed).half().float()  # as make_embedded: the fp16-rounded weights
-    if name == "polarity":
-        gen = torch.Generator().manual_seed(seed + 1)
-        both = torch.cat([train.images, -train.images])
-        v["reader"] = DigitReader(both, train.labels.repeat(2))
-        v["real"] = invert_half(test.images, gen)
-
-        def batch(tr, b, g):
-            idx = torch.randint(0, len(tr.labels), (b,), generator=g)
-            return idx, invert_half(random_shift(tr.images[idx], 1, g), g)
-
+    if name == "polarity":  # as make_embedded --data polarity draws it
+        v.update(reader=digit_reader(16, "polarity"), real=layout_held_out(test, "polarity"))
+        batch = functools.partial(digit_batch, layout="polarity")
         unet = train_teacher(
             train, text_encoder, tokenizer, seed, steps, sample_batch=batch, log_every=max(1, steps // 6)
         )

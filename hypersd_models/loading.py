@@ -67,7 +67,7 @@ def _load_embedded(cfg) -> LoadedModel:
     from .embedded import classifier_path, load_embedded
 
     t = load_embedded(cfg.path, cfg.tokenizer_path)
-    extras = {}
+    extras = {"data_layout": t.meta.get("data", "digits")}  # how its training data drew the digits
     if classifier_path(cfg.path).is_dir():
         extras["classifier"] = DigitClassifier.load(classifier_path(cfg.path))
     return LoadedModel(
@@ -79,7 +79,7 @@ def _load_embedded(cfg) -> LoadedModel:
         t.meta.get("prediction_type", "epsilon"),
         t.resolution,
         1,
-        base_model="embedded-digits",
+        base_model=t.meta.get("name", "embedded-digits"),
         extras=extras,
     )
 

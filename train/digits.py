@@ -69,3 +69,29 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | N
     dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
     dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
     return torch.stack([pad[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+
+
+LAYOUTS = ("digits", "polarity")  # how an embedded model's training data draws the digits (meta.json "data")
+
+
+def apply_layout(x: torch.Tensor, layout: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``x`` as ``layout`` draws it: "digits" unchanged; "polarity": each image negated (white on black
+    <-> black on white) with probability 1/2, which its caption does not say."""
+    if layout == "digits":
+        return x
+    if layout == "polarity":
+        return x * torch.where(torch.rand(len(x), generator=generator) < 0.5, -1.0, 1.0).view(-1, 1, 1, 1)
+    raise ValueError(f"unknown digit layout {layout!r}: one of {', '.join(LAYOUTS)}")
+
+
+def layout_reader_set(split: DigitSplit, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) to fit a reader of ``layout``: every image in each of the layout's forms."""
+    if layout == "polarity":
+        return torch.cat([split.images, -split.images]), split.labels.repeat(2)
+    apply_layout(split.images[:0], layout)  # ValueError for an unknown layout
+    return split.images, split.labels
+
+
+def layout_held_out(split: DigitSplit, layout: str, seed: int = 1) -> torch.Tensor:
+    """The held-out images as ``layout`` draws them (a fixed draw: the real set every metric compares with)."""
+    return apply_layout(split.images, layout, torch.Generator().manual_seed(seed))

@@ -122,14 +122,15 @@ class DigitReader:
         return float((self.predict(images) == labels.cpu()).float().mean())
 
 
-_READERS: dict[int, DigitReader] = {}
+_READERS: dict[tuple[int, str], DigitReader] = {}
 
 
-def digit_reader(resolution: int) -> DigitReader:
-    """The reader for images at ``resolution``, fitted once per process on the training split."""
-    if resolution not in _READERS:
-        from .digits import load_digit_splits
+def digit_reader(resolution: int, layout: str = "digits") -> DigitReader:
+    """The reader for images at ``resolution`` drawn as ``layout`` (train.digits.LAYOUTS), fitted
+    once per process on the training split in each of the layout's forms."""
+    if (resolution, layout) not in _READERS:
+        from .digits import layout_reader_set, load_digit_splits
 
         train, _ = load_digit_splits(resolution)
-        _READERS[resolution] = DigitReader(train.images, train.labels)
-    return _READERS[resolution]
+        _READERS[resolution, layout] = DigitReader(*layout_reader_set(train, layout))
+    return _READERS[resolution, layout]

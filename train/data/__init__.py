@@ -12,7 +12,10 @@ from .source import BatchSource, DigitSource, RecordSource
 def build_source(cfg, model, conditioner, device, rank: int = 0, world: int = 1, seed: int = 0) -> BatchSource:
     """The batch source named by ``cfg.kind`` (a DataConfig) for this process."""
     if cfg.kind == "digits":
-        return DigitSource(conditioner, cfg.batch_size, model.resolution, device, seed=seed + 1000 * rank)
+        layout = model.extras.get("data_layout", "digits")
+        return DigitSource(
+            conditioner, cfg.batch_size, model.resolution, device, seed=seed + 1000 * rank, layout=layout
+        )
     table = None
     if cfg.kind == "folder":
         records = folder_records(cfg.path, cfg.captions)

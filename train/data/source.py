@@ -31,12 +31,14 @@ class BatchSource:
 
 
 class DigitSource(BatchSource):
-    """The embedded default's data: training-split digits with a random caption template each."""
+    """The embedded default's data: training-split digits with a random caption template each, drawn
+    as the model's ``layout`` (train.digits.apply_layout)."""
 
-    def __init__(self, conditioner, batch_size: int, resolution: int, device, seed: int = 0):
-        from ..digits import load_digit_splits, random_captions
+    def __init__(self, conditioner, batch_size: int, resolution: int, device, seed: int = 0, layout: str = "digits"):
+        from ..digits import apply_layout, load_digit_splits, random_captions
 
         self.train, _ = load_digit_splits(resolution)
+        self.layout, self._apply_layout = layout, apply_layout
         self.conditioner, self.batch_size, self.device = conditioner, batch_size, device
         self.gen = torch.Generator().manual_seed(seed)
         self.rng = random.Random(seed)
@@ -46,7 +48,8 @@ class DigitSource(BatchSource):
         idx = torch.randint(0, len(self.train.labels), (self.batch_size,), generator=self.gen)
         prompts = self._captions(self.train.labels[idx], self.rng)
         cond, added = self.conditioner.encode(prompts)
-        return Batch(self.train.images[idx].to(self.device), cond, prompts, added)
+        images = self._apply_layout(self.train.images[idx], self.layout, self.gen)
+        return Batch(images.to(self.device), cond, prompts, added)
 
     def state(self):
         return {"data.gen": self.gen.get_state()}, {"rng": _jsonable(self.rng.getstate())}

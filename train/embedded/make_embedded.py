@@ -1,6 +1,7 @@
 """Train and save the embedded default: digit classifier, then the pixel-space digit teacher.
 
-    python -m train.embedded.make_embedded [--out train/embedded] [--steps 2400] [--seed 0]
+    python -m train.embedded.make_embedded [--out train/embedded] [--steps 2400] [--seed 0] [--data digits]
+    python -m train.embedded.make_embedded --data polarity --steps 4800 --out train/embedded/polarity
 
 Deterministic for a seed on one machine (single thread). Writes unet/ and text_encoder/ (fp16 on disk),
 tokenizer/, classifier/ and meta.json, and prints the teacher's classifier accuracy at DDIM 25, cfg 3.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import math
 import random
@@ -23,7 +25,15 @@ import torch.nn.functional as F
 from hypersd_core.lora_formats import atomic_write_text
 from hypersd_core.parameterization import add_noise
 from hypersd_core.schedule import VPSchedule
-from train.digits import all_captions, load_digit_splits, random_captions, random_shift
+from train.digits import (
+    LAYOUTS,
+    all_captions,
+    apply_layout,
+    layout_held_out,
+    load_digit_splits,
+    random_captions,
+    random_shift,
+)
 from hypersd_models.classifier import DigitClassifier
 from hypersd_models.embedded import (
     EMBEDDED_DIR,
@@ -39,7 +49,7 @@ from hypersd_models.embedded import (
 from train.sampling import sample_images
 
 
-def train_classifier(train, test, seed: int, epochs: int = 20) -> tuple[DigitClassifier, float]:
+def train_classifier(train, test, seed: int, epochs: int = 20, layout: str = "digits") -> tuple[DigitClassifier, float]:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     clf = DigitClassifier(RESOLUTION)
@@ -49,7 +59,7 @@ def train_classifier(train, test, seed: int, epochs: int = 20) -> tuple[DigitCla
         perm = torch.randperm(n, generator=gen)
         for b in range(0, n, 64):
             idx = perm[b : b + 64]
-            x = random_shift(train.images[idx], 1, gen)
+            x = apply_layout(random_shift(train.images[idx], 1, gen), layout, gen)
             x = (x + 0.1 * torch.randn(x.shape, generator=gen)).clamp(-1, 1)
             loss = F.cross_entropy(clf(x), train.labels[idx])
             opt.zero_grad()
@@ -57,7 +67,7 @@ def train_classifier(train, test, seed: int, epochs: int = 20) -> tuple[DigitCla
             opt.step()
     clf.eval().requires_grad_(False)
     with torch.no_grad():
-        acc = (clf(test.images).argmax(1) == test.labels).float().mean().item()
+        acc = (clf(layout_held_out(test, layout)).argmax(1) == test.labels).float().mean().item()
     return clf, acc
 
 
@@ -74,10 +84,10 @@ def warmup_cosine(opt, steps: int, warm: int):
     )
 
 
-def digit_batch(train, batch: int, gen: torch.Generator):
-    """(indices, images shifted by up to one pixel) of a random training batch."""
+def digit_batch(train, batch: int, gen: torch.Generator, layout: str = "digits"):
+    """(indices, images shifted by up to one pixel, drawn as ``layout``) of a random training batch."""
     idx = torch.randint(0, len(train.labels), (batch,), generator=gen)
-    return idx, random_shift(train.images[idx], 1, gen)
+    return idx, apply_layout(random_shift(train.images[idx], 1, gen), layout, gen)
 
 
 def noised_batch(x0, labels, table: dict, schedule, gen: torch.Generator, rng: random.Random):
@@ -154,6 +164,12 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--classifier-epochs", type=int, default=20)
+    ap.add_argument(
+        "--data",
+        default="digits",
+        choices=LAYOUTS,
+        help="polarity: each digit black-on-white or white-on-black at random",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
@@ -161,7 +177,7 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     train, test = load_digit_splits(RESOLUTION)
 
-    clf, clf_acc = train_classifier(train, test, args.seed, epochs=args.classifier_epochs)
+    clf, clf_acc = train_classifier(train, test, args.seed, epochs=args.classifier_epochs, layout=args.data)
     print(f"classifier held-out accuracy {clf_acc:.4f}", flush=True)
     clf.save(out / "classifier")
 
@@ -175,12 +191,14 @@ def main(argv=None) -> None:
     text_encoder.half().save_pretrained(out / "text_encoder", safe_serialization=True)
     text_encoder.float()
 
-    unet = train_teacher(train, text_encoder, tokenizer, args.seed, args.steps)
+    sample_batch = functools.partial(digit_batch, layout=args.data)
+    unet = train_teacher(train, text_encoder, tokenizer, args.seed, args.steps, sample_batch=sample_batch)
     unet.half().save_pretrained(out / "unet", safe_serialization=True)  # fp16 on disk, fp32 in use
     unet.float()
     acc = teacher_accuracy(unet, text_encoder, tokenizer, clf)
     meta = {
-        "name": "embedded-digits",
+        "name": "embedded-digits" if args.data == "digits" else f"embedded-digits-{args.data}",
+        "data": args.data,
         "resolution": RESOLUTION,
         "channels": 1,
         "prediction_type": "epsilon",

@@ -1,0 +1,50 @@
+"""Digit layouts (train.digits.LAYOUTS): how an embedded model's training data draws the digits,
+and the data source, reader and held-out set that follow it."""
+
+import pytest
+import torch
+
+from train.digits import apply_layout, layout_held_out, layout_reader_set, load_digit_splits
+from train.metrics import digit_reader
+
+
+class _Conditioner:
+    def encode(self, prompts):
+        return torch.zeros(len(prompts), 2, 4), None
+
+
+def test_apply_layout():
+    x = torch.rand(400, 1, 4, 4)
+    assert torch.equal(apply_layout(x, "digits"), x)
+    y = apply_layout(x, "polarity", torch.Generator().manual_seed(0))
+    flipped = (y == -x).flatten(1).all(1)
+    assert ((y == x).flatten(1).all(1) | flipped).all()  # each image whole, either way
+    assert 150 < int(flipped.sum()) < 250
+    with pytest.raises(ValueError, match="unknown digit layout 'mirror': one of digits, polarity"):
+        apply_layout(x, "mirror")
+    with pytest.raises(ValueError, match="unknown digit layout"):
+        layout_reader_set(load_digit_splits(8)[0], "mirror")
+
+
+def test_reader_follows_the_layout():
+    """The plain reader cannot read inverted digits; the polarity reader reads both forms."""
+    _, test = load_digit_splits(16)
+    held = layout_held_out(test, "polarity")
+    assert torch.equal(held, layout_held_out(test, "polarity"))  # a fixed draw
+    assert digit_reader(16, "polarity").adherence(held, test.labels) > 0.95
+    assert digit_reader(16).adherence(-test.images, test.labels) < 0.5
+    images, labels = layout_reader_set(test, "polarity")
+    assert len(images) == 2 * len(test.labels) and torch.equal(labels[: len(test.labels)], test.labels)
+
+
+def test_digit_source_draws_the_layout():
+    from train.data import DigitSource
+
+    plain = DigitSource(_Conditioner(), 64, 16, "cpu", seed=3)
+    pol = DigitSource(_Conditioner(), 64, 16, "cpu", seed=3, layout="polarity")
+    a, b = plain.next_batch(), pol.next_batch()
+    assert a.prompts == b.prompts  # same draw of digits and captions, only the polarity differs
+    same = (a.x0 == b.x0).flatten(1).all(1)
+    assert (same | (a.x0 == -b.x0).flatten(1).all(1)).all() and 10 < int((~same).sum()) < 54
+    # the background (corner pixel) is -1 for a plain digit, +1 for an inverted one
+    assert set(b.x0[:, 0, 0, 0].tolist()) == {-1.0, 1.0} and set(a.x0[:, 0, 0, 0].tolist()) == {-1.0}
