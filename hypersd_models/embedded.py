@@ -96,12 +96,28 @@ class EmbeddedTeacher:
         return int(self.meta.get("resolution", RESOLUTION))
 
 
+def embedded_folder(path: str | os.PathLike | None = None) -> Path:
+    """The embedded model ``path`` names: None -> the default (train/embedded/); the name of a packaged
+    one (a folder under it with a meta.json, e.g. "polarity") -> that folder; anything else -> itself."""
+    if path is None:
+        return EMBEDDED_DIR
+    p = Path(path)
+    if not p.exists() and len(p.parts) == 1 and (EMBEDDED_DIR / p / "meta.json").is_file():
+        return EMBEDDED_DIR / p
+    return p
+
+
+def packaged_embedded() -> list[str]:
+    """Names of the packaged embedded models besides the default."""
+    return sorted(d.name for d in EMBEDDED_DIR.iterdir() if (d / "meta.json").is_file())
+
+
 def load_embedded(folder: str | os.PathLike | None = None, tokenizer_path=None) -> EmbeddedTeacher:
-    """Load the committed embedded teacher (UNet, text encoder, tokenizer) from ``folder``."""
+    """Load an embedded teacher (UNet, text encoder, tokenizer) from ``folder`` (see embedded_folder)."""
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    folder = Path(folder or EMBEDDED_DIR)
+    folder = embedded_folder(folder)
     need = [
         folder / "unet" / "diffusion_pytorch_model.safetensors",
         folder / "text_encoder" / "model.safetensors",
@@ -121,4 +137,4 @@ def load_embedded(folder: str | os.PathLike | None = None, tokenizer_path=None) 
 
 
 def classifier_path(folder: str | os.PathLike | None = None) -> Path:
-    return Path(folder or EMBEDDED_DIR) / "classifier"
+    return embedded_folder(folder) / "classifier"

@@ -419,6 +419,14 @@ def input_problems(cfg: TrainConfig) -> list[str]:
             )
         elif not Path(m.path).exists():
             out.append(f"model.path not found: {m.path}")
+    if m.kind == "embedded" and m.path:
+        from hypersd_models.embedded import embedded_folder, packaged_embedded
+
+        need(
+            (embedded_folder(m.path) / "meta.json").is_file(),
+            f"model.path={m.path}: no embedded model there (a folder written by python -m train.embedded.make_embedded, "
+            f"or a packaged one: {', '.join(packaged_embedded()) or 'none'})",
+        )
     for key in ("teacher_path", "tokenizer_path", "config_path"):
         v = getattr(m, key)
         need(v is None or Path(v).exists(), f"model.{key} not found: {v}")

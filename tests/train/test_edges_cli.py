@@ -62,6 +62,11 @@ CONFIG_CASES = [
         None,
         ["model.path not found: /no/such/model"],
     ),
+    (
+        ["--set", "model.kind=embedded", "--set", "model.path=polarty"],
+        None,
+        ["model.path=polarty: no embedded model there", "python -m train.embedded.make_embedded"],
+    ),
     (["--set", "data.kind=folder"], None, ["data.kind=folder needs data.path"]),
     (["--set", "lora.init_from=/no/such.safetensors"], None, ["lora.init_from not found"]),
     (

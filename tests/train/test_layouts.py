@@ -48,3 +48,18 @@ def test_digit_source_draws_the_layout():
     assert (same | (a.x0 == -b.x0).flatten(1).all(1)).all() and 10 < int((~same).sum()) < 54
     # the background (corner pixel) is -1 for a plain digit, +1 for an inverted one
     assert set(b.x0[:, 0, 0, 0].tolist()) == {-1.0, 1.0} and set(a.x0[:, 0, 0, 0].tolist()) == {-1.0}
+
+
+def test_embedded_folder_names_a_packaged_model(tmp_path, monkeypatch):
+    import hypersd_models.embedded as emb
+
+    (tmp_path / "polarity").mkdir()
+    (tmp_path / "polarity" / "meta.json").write_text("{}")
+    (tmp_path / "unet").mkdir()  # a part of the default, not a model
+    monkeypatch.setattr(emb, "EMBEDDED_DIR", tmp_path)
+    assert emb.embedded_folder(None) == tmp_path
+    assert emb.embedded_folder("polarity") == tmp_path / "polarity"
+    assert emb.embedded_folder("unet") == emb.Path("unet")  # no meta.json: taken as a path
+    assert emb.embedded_folder(str(tmp_path / "x")) == tmp_path / "x"
+    assert emb.packaged_embedded() == ["polarity"]
+    assert emb.classifier_path("polarity") == tmp_path / "polarity" / "classifier"
