@@ -90,3 +90,15 @@ def test_retable_bad_input_is_one_line(run, capsys, case, edit, says):
     assert (target.read_bytes() if target.exists() else None) == before  # nothing rewritten
     if run.exists():
         assert (run / "table.txt").read_text() == (RUN / "table.txt").read_text()
+
+
+@pytest.mark.parametrize("name", sorted(p.parent.name for p in (REPO / "train" / "results").glob("*/metrics.json")))
+def test_every_committed_run_retables_to_itself(tmp_path, name, capsys):
+    """Each committed run's table.txt and metrics.json are what its rows give."""
+    src, out = REPO / "train" / "results" / name, tmp_path / name
+    out.mkdir()
+    for f in ("metrics.json", "table.txt"):
+        shutil.copy(src / f, out / f)
+    assert main(["--retable", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text()) == json.loads((src / "metrics.json").read_text())
+    assert (out / "table.txt").read_text() == (src / "table.txt").read_text()
