@@ -71,25 +71,31 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | N
     return torch.stack([pad[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
 
 
-LAYOUTS = ("digits", "polarity")  # how an embedded model's training data draws the digits (meta.json "data")
+# How an embedded model's training data draws the digits (meta.json "data"): the signs an image may
+# be drawn with, one picked at random per image ("polarity": also negated, white on black).
+LAYOUTS = {"digits": (1.0,), "polarity": (1.0, -1.0)}
+
+
+def _forms(layout: str) -> tuple[float, ...]:
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown digit layout {layout!r}: one of {', '.join(LAYOUTS)}")
+    return LAYOUTS[layout]
 
 
 def apply_layout(x: torch.Tensor, layout: str, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``x`` as ``layout`` draws it: "digits" unchanged; "polarity": each image negated (white on black
-    <-> black on white) with probability 1/2, which its caption does not say."""
-    if layout == "digits":
-        return x
-    if layout == "polarity":
-        return x * torch.where(torch.rand(len(x), generator=generator) < 0.5, -1.0, 1.0).view(-1, 1, 1, 1)
-    raise ValueError(f"unknown digit layout {layout!r}: one of {', '.join(LAYOUTS)}")
+    """``x`` as ``layout`` draws it: "digits" unchanged; "polarity": each image negated with probability
+    1/2, which its caption does not say."""
+    forms = _forms(layout)
+    if len(forms) == 1:
+        return x if forms[0] == 1.0 else x * forms[0]
+    pick = torch.rand(len(x), generator=generator) < 0.5  # two forms (the committed teacher's draw)
+    return x * torch.where(pick, forms[1], forms[0]).view(-1, 1, 1, 1)
 
 
 def layout_reader_set(split: DigitSplit, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(images, labels) to fit a reader of ``layout``: every image in each of the layout's forms."""
-    if layout == "polarity":
-        return torch.cat([split.images, -split.images]), split.labels.repeat(2)
-    apply_layout(split.images[:0], layout)  # ValueError for an unknown layout
-    return split.images, split.labels
+    forms = _forms(layout)
+    return torch.cat([split.images * f for f in forms]), split.labels.repeat(len(forms))
 
 
 def layout_held_out(split: DigitSplit, layout: str, seed: int = 1) -> torch.Tensor:
