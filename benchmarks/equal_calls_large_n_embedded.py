@@ -52,15 +52,24 @@ def parse_lora(spec: str) -> tuple[str, str, list[int], float, float]:
     return name, parts[0], steps, eta, cfg
 
 
-def large_n_evaluator(per_digit: int, cfg: float = CFG, threads: int = 1):
-    """The large-n eval set (seed ``EVAL_SEED``, ``per_digit`` per class) with the teacher's DDIM
-    ``REFERENCE``-step samples at ``cfg`` as the reference; ValueError for a bad ``per_digit``."""
+def large_n_evaluator(per_digit: int, cfg: float = CFG, threads: int = 1, model: str | None = None):
+    """The large-n eval set (seed ``EVAL_SEED``, ``per_digit`` per class) with the embedded teacher's
+    (``model``: a packaged name such as "polarity" or a folder; None: the default) DDIM
+    ``REFERENCE``-step samples at ``cfg`` as the reference; ValueError for a bad ``per_digit`` or model."""
     if per_digit < 1:
         raise ValueError(f"--per-digit must be >= 1, got {per_digit}")
+    if model is not None:
+        from hypersd_models.embedded import embedded_folder, packaged_embedded
+
+        if not (embedded_folder(model) / "meta.json").is_file():
+            raise ValueError(
+                f"--model {model!r}: not an embedded model folder (no meta.json); "
+                f"packaged ones: {', '.join(packaged_embedded()) or 'none'}"
+            )
     torch.set_num_threads(threads)
     from .quality_embedded import Evaluator
 
-    return Evaluator("embedded", per_digit, [EVAL_SEED], REFERENCE, cfg)
+    return Evaluator("embedded", per_digit, [EVAL_SEED], REFERENCE, cfg, path=model)
 
 
 def teacher_calls(rows: list[dict]) -> list[tuple[int, float]]:
@@ -141,12 +150,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lora", action="append", required=True, help="NAME=FILE@STEPS[@ETA] (repeat)")
     ap.add_argument("--per-digit", type=int, default=PER_DIGIT)
+    ap.add_argument(
+        "--model",
+        default=None,
+        help='the embedded teacher: a packaged name ("polarity") or a folder; default: the default',
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(RESULTS_DIR / "equal_calls_large_n_embedded.json"))
     a = ap.parse_args(argv)
     try:
         loras = [parse_lora(s) for s in a.lora]
-        ev = large_n_evaluator(a.per_digit, CFG, a.threads)
+        ev = large_n_evaluator(a.per_digit, CFG, a.threads, a.model)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -186,10 +200,14 @@ def main(argv=None) -> int:
     command = "python -m benchmarks.equal_calls_large_n_embedded " + " ".join(f'--lora "{s}"' for s in a.lora)
     if a.per_digit != PER_DIGIT:
         command += f" --per-digit {a.per_digit}"
+    if a.model is not None:
+        command += f" --model {a.model}"
     result = {
         "machine": machine_info(),
         "samples": n,
         "eval_seed": EVAL_SEED,
+        "model": a.model or "embedded (default)",
+        "data_layout": ev.layout,
         "reference": ref,
         "rows": [ref, *teacher_rows, *lora_rows],
         "comparisons": comparisons,
@@ -215,7 +233,7 @@ def main(argv=None) -> int:
     seeds = f"{seeds_table(result['over_seeds'])}\n" if result["over_seeds"] else ""
     write_text(
         Path(a.out).with_suffix(".md"),
-        f"n = {n} samples (seed {EVAL_SEED})\n\n{table}\n{verdicts}\n{seeds}Command: `{command}`\n",
+        f"n = {n} samples (seed {EVAL_SEED}), teacher: {result['model']}\n\n{table}\n{verdicts}\n{seeds}Command: `{command}`\n",
     )
     print(verdicts)
     if seeds:

@@ -177,24 +177,33 @@ def train_run(
 class Evaluator:
     """The teacher, its conditioner and classifier, held-out features, and per-seed eval sets."""
 
-    def __init__(self, model: str, per_digit: int, eval_seeds: list[int], ref_steps: int, teacher_cfg: float):
+    def __init__(
+        self,
+        model: str,
+        per_digit: int,
+        eval_seeds: list[int],
+        ref_steps: int,
+        teacher_cfg: float,
+        path: str | None = None,
+    ):
+        """``model`` (a model kind) at ``path`` (for kind embedded: a packaged name such as "polarity"
+        or a folder; None: the default); the reader and real digits follow the model's data layout."""
         from train.conditioning import TextConditioner
         from train.config import ModelConfig
-        from train.digits import load_digit_splits
         from hypersd_models.loading import load_model
-        from train.metrics import classifier_features, digit_eval_set, digit_reader
+        from train.metrics import classifier_features, digit_eval_set, layout_judge
 
-        self.m = load_model(ModelConfig(kind=model))
+        self.m = load_model(ModelConfig(kind=model, path=path))
         self.unet = self.m.unet.eval()
         self.clf = self.m.extras["classifier"]
+        self.layout = self.m.extras.get("data_layout", "digits")
         self.cond = TextConditioner(
             self.m.text_encoders, self.m.tokenizers, "cpu", torch.float32, resolution=self.m.resolution, memo=True
         )
         res, ch = self.unet.config.sample_size, self.unet.config.in_channels
-        _, test = load_digit_splits(res)
-        self.reader = digit_reader(res)
-        self.real = {"reader": self.reader.features(test.images), "reward": classifier_features(self.clf, test.images)}
-        self.n_real = len(test.labels)
+        self.reader, held_out = layout_judge(res, self.layout)
+        self.real = {"reader": self.reader.features(held_out), "reward": classifier_features(self.clf, held_out)}
+        self.n_real = len(held_out)
         self.ref_steps = ref_steps
         self.sets = {s: digit_eval_set(per_digit, res, s, ch) for s in eval_seeds}
         self.use_reference(teacher_cfg)

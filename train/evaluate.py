@@ -19,7 +19,7 @@ from .errors import UserError
 from .export import onestep_timestep
 from .grids import generate
 from .lora import load_lora_tensors, lora_tensors
-from .metrics import classifier_features, digit_eval_set, digit_reader, score_images
+from .metrics import classifier_features, digit_eval_set, layout_judge, score_images
 
 # Teacher DDIM steps at the guided cfg scored for "teacher steps to match" (plus the reference).
 TEACHER_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 25)
@@ -36,8 +36,6 @@ def _log(line: str) -> None:
 def evaluate_digits(trainer, stage, log=_log) -> dict:
     """The teacher at several step counts and guidances and the student at eval.steps (final LoRA)
     and at each stage's own step count (stage LoRAs), scored from the same noise and prompts."""
-    from .digits import layout_held_out, load_digit_splits
-
     e, m = trainer.cfg.eval, trainer.model
     clf = m.extras.get("classifier")
     if clf is None:
@@ -46,10 +44,8 @@ def evaluate_digits(trainer, stage, log=_log) -> dict:
     res = m.unet.config.sample_size
     labels, prompts, noise = digit_eval_set(e.per_digit, res, e.seed, m.unet.config.in_channels)
     noise = noise.to(trainer.acc.device)
-    _, test = load_digit_splits(res)
     layout = m.extras.get("data_layout", "digits")
-    reader = digit_reader(res, layout)
-    held_out = layout_held_out(test, layout)
+    reader, held_out = layout_judge(res, layout)
     real = {
         "reader": reader.features(held_out),
         "reward": classifier_features(clf, held_out.to(trainer.acc.device)),
@@ -69,7 +65,7 @@ def evaluate_digits(trainer, stage, log=_log) -> dict:
     total = 1 + len(ladder) + len(cfg1) + len(e.steps) + (onestep is not None and 1 in e.steps) + len(stage_loras)
     out = {
         "n_samples": len(labels),
-        "real_samples": len(test.labels),
+        "real_samples": len(held_out),
         "eta": e.eta,
         "teacher_cfg": w,
         "reference": f"teacher DDIM {e.reference_steps} steps, cfg {w:g}",

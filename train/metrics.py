@@ -134,3 +134,12 @@ def digit_reader(resolution: int, layout: str = "digits") -> DigitReader:
         train, _ = load_digit_splits(resolution)
         _READERS[resolution, layout] = DigitReader(*layout_reader_set(train, layout))
     return _READERS[resolution, layout]
+
+
+def layout_judge(resolution: int, layout: str = "digits") -> tuple[DigitReader, torch.Tensor]:
+    """The reader of ``layout`` and the held-out digits as the layout draws them (the real set
+    every metric compares with): what the trainer's eval and the benchmarks judge a model by."""
+    from .digits import layout_held_out, load_digit_splits
+
+    _, test = load_digit_splits(resolution)
+    return digit_reader(resolution, layout), layout_held_out(test, layout)

@@ -12,9 +12,12 @@ class FakeEvaluator:
     """Scores that depend on the LoRA (None: the teacher), steps, cfg and eta."""
 
     calls: list = []
+    paths: list = []
 
-    def __init__(self, model, per_digit, seeds, ref_steps, teacher_cfg):
+    def __init__(self, model, per_digit, seeds, ref_steps, teacher_cfg, path=None):
         self.per_digit, self.refs = per_digit, {s: "ref" for s in seeds}
+        self.path, self.layout = path, "polarity" if path == "polarity" else "digits"
+        FakeEvaluator.paths.append(path)
 
     def rows(self, lora_path, steps_list, cfg, eta):
         FakeEvaluator.calls.append((lora_path and lora_path.split("/")[-1], list(steps_list), cfg, eta))
@@ -94,6 +97,26 @@ def test_bad_lora_spec_is_one_line(tmp_path, fake, capsys, spec, says):
     assert eq.main(["--lora", spec.format(f=f, d=tmp_path), "--out", str(tmp_path / "r.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --lora") and says in err[0]
+    assert not fake.calls and not (tmp_path / "r.json").exists()
+
+
+def test_another_embedded_teacher_is_judged_with_its_own_layout(tmp_path, fake):
+    lora = tmp_path / "a.safetensors"
+    lora.write_bytes(b"x")
+    out = tmp_path / "r.json"
+    assert eq.main(["--lora", f"a={lora}@2", "--model", "polarity", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert fake.paths[-1] == "polarity" and res["model"] == "polarity" and res["data_layout"] == "polarity"
+    assert res["command"].endswith("--model polarity")
+    assert "teacher: polarity" in out.with_suffix(".md").read_text()
+
+
+def test_an_unknown_embedded_teacher_is_one_line(tmp_path, fake, capsys):
+    lora = tmp_path / "a.safetensors"
+    lora.write_bytes(b"x")
+    assert eq.main(["--lora", f"a={lora}@2", "--model", "nosuch", "--out", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--model 'nosuch'" in err[0] and "polarity" in err[0]
     assert not fake.calls and not (tmp_path / "r.json").exists()
 
 

@@ -63,3 +63,18 @@ def test_embedded_folder_names_a_packaged_model(tmp_path, monkeypatch):
     assert emb.embedded_folder(str(tmp_path / "x")) == tmp_path / "x"
     assert emb.packaged_embedded() == ["polarity"]
     assert emb.classifier_path("polarity") == tmp_path / "polarity" / "classifier"
+
+
+def test_the_benchmark_evaluator_judges_a_packaged_teacher_by_its_layout():
+    """benchmarks' Evaluator on the packaged polarity teacher: its reader and real digits are the
+    polarity layout's, as in the trainer's own eval."""
+    from benchmarks.quality_embedded import Evaluator
+    from train.metrics import layout_judge
+
+    ev = Evaluator("embedded", 1, [0], 2, 3.0, path="polarity")
+    reader, held = layout_judge(16, "polarity")
+    assert ev.layout == "polarity" and ev.m.base_model == "embedded-digits-polarity"
+    assert ev.reader is reader and ev.n_real == len(held)
+    assert torch.allclose(ev.real["reader"], reader.features(held))
+    default = Evaluator("embedded", 1, [0], 2, 3.0)
+    assert default.layout == "digits" and default.reader is layout_judge(16)[0]
