@@ -52,6 +52,17 @@ def parse_lora(spec: str) -> tuple[str, str, list[int], float, float]:
     return name, parts[0], steps, eta, cfg
 
 
+def check_embedded(model: str, flag: str) -> None:
+    """ValueError (one line) unless ``model`` names an embedded teacher (a packaged name or a folder)."""
+    from hypersd_models.embedded import embedded_folder, packaged_embedded
+
+    if not (embedded_folder(model) / "meta.json").is_file():
+        raise ValueError(
+            f"{flag} {model!r}: not an embedded model folder (no meta.json); "
+            f"packaged ones: {', '.join(packaged_embedded()) or 'none'}"
+        )
+
+
 def large_n_evaluator(per_digit: int, cfg: float = CFG, threads: int = 1, model: str | None = None):
     """The large-n eval set (seed ``EVAL_SEED``, ``per_digit`` per class) with the embedded teacher's
     (``model``: a packaged name such as "polarity" or a folder; None: the default) DDIM
@@ -59,13 +70,7 @@ def large_n_evaluator(per_digit: int, cfg: float = CFG, threads: int = 1, model:
     if per_digit < 1:
         raise ValueError(f"--per-digit must be >= 1, got {per_digit}")
     if model is not None:
-        from hypersd_models.embedded import embedded_folder, packaged_embedded
-
-        if not (embedded_folder(model) / "meta.json").is_file():
-            raise ValueError(
-                f"--model {model!r}: not an embedded model folder (no meta.json); "
-                f"packaged ones: {', '.join(packaged_embedded()) or 'none'}"
-            )
+        check_embedded(model, "--model")
     torch.set_num_threads(threads)
     from .quality_embedded import Evaluator
 

@@ -62,8 +62,9 @@ UNIFIED = "unified LoRA"
 
 
 # -- training configs ------------------------------------------------------------------------------
-def base_config(model: str, quick: bool) -> dict:
-    """The embedded preset (or the tiny test model), as a dict to build the runs from."""
+def base_config(model: str, quick: bool, path: str | None = None) -> dict:
+    """The embedded preset (or the tiny test model; ``path``: another embedded teacher, a packaged
+    name such as "polarity" or a folder), as a dict to build the runs from."""
     from train.config import CONFIG_DIR, read_config_file
 
     data = read_config_file(CONFIG_DIR / "embedded.yaml")
@@ -74,6 +75,8 @@ def base_config(model: str, quick: bool) -> dict:
     data["checkpoint_every"] = 0
     if model == "tiny":
         data["model"] = {"kind": "tiny"}
+    elif path is not None:
+        data["model"] = dict(data.get("model", {}), path=path)
     if quick:
         data["data"] = dict(data.get("data", {}), batch_size=4)
         data["lora"] = dict(data.get("lora", {}), rank=4)
@@ -295,7 +298,7 @@ def run(args) -> dict:
     seeds = [int(s) for s in args.seeds.split(",")]
     eval_seeds = [1000 + i for i in range(args.eval_seeds)]
     work = Path(args.work)
-    data = base_config(args.model, quick)
+    data = base_config(args.model, quick, args.embedded)
     data["threads"] = args.threads  # the preset's own count would override --threads in every run
     budget = args.stage_steps or args.steps_per_stage
     tscd = tscd_stages(data, quick, steps=budget)
@@ -311,7 +314,9 @@ def run(args) -> dict:
     methods = [m for m in methods_cfg if m in args.methods.split(";")] if args.methods else default
     t_start = time.time()
     teacher_cfg = float(data.get("sample", {}).get("teacher_cfg", 3.0))
-    ev = Evaluator(args.model, 2 if quick else args.per_digit, eval_seeds, 4 if quick else 50, teacher_cfg)
+    ev = Evaluator(
+        args.model, 2 if quick else args.per_digit, eval_seeds, 4 if quick else 50, teacher_cfg, path=args.embedded
+    )
     steps = STEPS[: 2 if quick else 4]
     # the students' model calls: cfg > 1 costs two calls a step
     teacher_steps = sorted({k // 2 for k in steps if k > 1} | ({2, 4} if quick else {25, 50}))
@@ -319,7 +324,8 @@ def run(args) -> dict:
     result: dict = {
         "machine": machine_info(),
         "quick": quick,
-        "model": args.model,
+        "model": args.model if args.embedded is None else f"{args.model} {args.embedded}",
+        "data_layout": ev.layout,
         "train_seeds": seeds,
         "eval_seeds": eval_seeds,
         "samples_per_eval_seed": len(ev.sets[eval_seeds[0]][0]),
@@ -638,6 +644,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2 steps per stage, few samples: checks the script end to end")
     ap.add_argument("--model", default="embedded", choices=("embedded", "tiny"))
+    ap.add_argument(
+        "--embedded", default=None, help='another embedded teacher: a packaged name ("polarity") or a folder'
+    )
     ap.add_argument("--seeds", default="0", help="training seeds, comma separated")
     ap.add_argument("--eval-seeds", type=int, default=3, help="evaluation seeds (noise + captions) per trained LoRA")
     ap.add_argument("--per-digit", type=int, default=20, help="samples per digit per eval seed")
@@ -663,6 +672,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:  # before any training: a wrong --stage-steps count is one line
         tscd_stages(base_config(args.model, args.quick), args.quick, steps=args.stage_steps)
+        if args.embedded is not None:
+            from .equal_calls_large_n_embedded import check_embedded
+
+            if args.model != "embedded":
+                raise ValueError("--embedded names an embedded teacher; it needs --model embedded")
+            check_embedded(args.embedded, "--embedded")
     except ValueError as e:
         ap.error(str(e))
     import tempfile

@@ -86,3 +86,27 @@ def test_bad_stage_steps_is_one_line(value, says, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert says in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_another_embedded_teacher_trains_and_is_judged_by_its_layout(tmp_path):
+    out = tmp_path / "q.json"
+    args = ["--quick", "--embedded", "polarity", "--methods", "TSCD 8-4-2-1", "--eval-seeds", "1", "--threads", "1"]
+    assert main([*args, "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["model"] == "embedded polarity" and res["data_layout"] == "polarity"
+    assert list(res["stages"]) == ["TSCD 8-4-2-1"]
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--embedded", "nosuch"], "--embedded 'nosuch'"),
+        (["--model", "tiny", "--embedded", "polarity"], "--model embedded"),
+    ],
+)
+def test_bad_embedded_teacher_is_one_line(args, says, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert says in err[-1] and "Traceback" not in "\n".join(err)
