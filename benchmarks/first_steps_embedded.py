@@ -100,7 +100,9 @@ def main(argv=None) -> int:
     def add(name: str, sampler: str, first: int, of: int, images: torch.Tensor) -> None:
         s = ev.score(EVAL_SEED, images)
         r = {"name": name, "sampler": sampler, "first": first, "of": of}
-        r.update({m: round(float(s[m]), 4) for m in JUDGED}, flips=round(flips(images, ref), 4))
+        r.update(
+            {m: round(float(s[m]), 4) + 0.0 for m in JUDGED}, flips=round(flips(images, ref), 4)
+        )  # + 0.0: no "-0.0"
         rows.append(r)
         print(f"{name:<44} " + "  ".join(f"{m} {r[m]:.4f}" for m in (*JUDGED, "flips")), flush=True)
 
