@@ -90,5 +90,7 @@ def test_the_final_lora_carries_export_onestep_timestep_and_a_dmd_stage_keeps_it
     assert onestep_timestep(cfg, {**tscd, "onestep_timestep": 700}, last=True) == 700
     assert lora_metadata(cfg, tscd, "embedded-digits", "epsilon", last=True).onestep_timestep == 800
     assert lora_metadata(cfg, tscd, "embedded-digits", "epsilon", last=False).onestep_timestep is None
+    for preset in ("sd15", "sdxl"):  # the SD presets' final LoRAs too (same scaled-linear schedule)
+        assert load_config(preset).export.onestep_timestep == 800
     plain = load_config("embedded", overrides=["export.onestep_timestep=null"])
     assert onestep_timestep(plain, tscd, last=True) is None
