@@ -124,6 +124,7 @@ def test_the_export_is_the_trainers(trained):
     meta = trained.meta
     assert (meta.base_model, meta.steps, meta.segments, meta.stage) == ("sd15", [1, 2, 4, 8], 1, "tscd")
     assert (meta.strength, meta.eta, meta.spacing, meta.cfg) == (EXPORT["strength"], EXPORT["eta"], "trailing", 1.0)
+    assert meta.onestep_timestep == 800
     sd, _ = load_lora(trained.path)
     assert detect_format(sd) == "kohya"
     assert len([k for k in sd if k.endswith(".lora_down.weight")]) == trained.n_modules > 200
@@ -133,7 +134,10 @@ def test_loads_with_every_key_and_our_settings(server_run):
     _, settings, log = server_run
     assert "lora key not loaded" not in log, log[-3000:]
     assert settings.startswith(f"{NAME}: SD1.5, steps 1-8, spacing trailing, eta 0.3, cfg 1 (ComfyUI)"), settings
-    assert settings.endswith(f"strength {EXPORT['strength']:g}"), settings
+    # the sd15 preset gives the final LoRA the one-step sampler at t=800 (export.onestep_timestep)
+    assert settings.endswith(
+        f"strength {EXPORT['strength']:g}; 1 step: Hyper-SD One-Step Scheduler timestep 800 + DMD sampler"
+    ), settings
 
 
 def test_comfyui_equals_the_trainers_sampler(server_run, trained):
