@@ -8,7 +8,7 @@ reference's (on the polarity model: the digit drawn in the other polarity).
     python -m benchmarks.first_steps_embedded --model polarity \\
         --lora RUN/lora/stage1_tscd_k8.safetensors --steps 8
 
-Writes results/first_steps_embedded.{json,md}. About 7 min on one busy core at 30 per digit (300 samples).
+Writes results/first_steps_embedded.{json,md}. About 11 min on one busy core at 30 per digit (300 samples).
 """
 
 from __future__ import annotations
