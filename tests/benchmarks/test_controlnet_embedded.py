@@ -5,32 +5,14 @@ table are written, and the ControlNet really steers the teacher (agreement above
 import json
 import math
 
-import torch
 
 from benchmarks.controlnet_embedded import main
-from hypersd_core.lora_formats import HyperSDMetadata
 
 
-def _export(tmp_path) -> str:
-    from hypersd_models.loading import load_model
-    from train.config import LoraConfig, ModelConfig
-    from train.export import export_lora
-    from train.lora import add_lora
-
-    m = load_model(ModelConfig(kind="embedded"))
-    params = add_lora(m.unet, 4, None, LoraConfig().target_modules)
-    with torch.no_grad():
-        gen = torch.Generator().manual_seed(0)
-        for p in params:
-            p.copy_(0.02 * torch.randn(p.shape, generator=gen))
-    md = HyperSDMetadata(base_model="embedded-digits", steps=[1, 2], onestep_timestep=800, stage="unified")
-    export_lora(m.unet, tmp_path / "run", "hypersd_lora", md)
-    return str(tmp_path / "run" / "hypersd_lora.safetensors")
-
-
-def test_controlnet_benchmark_quick(tmp_path):
+def test_controlnet_benchmark_quick(tmp_path, random_lora):
     out = tmp_path / "cn.json"
-    lora = _export(tmp_path)
+    md = dict(base_model="embedded-digits", steps=[1, 2], onestep_timestep=800, stage="unified")
+    lora = str(random_lora(tmp_path / "run", 4, **md) / "hypersd_lora.safetensors")
     args = ["--quick", "--per-digit", "2", "--lora", f"L={lora}", "--lora", f"S@2={lora}", "--out", str(out)]
     assert main(args) == 0
     res = json.loads(out.read_text())

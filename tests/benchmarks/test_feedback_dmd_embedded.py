@@ -4,33 +4,18 @@ and a LoRA whose header has a one-step timestep also gets the one-step sampler's
 import json
 import math
 
-import torch
 
 from benchmarks.feedback_dmd_embedded import main, onestep_timestep
-from hypersd_core.lora_formats import HyperSDMetadata
 
 
-def _export(tmp_path, name: str, onestep: int | None) -> str:
-    """<run>/hypersd_lora.safetensors + <run>/hypersd_lora_diffusers/ as the trainer writes them."""
-    from train.config import LoraConfig, ModelConfig
-    from train.export import export_lora
-    from train.lora import add_lora
-    from hypersd_models.loading import load_model
-
-    m = load_model(ModelConfig(kind="embedded"))
-    params = add_lora(m.unet, 8, None, LoraConfig().target_modules)
-    with torch.no_grad():  # a non-zero LoRA, so the student differs from the teacher
-        gen = torch.Generator().manual_seed(0)
-        for p in params:
-            p.copy_(0.02 * torch.randn(p.shape, generator=gen))
-    md = HyperSDMetadata(base_model="embedded-digits", steps=[1, 2], onestep_timestep=onestep, stage="unified")
-    run = tmp_path / name
-    export_lora(m.unet, run, "hypersd_lora", md)
-    return str(run / "hypersd_lora_diffusers")
+def _export(random_lora, tmp_path, name: str, onestep: int | None) -> str:
+    """<run>/hypersd_lora_diffusers/ (a folder, as the trainer writes it) of a small non-zero LoRA."""
+    md = dict(base_model="embedded-digits", steps=[1, 2], onestep_timestep=onestep, stage="unified")
+    return str(random_lora(tmp_path / name, 8, **md) / "hypersd_lora_diffusers")
 
 
-def test_rows_and_onestep_row_from_the_lora_header(tmp_path):
-    plain, dmd = _export(tmp_path, "plain", None), _export(tmp_path, "dmd", 800)
+def test_rows_and_onestep_row_from_the_lora_header(tmp_path, random_lora):
+    plain, dmd = _export(random_lora, tmp_path, "plain", None), _export(random_lora, tmp_path, "dmd", 800)
     assert onestep_timestep(plain, None) is None and onestep_timestep(dmd, None) == 800
     assert onestep_timestep(plain, 700) == 700  # the command-line value wins
     out = tmp_path / "fd.json"
@@ -70,10 +55,10 @@ def test_rows_and_onestep_row_from_the_lora_header(tmp_path):
     assert (tmp_path / "fd_dmd.png").is_file() and (tmp_path / "fd_plain.png").is_file()
 
 
-def test_onestep_probe_runs_and_records_both_checks(tmp_path):
+def test_onestep_probe_runs_and_records_both_checks(tmp_path, random_lora):
     from benchmarks.onestep_probe_embedded import main as probe
 
-    lora = _export(tmp_path, "run", None)
+    lora = _export(random_lora, tmp_path, "run", None)
     out = probe(
         [
             "--lora",

@@ -7,28 +7,11 @@ import pytest
 import torch
 
 from benchmarks import first_steps_embedded as fs
-from hypersd_core.lora_formats import HyperSDMetadata
 
 
-def _export(tmp_path) -> str:
-    from hypersd_models.loading import load_model
-    from train.config import LoraConfig, ModelConfig
-    from train.export import export_lora
-    from train.lora import add_lora
-
-    m = load_model(ModelConfig(kind="embedded", path="polarity"))
-    params = add_lora(m.unet, 4, None, LoraConfig().target_modules)
-    with torch.no_grad():
-        gen = torch.Generator().manual_seed(0)
-        for p in params:
-            p.copy_(0.02 * torch.randn(p.shape, generator=gen))
-    md = HyperSDMetadata(base_model="embedded-digits-polarity", steps=[2], stage="tscd")
-    export_lora(m.unet, tmp_path / "run", "hypersd_lora", md)
-    return str(tmp_path / "run" / "hypersd_lora.safetensors")
-
-
-def test_hand_over_is_exact_at_both_ends_and_rows_are_written(tmp_path):
-    lora = _export(tmp_path)
+def test_hand_over_is_exact_at_both_ends_and_rows_are_written(tmp_path, random_lora):
+    md = dict(base_model="embedded-digits-polarity", steps=[2], stage="tscd")
+    lora = str(random_lora(tmp_path / "run", 4, "polarity", **md) / "hypersd_lora.safetensors")
     out = tmp_path / "fs.json"
     assert fs.main(["--lora", lora, "--steps", "2", "--model", "polarity", "--per-digit", "1", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
