@@ -37,9 +37,8 @@ def handed_over(ev, lora_path: str | None, steps: int, first: int, lora_cfg: flo
     from hypersd_core.lora_formats import load_lora
     from hypersd_core.lora_merge import LoraMerge
     from hypersd_core.samplers import get_sigmas_tscd, sample_tscd
-    from hypersd_core.parameterization import DiscreteVPDenoiser
     from hypersd_core.schedule import unit_noise_to_ve
-    from train.sampling import GuidedUNet
+    from train.sampling import guided_denoiser
 
     _, prompts, noise = ev.sets[EVAL_SEED]
     cond, added = ev.cond.encode(list(prompts))
@@ -47,8 +46,10 @@ def handed_over(ev, lora_path: str | None, steps: int, first: int, lora_cfg: flo
     sched, pred = ev.m.schedule, ev.m.prediction_type
 
     def model(cfg: float):
-        net = GuidedUNet(ev.unet, cond, uncond if cfg != 1 else None, cfg, added, added_u if cfg != 1 else None)
-        return DiscreteVPDenoiser(net, sched, pred)
+        guided = cfg != 1
+        return guided_denoiser(
+            ev.unet, cond, uncond if guided else None, cfg, sched, pred, added, added_u if guided else None
+        )
 
     head, grid = get_sigmas_tscd(steps, sched), get_sigmas_tscd(REFERENCE, sched)
     x = unit_noise_to_ve(noise, head[0])

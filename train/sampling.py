@@ -45,6 +45,22 @@ class GuidedUNet(torch.nn.Module):
         return cfg_combine(cond, uncond, self.cfg)
 
 
+def guided_denoiser(
+    unet,
+    cond,
+    uncond,
+    cfg: float,
+    schedule: VPSchedule,
+    prediction_type: str,
+    added_cond=None,
+    added_uncond=None,
+    controlnet=None,
+) -> DiscreteVPDenoiser:
+    """The denoiser hypersd_core's samplers call: the UNet on fixed embeddings (CFG when cfg != 1)."""
+    net = GuidedUNet(unet, cond, uncond, cfg, added_cond, added_uncond, controlnet)
+    return DiscreteVPDenoiser(net, schedule, prediction_type)
+
+
 @torch.no_grad()
 def sample_images(
     unet,
@@ -71,8 +87,7 @@ def sample_images(
     ``added_cond`` and ``added_uncond``) steers both CFG branches.
     """
     schedule = schedule or VPSchedule.scaled_linear()
-    net = GuidedUNet(unet, cond, uncond, cfg, added_cond, added_uncond, controlnet)
-    model = DiscreteVPDenoiser(net, schedule, prediction_type)
+    model = guided_denoiser(unet, cond, uncond, cfg, schedule, prediction_type, added_cond, added_uncond, controlnet)
     sigmas = get_sigmas_tscd(steps, schedule, spacing=spacing, onestep_timestep=onestep_timestep).to(noise.device)
     x = unit_noise_to_ve(noise, sigmas[0])
     if onestep_timestep is not None and steps == 1:
