@@ -1,14 +1,17 @@
 """Where along the trajectory does a K-step LoRA part from the teacher? The LoRA takes the first J of
 its K steps (J = 0..K), the untrained teacher (DDIM, cfg 3) finishes on the reference's 50-step grid;
-the teacher at equal calls (DDIM K/2, cfg 3) is probed the same way. Each row is judged against the
-teacher's DDIM 50 cfg 3 samples from the same noise (adherence, Fréchet -> teacher, trajectory
-error) plus "flips": the share of images whose mean brightness has the other sign than the
-reference's (on the polarity model: the digit drawn in the other polarity).
+the teacher at equal calls (DDIM K/2, cfg 3) is probed the same way. With --alone, also each single
+step alone: the teacher runs the reference's grid down to it and finishes after it (the step's local
+error). Each row is judged against the teacher's DDIM 50 cfg 3 samples from the same noise
+(adherence, Fréchet -> teacher, trajectory error) plus "flips": the share of images whose mean
+brightness has the other sign than the reference's (on the polarity model: the digit drawn in the
+other polarity).
 
     python -m benchmarks.first_steps_embedded --model polarity \\
         --lora RUN/lora/stage1_tscd_k8.safetensors --steps 8
 
-Writes results/first_steps_embedded.{json,md}. About 11 min on one busy core at 30 per digit (300 samples).
+Writes results/first_steps_embedded.{json,md}. About 11 min on one busy core at 30 per digit (300
+samples); twice that with --alone.
 """
 
 from __future__ import annotations
@@ -31,9 +34,12 @@ def flips(images: torch.Tensor, reference: torch.Tensor) -> float:
     return float((sign(images) != sign(reference)).float().mean())
 
 
-def handed_over(ev, lora_path: str | None, steps: int, first: int, lora_cfg: float = 1.0) -> torch.Tensor:
-    """Images where ``lora_path`` (None: the teacher at ``lora_cfg``) takes the first ``first`` of
-    ``steps`` trailing steps and the teacher (DDIM, cfg 3) the rest, on the reference's grid."""
+def handed_over(
+    ev, lora_path: str | None, steps: int, first: int, lora_cfg: float = 1.0, start: int = 0
+) -> torch.Tensor:
+    """Images where ``lora_path`` (None: the teacher at ``lora_cfg``) takes steps ``start`` to ``first``
+    of ``steps`` trailing steps and the teacher (DDIM, cfg 3) the rest, on the reference's grid (before
+    ``start``: from the noise down to the LoRA's step ``start`` level)."""
     from hypersd_core.lora_formats import load_lora
     from hypersd_core.lora_merge import LoraMerge
     from hypersd_core.samplers import get_sigmas_tscd, sample_tscd
@@ -54,13 +60,22 @@ def handed_over(ev, lora_path: str | None, steps: int, first: int, lora_cfg: flo
     head, grid = get_sigmas_tscd(steps, sched), get_sigmas_tscd(REFERENCE, sched)
     x = unit_noise_to_ve(noise, head[0])
     with torch.no_grad():
-        if first:
+        if start:
+            x = sample_tscd(
+                model(CFG),
+                x,
+                torch.cat([grid[grid > head[start]], head[start : start + 1]]),
+                eta=0.0,
+                schedule=sched,
+                disable=True,
+            )
+        if first > start:
             merge = None
             if lora_path:
                 sd, meta = load_lora(lora_path)
                 merge = LoraMerge(ev.unet, sd, 1.0, metadata=meta)
             try:
-                x = sample_tscd(model(lora_cfg), x, head[: first + 1], eta=0.0, schedule=sched, disable=True)
+                x = sample_tscd(model(lora_cfg), x, head[start : first + 1], eta=0.0, schedule=sched, disable=True)
             finally:
                 if merge is not None:
                     merge.remove()
@@ -76,6 +91,11 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=8, help="K, the LoRA's step count (even: the teacher takes K/2)")
     ap.add_argument("--model", default=None, help='the embedded teacher: a packaged name ("polarity") or a folder')
     ap.add_argument("--per-digit", type=int, default=30)
+    ap.add_argument(
+        "--alone",
+        action="store_true",
+        help="also each single step alone (the teacher before and after it): its local error; doubles the time",
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(RESULTS_DIR / "first_steps_embedded.json"))
     a = ap.parse_args(argv)
@@ -113,6 +133,13 @@ def main(argv=None) -> int:
     for j in range(1, half + 1):
         name = f"teacher DDIM {half} cfg 3, {j} of {half} steps, then 50-grid"
         add(name, "teacher", j, half, handed_over(ev, None, half, j, CFG))
+    if a.alone:
+        for j in range(1, a.steps + 1):
+            name = f"LoRA step {j} of {a.steps} alone"
+            add(name, "lora alone", j, a.steps, handed_over(ev, a.lora, a.steps, j, start=j - 1))
+        for j in range(1, half + 1):
+            name = f"teacher DDIM {half} cfg 3, step {j} of {half} alone"
+            add(name, "teacher alone", j, half, handed_over(ev, None, half, j, CFG, start=j - 1))
     command = "python -m benchmarks.first_steps_embedded " + " ".join(argv if argv is not None else sys.argv[1:])
     result = {
         "machine": machine_info(),

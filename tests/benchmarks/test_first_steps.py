@@ -13,10 +13,21 @@ def test_hand_over_is_exact_at_both_ends_and_rows_are_written(tmp_path, random_l
     md = dict(base_model="embedded-digits-polarity", steps=[2], stage="tscd")
     lora = str(random_lora(tmp_path / "run", 4, "polarity", **md) / "hypersd_lora.safetensors")
     out = tmp_path / "fs.json"
-    assert fs.main(["--lora", lora, "--steps", "2", "--model", "polarity", "--per-digit", "1", "--out", str(out)]) == 0
+    argv = ["--lora", lora, "--steps", "2", "--model", "polarity", "--per-digit", "1", "--alone", "--out", str(out)]
+    assert fs.main(argv) == 0
     res = json.loads(out.read_text())
     rows = {(r["sampler"], r["first"]): r for r in res["rows"]}
-    assert set(rows) == {("lora", 0), ("lora", 1), ("lora", 2), ("teacher", 1)}
+    assert set(rows) == {
+        *(("lora", j) for j in (0, 1, 2)),
+        ("teacher", 1),
+        ("lora alone", 1),
+        ("lora alone", 2),
+        ("teacher alone", 1),
+    }
+    # the first step alone is the first step then the teacher; the teacher's only step alone is its whole run
+    assert rows["lora alone", 1]["trajectory_error"] == rows["lora", 1]["trajectory_error"]
+    assert rows["teacher alone", 1]["trajectory_error"] == rows["teacher", 1]["trajectory_error"]
+    assert rows["lora alone", 2]["trajectory_error"] > 0
     assert rows["lora", 0]["trajectory_error"] == 0 and rows["lora", 0]["flips"] == 0  # the reference itself
     assert all(0 <= r["flips"] <= 1 for r in res["rows"]) and res["samples"] == 10 and res["model"] == "polarity"
     assert "flips vs reference" in out.with_suffix(".md").read_text()
