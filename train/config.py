@@ -134,6 +134,9 @@ class StageConfig:
     cfg_max: float = 1.0
     ema_decay: float = 0.95  # target network = EMA of the LoRA weights; 0 = the online student
     noise_perturbation: float = 0.0  # eps + gamma * xi on the forward noise
+    # > 0 (tscd only): train on this many of the guided teacher's own trajectories from pure noise
+    # instead of noised data (train/trajectories.py); each row: a segment start -> its edge
+    trajectories: int = 0
     options: dict = field(default_factory=dict)  # free-form options for stage plugins
 
 
@@ -346,6 +349,12 @@ def config_problems(cfg: TrainConfig) -> list[str]:
             f"{w}: cfg_min ({s.cfg_min}) > cfg_max ({s.cfg_max})",
         )
         pos(s.noise_perturbation, f"{w}: noise_perturbation", zero_ok=True)
+        need(
+            isinstance(s.trajectories, int) and s.trajectories >= 0,
+            f"{w}: trajectories must be an integer >= 0, got {s.trajectories!r}",
+        )
+        if isinstance(s.trajectories, int) and s.trajectories > 0:
+            need(s.name == "tscd", f"{w}: trajectories is a tscd stage option (the {s.name} stage trains on data)")
     steps_list(cfg.sample.steps, "sample.steps")
     steps_list(cfg.eval.steps, "eval.steps")
     in_unit(cfg.sample.eta, "sample.eta")

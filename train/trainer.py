@@ -159,6 +159,7 @@ class Trainer:
             weight_dtype=self.weight_dtype,
             extras=dict(m.extras),
             encode=self.conditioner.encode,
+            next_batch=self.source.next_batch,
         )
         return self.ctx
 

@@ -39,6 +39,7 @@ class StageContext:
     weight_dtype: torch.dtype = torch.float32
     extras: dict = field(default_factory=dict)  # e.g. "classifier" for the embedded model
     encode: Callable[[list[str]], tuple[torch.Tensor, dict | None]] | None = None  # prompts -> (cond, added cond)
+    next_batch: Callable[[], Batch] | None = None  # the next training batch (a stage's own extra draws)
     # `with ctx.phase("name"):` marks a part of a step for profilers (memory, time); a no-op by default
     phase: Callable[[str], contextlib.AbstractContextManager] = lambda name: contextlib.nullcontext()
 

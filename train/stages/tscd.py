@@ -5,6 +5,10 @@ The per-sample math is hypersd_core.tscd; this file wires models and optimizers 
 from __future__ import annotations
 
 import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.func import functional_call
@@ -13,6 +17,7 @@ from hypersd_core.losses import adversarial_d_loss, adversarial_g_loss, consiste
 from hypersd_core.parameterization import add_noise
 from hypersd_core.segments import SegmentGrid
 from hypersd_core.tscd import (
+    TSCDTimesteps,
     adversarial_timesteps,
     consistency_target,
     mixed_tscd_timesteps,
@@ -26,6 +31,7 @@ from hypersd_core.tscd import (
 from ..checkpoint import load_optimizer_tensors, optimizer_tensors
 from ..discriminator import FeatureDiscriminator, feature_channels, teacher_features
 from ..lora import LoraEMA
+from ..trajectories import TrajectoryBank, build_bank, record_indices
 from . import register_stage
 from .base import Batch, Stage
 
@@ -42,6 +48,17 @@ def _unet_kw(added: dict | None) -> dict:
     return {"added_cond_kwargs": added} if added else {}
 
 
+@dataclass
+class BankRows(Batch):
+    """A batch drawn from the teacher's trajectory bank: ``x0`` the trajectories' clean ends,
+    ``x_t`` their points at the rows' segment starts, ``target`` at the segments' edges."""
+
+    x_t: torch.Tensor | None = None
+    target: torch.Tensor | None = None
+    ts: TSCDTimesteps | None = None
+    segments: torch.Tensor | None = None
+
+
 @register_stage("tscd")
 class TSCDStage(Stage):
     def setup(self) -> None:
@@ -50,12 +67,81 @@ class TSCDStage(Stage):
         self.keep_grids = [
             SegmentGrid(ctx.config.solver_steps, k, ctx.config.num_train_timesteps) for k in cfg.keep_segments
         ]
-        self.ema = LoraEMA(ctx.base_unet, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        # the target network (an EMA of the LoRA); trajectory rows need none (their target is the teacher's)
+        self.ema = LoraEMA(ctx.base_unet, cfg.ema_decay) if cfg.ema_decay > 0 and not cfg.trajectories else None
         self.disc = self.d_opt = None
         if cfg.adv_weight > 0:
             self.disc = FeatureDiscriminator(feature_channels(ctx.base_unet)).to(ctx.device)
             opt = torch.optim.AdamW(self.disc.parameters(), lr=ctx.config.optim.disc_lr, betas=(0.0, 0.99))
             self.disc_wrapped, self.d_opt = ctx.accelerator.prepare(self.disc, opt)
+        self.bank = self._bank() if cfg.trajectories > 0 else None
+
+    def _segment_counts(self) -> list[int]:
+        kept = self.cfg.keep_segments if self.cfg.keep_fraction > 0 else []
+        return [self.cfg.segments, *kept]
+
+    def _bank(self) -> TrajectoryBank:
+        """This process's share of the stage's trajectory bank: read back from the output folder
+        (a resumed run), else built from the teacher and written there."""
+        ctx, acc = self.ctx, self.ctx.accelerator
+        finest = math.lcm(*self._segment_counts())
+        count = -(-self.cfg.trajectories // acc.num_processes)
+        path = Path(ctx.output_dir) / "trajectories" / f"stage{self.index + 1}_rank{acc.process_index}.safetensors"
+        if path.is_file():
+            bank = TrajectoryBank.load(path)
+            if bank.size != count or bank.finest != finest:
+                raise ValueError(
+                    f"{path} holds {bank.size} trajectories of {bank.finest} segments, this stage needs "
+                    f"{count} of {finest}; was the config changed since? train again with --overwrite"
+                )
+            return bank
+        say = print if acc.is_main_process else (lambda *a, **k: None)
+        t0 = time.time()
+        say(
+            f"stage {self.index + 1}: building {count} guided teacher trajectories per process "
+            f"({ctx.config.solver_steps} steps each)",
+            flush=True,
+        )
+        bank = build_bank(self, count, finest)
+        bank.save(path)
+        say(f"stage {self.index + 1}: trajectory bank built in {time.time() - t0:.0f} s ({path.parent})", flush=True)
+        return bank
+
+    def _keep_draw(self, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Which rows train an earlier stage's segmentation (a keep_fraction share) and which one
+        (an index into keep_segments); None when the stage keeps none."""
+        if not (self.keep_grids and self.cfg.keep_fraction > 0):
+            return None
+        kept = torch.rand(n, generator=self.ctx.generator) < self.cfg.keep_fraction
+        return kept, torch.randint(0, len(self.keep_grids), (n,), generator=self.ctx.generator)
+
+    def bank_rows(self, batch: Batch) -> BankRows:
+        """Rows from the trajectory bank, as many as ``batch`` has (its own samples are not used)."""
+        ctx, cfg, bank = self.ctx, self.cfg, self.bank
+        n = batch.x0.shape[0]
+        segments = torch.full((n,), cfg.segments, dtype=torch.long)
+        keeping = self._keep_draw(n)
+        if keeping is not None:
+            kept, pick = keeping
+            segments = torch.where(kept, torch.tensor(cfg.keep_segments)[pick], segments)
+        x_t, target, start, edge, traj = bank.draw(n, segments, ctx.generator)
+        grid = SegmentGrid(ctx.config.solver_steps, bank.finest, ctx.config.num_train_timesteps)
+        grid_index = torch.tensor(record_indices(grid, bank.finest))
+        t, t_edge = bank.timesteps[start], bank.timesteps[edge]
+        ts = TSCDTimesteps(grid_index[start], t, t_edge, t_edge, torch.ones(n, dtype=torch.bool))
+        ts = type(ts)(*(v.to(ctx.device) for v in (ts.index, ts.t, ts.t_prev, ts.t_edge, ts.boundary)))
+        cond, added = bank.rows(traj, ctx.device)
+        dev = lambda v: v.to(ctx.device, torch.float32)  # noqa: E731
+        return BankRows(
+            x0=dev(bank.x[-1, traj]),
+            cond=cond.to(batch.cond.dtype),
+            prompts=[],
+            added_cond=added,
+            x_t=dev(x_t),
+            target=dev(target),
+            ts=ts,
+            segments=segments.to(ctx.device) if keeping is not None else None,
+        )
 
     # -- pieces -------------------------------------------------------------------------------
     def _randn(self, like: torch.Tensor) -> torch.Tensor:
@@ -135,13 +221,23 @@ class TSCDStage(Stage):
         """TSCD's consistency loss: (loss, logs, the step's pieces the other terms reuse)."""
         ctx, cfg = self.ctx, self.cfg
         x0 = batch.x0.float()
+        if isinstance(batch, BankRows):  # the teacher's own trajectory: input and target from the bank
+            out = ctx.unet(
+                batch.x_t.to(ctx.weight_dtype),
+                batch.ts.t,
+                encoder_hidden_states=batch.cond,
+                **_unet_kw(batch.added_cond),
+            ).sample
+            pred = student_edge_prediction(out.float(), batch.x_t, batch.ts, ctx.schedule, ctx.prediction_type)
+            l_cd = consistency_loss(pred, batch.target, cfg.loss, cfg.huber_c)
+            pieces = {"x0": x0, "ts": batch.ts, "segments": batch.segments, "pred": pred, "target": batch.target}
+            return l_cd, {"loss/consistency": l_cd.detach()}, pieces
         n = x0.shape[0]
         index = self.grid.sample_indices(n, ctx.generator)
         segments = None
-        if self.keep_grids and cfg.keep_fraction > 0:
-            # a keep_fraction share of the batch trains an earlier stage's segmentation
-            kept = torch.rand(n, generator=ctx.generator) < cfg.keep_fraction
-            pick = torch.randint(0, len(self.keep_grids), (n,), generator=ctx.generator)
+        keeping = self._keep_draw(n)
+        if keeping is not None:
+            kept, pick = keeping
             ts, segments = mixed_tscd_timesteps([self.grid, *self.keep_grids], index, torch.where(kept, pick + 1, 0))
         else:
             ts = tscd_timesteps(self.grid, index)
@@ -208,6 +304,8 @@ class TSCDStage(Stage):
 
     # -- the step -------------------------------------------------------------------------------
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+        if self.bank is not None:
+            batch = self.bank_rows(batch)
         with self.ctx.accelerator.autocast():
             loss, logs, pieces = self.tscd_loss(batch)
         self.ctx.step_lora(loss, self.ctx.config.optim.max_grad_norm)
