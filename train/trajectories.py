@@ -84,9 +84,10 @@ def record_indices(grid: SegmentGrid, finest: int) -> list[int]:
 
 
 @torch.no_grad()
-def build_bank(stage, count: int, finest: int) -> TrajectoryBank:
+def build_bank(stage, count: int, finest: int, report=None) -> TrajectoryBank:
     """``count`` guided teacher trajectories from pure noise, drawing prompts from the stage's data
-    (``ctx.next_batch``) and noise and guidance from the stage's generator."""
+    (``ctx.next_batch``) and noise and guidance from the stage's generator; ``report(line)`` is
+    called at each quarter done."""
     ctx = stage.ctx
     grid = SegmentGrid(ctx.config.solver_steps, finest, ctx.config.num_train_timesteps)
     keep = record_indices(grid, finest)
@@ -109,6 +110,8 @@ def build_bank(stage, count: int, finest: int) -> TrajectoryBank:
         xs.append(torch.stack(rec))
         conds.append(cond.detach().cpu())
         addeds.append(None if added is None else {k: v.detach().cpu() for k, v in added.items()})
+        if report is not None and (4 * have) // count < (4 * (have + n)) // count:
+            report(f"  {have + n} / {count} trajectories")
         have += n
     added = None if addeds[0] is None else {k: torch.cat([a[k] for a in addeds]) for k in addeds[0]}
     timesteps = torch.tensor([int(grid.timestep(i)) for i in keep])

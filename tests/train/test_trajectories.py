@@ -7,7 +7,7 @@ import torch
 
 from hypersd_core.segments import SegmentGrid
 from train.config import ConfigError, load_config
-from train.trajectories import TrajectoryBank, record_indices
+from train.trajectories import TrajectoryBank, build_bank, record_indices
 
 
 def test_record_indices_are_the_segment_starts_then_clean():
@@ -79,6 +79,11 @@ def test_a_resumed_stage_reads_its_bank_back_and_a_changed_one_is_refused(bank_r
     stage = get_stage("tscd")(trainer.ctx, scfg, 0)
     stage.setup()  # the file exists: read, not rebuilt
     assert torch.equal(stage.bank.x, before.x) and torch.equal(stage.bank.cond, before.cond)
+    lines = []
+    assert build_bank(stage, 5, 4, report=lines.append).size == 5 and lines == [
+        "  4 / 5 trajectories",
+        "  5 / 5 trajectories",
+    ]
     rows = stage.bank_rows(trainer.source.next_batch())
     assert rows.x_t.shape == rows.target.shape == rows.x0.shape and bool(rows.ts.boundary.all())
     scfg.trajectories = 8

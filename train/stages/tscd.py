@@ -102,7 +102,7 @@ class TSCDStage(Stage):
             f"({ctx.config.solver_steps} steps each)",
             flush=True,
         )
-        bank = build_bank(self, count, finest)
+        bank = build_bank(self, count, finest, report=lambda line: say(line, flush=True))
         bank.save(path)
         say(f"stage {self.index + 1}: trajectory bank built in {time.time() - t0:.0f} s ({path.parent})", flush=True)
         return bank
