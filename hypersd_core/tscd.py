@@ -28,6 +28,9 @@ class TSCDTimesteps:
     t_edge: torch.Tensor  # tau_{e-1}
     boundary: torch.Tensor  # bool: t_prev == t_edge
 
+    def to(self, device) -> "TSCDTimesteps":
+        return TSCDTimesteps(*(v.to(device) for v in (self.index, self.t, self.t_prev, self.t_edge, self.boundary)))
+
 
 def tscd_timesteps(grid: SegmentGrid, index: torch.Tensor) -> TSCDTimesteps:
     """Timesteps of grid indices ``index`` (an int64 tensor)."""

@@ -103,7 +103,7 @@ def build_bank(stage, count: int, finest: int, report=None) -> TrajectoryBank:
         for i in range(grid.num_solver_steps - 1, -1, -1):
             index = torch.full((n,), i, dtype=torch.long)
             ts = tscd_timesteps(grid, index)
-            ts = type(ts)(*(v.to(ctx.device) for v in (ts.index, ts.t, ts.t_prev, ts.t_edge, ts.boundary)))
+            ts = ts.to(ctx.device)
             x = stage._teacher_step(x.to(ctx.weight_dtype), ts, cond, added, w).float()
             if i - 1 in keep:
                 rec.append(x.cpu())

@@ -7,6 +7,7 @@ import torch
 
 from hypersd_core.segments import SegmentGrid
 from train.config import ConfigError, load_config
+from train.errors import ResumeError
 from train.trajectories import TrajectoryBank, build_bank, record_indices
 
 
@@ -88,7 +89,7 @@ def test_a_resumed_stage_reads_its_bank_back_and_a_changed_one_is_refused(bank_r
     assert rows.x_t.shape == rows.target.shape == rows.x0.shape and bool(rows.ts.boundary.all())
     scfg.trajectories = 8
     try:
-        with pytest.raises(ValueError, match="holds 6 trajectories of 4 segments, this stage needs 8 of 4"):
+        with pytest.raises(ResumeError, match="holds 6 trajectories of 4 segments, this stage needs 8 of 4"):
             get_stage("tscd")(trainer.ctx, scfg, 0).setup()
     finally:
         scfg.trajectories = 6

@@ -29,6 +29,7 @@ from hypersd_core.tscd import (
 )
 
 from ..checkpoint import load_optimizer_tensors, optimizer_tensors
+from ..errors import ResumeError
 from ..discriminator import FeatureDiscriminator, feature_channels, teacher_features
 from ..lora import LoraEMA
 from ..trajectories import TrajectoryBank, build_bank, record_indices
@@ -75,6 +76,9 @@ class TSCDStage(Stage):
             opt = torch.optim.AdamW(self.disc.parameters(), lr=ctx.config.optim.disc_lr, betas=(0.0, 0.99))
             self.disc_wrapped, self.d_opt = ctx.accelerator.prepare(self.disc, opt)
         self.bank = self._bank() if cfg.trajectories > 0 else None
+        if self.bank is not None:  # the solver-grid index of each record
+            grid = SegmentGrid(ctx.config.solver_steps, self.bank.finest, ctx.config.num_train_timesteps)
+            self.bank_index = torch.tensor(record_indices(grid, self.bank.finest))
 
     def _segment_counts(self) -> list[int]:
         kept = self.cfg.keep_segments if self.cfg.keep_fraction > 0 else []
@@ -90,7 +94,7 @@ class TSCDStage(Stage):
         if path.is_file():
             bank = TrajectoryBank.load(path)
             if bank.size != count or bank.finest != finest:
-                raise ValueError(
+                raise ResumeError(
                     f"{path} holds {bank.size} trajectories of {bank.finest} segments, this stage needs "
                     f"{count} of {finest}; was the config changed since? train again with --overwrite"
                 )
@@ -125,11 +129,8 @@ class TSCDStage(Stage):
             kept, pick = keeping
             segments = torch.where(kept, torch.tensor(cfg.keep_segments)[pick], segments)
         x_t, target, start, edge, traj = bank.draw(n, segments, ctx.generator)
-        grid = SegmentGrid(ctx.config.solver_steps, bank.finest, ctx.config.num_train_timesteps)
-        grid_index = torch.tensor(record_indices(grid, bank.finest))
         t, t_edge = bank.timesteps[start], bank.timesteps[edge]
-        ts = TSCDTimesteps(grid_index[start], t, t_edge, t_edge, torch.ones(n, dtype=torch.bool))
-        ts = type(ts)(*(v.to(ctx.device) for v in (ts.index, ts.t, ts.t_prev, ts.t_edge, ts.boundary)))
+        ts = TSCDTimesteps(self.bank_index[start], t, t_edge, t_edge, torch.ones(n, dtype=torch.bool)).to(ctx.device)
         cond, added = bank.rows(traj, ctx.device)
         dev = lambda v: v.to(ctx.device, torch.float32)  # noqa: E731
         return BankRows(
@@ -241,7 +242,7 @@ class TSCDStage(Stage):
             ts, segments = mixed_tscd_timesteps([self.grid, *self.keep_grids], index, torch.where(kept, pick + 1, 0))
         else:
             ts = tscd_timesteps(self.grid, index)
-        ts = type(ts)(*(v.to(ctx.device) for v in (ts.index, ts.t, ts.t_prev, ts.t_edge, ts.boundary)))
+        ts = ts.to(ctx.device)
         noise = perturb_noise(self._randn(x0), cfg.noise_perturbation, ctx.generator)
         a, s = ctx.schedule.alpha_sigma(ts.t, device=ctx.device)
         x_t = add_noise(x0, noise, a, s)
