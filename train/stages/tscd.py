@@ -217,19 +217,21 @@ class TSCDStage(Stage):
         params = {k: v.detach() for k, v in self.disc.named_parameters()}
         return functional_call(self.disc, params, (feats,))
 
+    def _student_edge(self, x_t, ts, batch: Batch) -> torch.Tensor:
+        """The student (with gradients) at t, jumped to its segment edge."""
+        ctx = self.ctx
+        out = ctx.unet(
+            x_t.to(ctx.weight_dtype), ts.t, encoder_hidden_states=batch.cond, **_unet_kw(batch.added_cond)
+        ).sample
+        return student_edge_prediction(out.float(), x_t, ts, ctx.schedule, ctx.prediction_type)
+
     # -- the loss terms ---------------------------------------------------------------------------
     def consistency_term(self, batch: Batch) -> tuple[torch.Tensor, dict, dict]:
         """TSCD's consistency loss: (loss, logs, the step's pieces the other terms reuse)."""
         ctx, cfg = self.ctx, self.cfg
         x0 = batch.x0.float()
         if isinstance(batch, BankRows):  # the teacher's own trajectory: input and target from the bank
-            out = ctx.unet(
-                batch.x_t.to(ctx.weight_dtype),
-                batch.ts.t,
-                encoder_hidden_states=batch.cond,
-                **_unet_kw(batch.added_cond),
-            ).sample
-            pred = student_edge_prediction(out.float(), batch.x_t, batch.ts, ctx.schedule, ctx.prediction_type)
+            pred = self._student_edge(batch.x_t, batch.ts, batch)
             l_cd = consistency_loss(pred, batch.target, cfg.loss, cfg.huber_c)
             pieces = {"x0": x0, "ts": batch.ts, "segments": batch.segments, "pred": pred, "target": batch.target}
             return l_cd, {"loss/consistency": l_cd.detach()}, pieces
@@ -249,10 +251,7 @@ class TSCDStage(Stage):
         w = self._guidance(n)
         x_prev = self._teacher_step(x_t.to(ctx.weight_dtype), ts, batch.cond, batch.added_cond, w)
         target = self._target(x_prev, ts, batch.cond, batch.added_cond)
-        out = ctx.unet(
-            x_t.to(ctx.weight_dtype), ts.t, encoder_hidden_states=batch.cond, **_unet_kw(batch.added_cond)
-        ).sample
-        pred = student_edge_prediction(out.float(), x_t, ts, ctx.schedule, ctx.prediction_type)
+        pred = self._student_edge(x_t, ts, batch)
         l_cd = consistency_loss(pred, target, cfg.loss, cfg.huber_c)
         pieces = {"x0": x0, "ts": ts, "segments": segments, "pred": pred, "target": target}
         return l_cd, {"loss/consistency": l_cd.detach()}, pieces
