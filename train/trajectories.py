@@ -31,6 +31,8 @@ class TrajectoryBank:
     timesteps: torch.Tensor
     cond: torch.Tensor
     added: dict | None = None
+    # how it was built (solver_steps, cfg_min, cfg_max), so a later stage can tell whether it may reuse it
+    made: dict | None = None
 
     @property
     def size(self) -> int:
@@ -65,7 +67,8 @@ class TrajectoryBank:
 
         t = {"x": self.x.contiguous(), "timesteps": self.timesteps.contiguous(), "cond": self.cond.contiguous()}
         t.update({f"added.{k}": v.contiguous() for k, v in (self.added or {}).items()})
-        atomic_write(str(path), lambda tmp: save_file(t, tmp))
+        meta = {k: str(v) for k, v in (self.made or {}).items()}
+        atomic_write(str(path), lambda tmp: save_file(t, tmp, metadata=meta))
 
     @classmethod
     def load(cls, path: Path) -> "TrajectoryBank":
@@ -73,7 +76,20 @@ class TrajectoryBank:
 
         t = load_file(str(path))
         added = {k[6:]: v for k, v in t.items() if k.startswith("added.")} or None
-        return cls(t["x"], t["timesteps"], t["cond"], added)
+        return cls(t["x"], t["timesteps"], t["cond"], added, made_of(path))
+
+
+def made_of(path: Path) -> dict:
+    """How the bank at ``path`` was built ({} for a bank written without that record)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    out = {}
+    for key, kind in (("solver_steps", int), ("cfg_min", float), ("cfg_max", float)):
+        if key in meta:
+            out[key] = kind(meta[key])
+    return out
 
 
 def record_indices(grid: SegmentGrid, finest: int) -> list[int]:
@@ -115,4 +131,5 @@ def build_bank(stage, count: int, finest: int, report=None) -> TrajectoryBank:
         have += n
     added = None if addeds[0] is None else {k: torch.cat([a[k] for a in addeds]) for k in addeds[0]}
     timesteps = torch.tensor([int(grid.timestep(i)) for i in keep])
-    return TrajectoryBank(torch.cat(xs, 1), timesteps, torch.cat(conds), added)
+    made = {"solver_steps": ctx.config.solver_steps, "cfg_min": stage.cfg.cfg_min, "cfg_max": stage.cfg.cfg_max}
+    return TrajectoryBank(torch.cat(xs, 1), timesteps, torch.cat(conds), added, made)

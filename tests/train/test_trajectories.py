@@ -35,7 +35,12 @@ def bank_run(tmp_path_factory, tokenizer_path):
     from train.trainer import Trainer
 
     out = tmp_path_factory.mktemp("bank_run")
-    stages = '[{"name": "tscd", "segments": 2, "steps": 2, "loss": "mse", "cfg_min": 2.0, "cfg_max": 2.0, "trajectories": 6, "keep_segments": [4], "keep_fraction": 0.5, "adv_weight": 0.1}]'
+    # stage 2 can train on stage 1's bank (same N and guidance, its edges among stage 1's); stage 3 cannot
+    stages = (
+        '[{"name": "tscd", "segments": 2, "steps": 2, "loss": "mse", "cfg_min": 2.0, "cfg_max": 2.0, "trajectories": 6, "keep_segments": [4], "keep_fraction": 0.5, "adv_weight": 0.1},'
+        ' {"name": "tscd", "segments": 1, "steps": 1, "loss": "mse", "cfg_min": 2.0, "cfg_max": 2.0, "trajectories": 6},'
+        ' {"name": "tscd", "segments": 1, "steps": 1, "loss": "mse", "cfg_min": 2.0, "cfg_max": 2.5, "trajectories": 6}]'
+    )
     cfg = load_config(
         "tiny-test",
         overrides=[f"output={out}", f"model.tokenizer_path={tokenizer_path}", "eval.enabled=false", f"stages={stages}"],
@@ -91,6 +96,33 @@ def test_a_resumed_stage_reads_its_bank_back_and_a_changed_one_is_refused(bank_r
     try:
         with pytest.raises(ResumeError, match="holds 6 trajectories of 4 segments, this stage needs 8 of 4"):
             get_stage("tscd")(trainer.ctx, scfg, 0).setup()
+    finally:
+        scfg.trajectories = 6
+
+
+def test_a_later_stage_trains_on_an_earlier_stages_bank_when_it_can(bank_run):
+    from train.stages import get_stage
+    from train.trajectories import made_of
+
+    trainer, _, out = bank_run
+    folder = out / "trajectories"
+    assert sorted(p.name for p in folder.iterdir()) == ["stage1_rank0.safetensors", "stage3_rank0.safetensors"]
+    first = TrajectoryBank.load(folder / "stage1_rank0.safetensors")
+    assert (
+        first.made
+        == made_of(folder / "stage1_rank0.safetensors")
+        == {"solver_steps": 8, "cfg_min": 2.0, "cfg_max": 2.0}
+    )
+    assert TrajectoryBank.load(folder / "stage3_rank0.safetensors").made["cfg_max"] == 2.5
+    second = get_stage("tscd")(trainer.ctx, trainer.cfg.stages[1], 1)
+    second.setup()  # resumed: still stage 1's bank, 4 segments recorded, drawn as one
+    assert torch.equal(second.bank.x, first.x) and second.bank.finest == 4
+    rows = second.bank_rows(trainer.source.next_batch())
+    assert bool((rows.ts.t == first.timesteps[0]).all()) and torch.equal(rows.target, rows.x0)
+    scfg = trainer.cfg.stages[1]
+    scfg.trajectories = 5  # another N: not stage 1's bank, a new one
+    try:
+        assert get_stage("tscd")(trainer.ctx, scfg, 1)._earlier_bank(5, 1) is None
     finally:
         scfg.trajectories = 6
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch.func import functional_call
 
 from hypersd_core.losses import adversarial_d_loss, adversarial_g_loss, consistency_loss
@@ -32,7 +33,7 @@ from ..checkpoint import load_optimizer_tensors, optimizer_tensors
 from ..errors import ResumeError
 from ..discriminator import FeatureDiscriminator, feature_channels, teacher_features
 from ..lora import LoraEMA
-from ..trajectories import TrajectoryBank, build_bank, record_indices
+from ..trajectories import TrajectoryBank, build_bank, made_of, record_indices
 from . import register_stage
 from .base import Batch, Stage
 
@@ -100,6 +101,10 @@ class TSCDStage(Stage):
                 )
             return bank
         say = print if acc.is_main_process else (lambda *a, **k: None)
+        earlier = self._earlier_bank(count, finest)
+        if earlier is not None:
+            say(f"stage {self.index + 1}: training on {earlier.parent.name}/{earlier.name} (the same teacher runs)")
+            return TrajectoryBank.load(earlier)
         t0 = time.time()
         say(
             f"stage {self.index + 1}: building {count} guided teacher trajectories per process "
@@ -110,6 +115,23 @@ class TSCDStage(Stage):
         bank.save(path)
         say(f"stage {self.index + 1}: trajectory bank built in {time.time() - t0:.0f} s ({path.parent})", flush=True)
         return bank
+
+    def _earlier_bank(self, count: int, finest: int) -> Path | None:
+        """An earlier stage's bank that this stage can train on as it is: the same number of trajectories,
+        solver grid and guidance range, recorded at edges that include this stage's (the nearest
+        stage first). Its trajectories do not depend on the LoRA, so one bank serves 8 -> 4 -> 2 -> 1."""
+        ctx = self.ctx
+        want = {"solver_steps": ctx.config.solver_steps, "cfg_min": self.cfg.cfg_min, "cfg_max": self.cfg.cfg_max}
+        rank = ctx.accelerator.process_index
+        for j in range(self.index, 0, -1):
+            path = Path(ctx.output_dir) / "trajectories" / f"stage{j}_rank{rank}.safetensors"
+            if not path.is_file() or made_of(path) != want:
+                continue
+            with safe_open(str(path), framework="pt") as f:
+                shape = f.get_slice("x").get_shape()
+            if shape[1] == count and (shape[0] - 1) % finest == 0:
+                return path
+        return None
 
     def _keep_draw(self, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Which rows train an earlier stage's segmentation (a keep_fraction share) and which one
