@@ -284,7 +284,7 @@ class Trainer:
             for step in range(start, scfg.steps):
                 lr = lr_scheduler.get_last_lr()[0]
                 for _ in range(cfg.grad_accum):
-                    batch = self.source.next_batch()
+                    batch = self.source.next_batch() if stage.wants_data else None
                     with acc.accumulate(self.unet):
                         logs = stage.train_step(batch, step)
                     self._check_finite(logs, idx, step, lr)

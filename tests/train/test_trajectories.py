@@ -45,8 +45,15 @@ def bank_run(tmp_path_factory, tokenizer_path):
         "tiny-test",
         overrides=[f"output={out}", f"model.tokenizer_path={tokenizer_path}", "eval.enabled=false", f"stages={stages}"],
     )
-    trainer = Trainer(cfg)
-    results = trainer.run()
+    from train.data.source import DigitSource
+
+    trainer, fetched, next_batch = Trainer(cfg), [], DigitSource.next_batch
+    DigitSource.next_batch = lambda self: fetched.append(1) or next_batch(self)
+    try:
+        results = trainer.run()
+    finally:
+        DigitSource.next_batch = next_batch
+    trainer.fetched = len(fetched)
     return trainer, results, out
 
 
@@ -90,7 +97,7 @@ def test_a_resumed_stage_reads_its_bank_back_and_a_changed_one_is_refused(bank_r
         "  4 / 5 trajectories",
         "  5 / 5 trajectories",
     ]
-    rows = stage.bank_rows(trainer.source.next_batch())
+    rows = stage.bank_rows(3)
     assert rows.x_t.shape == rows.target.shape == rows.x0.shape and bool(rows.ts.boundary.all())
     scfg.trajectories = 8
     try:
@@ -114,10 +121,13 @@ def test_a_later_stage_trains_on_an_earlier_stages_bank_when_it_can(bank_run):
         == {"solver_steps": 8, "cfg_min": 2.0, "cfg_max": 2.0}
     )
     assert TrajectoryBank.load(folder / "stage3_rank0.safetensors").made["cfg_max"] == 2.5
+    # prompts for the two banks (6 trajectories, batches of 4), none for the 4 training steps
+    assert trainer.fetched == 4
     second = get_stage("tscd")(trainer.ctx, trainer.cfg.stages[1], 1)
     second.setup()  # resumed: still stage 1's bank, 4 segments recorded, drawn as one
+    assert not second.wants_data and get_stage("tscd")(trainer.ctx, trainer.cfg.stages[1].__class__(), 0).wants_data
     assert torch.equal(second.bank.x, first.x) and second.bank.finest == 4
-    rows = second.bank_rows(trainer.source.next_batch())
+    rows = second.bank_rows(3)
     assert bool((rows.ts.t == first.timesteps[0]).all()) and torch.equal(rows.target, rows.x0)
     scfg = trainer.cfg.stages[1]
     scfg.trajectories = 5  # another N: not stage 1's bank, a new one

@@ -73,7 +73,12 @@ class Stage:
     def setup(self) -> None:
         """Build extra modules/optimizers (after the LoRA exists, before a resume loads state)."""
 
-    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+    @property
+    def wants_data(self) -> bool:
+        """Whether train_step reads a data batch; when False the trainer fetches none and passes None."""
+        return True
+
+    def train_step(self, batch: Batch | None, step: int) -> dict[str, float]:
         """One optimizer step (including backward and optimizer steps); returns scalars to log."""
         raise NotImplementedError
 

@@ -141,10 +141,13 @@ class TSCDStage(Stage):
         kept = torch.rand(n, generator=self.ctx.generator) < self.cfg.keep_fraction
         return kept, torch.randint(0, len(self.keep_grids), (n,), generator=self.ctx.generator)
 
-    def bank_rows(self, batch: Batch) -> BankRows:
-        """Rows from the trajectory bank, as many as ``batch`` has (its own samples are not used)."""
+    @property
+    def wants_data(self) -> bool:
+        return not self.cfg.trajectories  # trajectory rows come from the bank, not the data source
+
+    def bank_rows(self, n: int) -> BankRows:
+        """``n`` rows from the trajectory bank."""
         ctx, cfg, bank = self.ctx, self.cfg, self.bank
-        n = batch.x0.shape[0]
         segments = torch.full((n,), cfg.segments, dtype=torch.long)
         keeping = self._keep_draw(n)
         if keeping is not None:
@@ -157,7 +160,7 @@ class TSCDStage(Stage):
         dev = lambda v: v.to(ctx.device, torch.float32)  # noqa: E731
         return BankRows(
             x0=dev(bank.x[-1, traj]),
-            cond=cond.to(batch.cond.dtype),
+            cond=cond,
             prompts=[],
             added_cond=added,
             x_t=dev(x_t),
@@ -325,9 +328,9 @@ class TSCDStage(Stage):
         return {"loss/adv_d": l_d.detach()}
 
     # -- the step -------------------------------------------------------------------------------
-    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+    def train_step(self, batch: Batch | None, step: int) -> dict[str, float]:
         if self.bank is not None:
-            batch = self.bank_rows(batch)
+            batch = self.bank_rows(self.ctx.config.data.batch_size)
         with self.ctx.accelerator.autocast():
             loss, logs, pieces = self.tscd_loss(batch)
         self.ctx.step_lora(loss, self.ctx.config.optim.max_grad_norm)
