@@ -11,8 +11,10 @@ Each ``--lora NAME=FILE@STEPS[@ETA[@CFG]]`` is sampled at cfg 1 (one call per st
 given (then two calls a step, as for the teacher); the teacher rows are
 DDIM 1 step at cfg 1 (1 call) and DDIM k steps at cfg 3 (2k calls). Every LoRA row is compared with
 the teacher at its call count: who wins each measure, and the adherence gap in digits with its
-two-sided Fisher exact p-value. Writes results/equal_calls_large_n_embedded.{json,md}. About 10 min
-on one CPU core for the reference and a handful of rows.
+two-sided Fisher exact p-value. ``--match`` also scores the teacher at cfg 3 on the trainer's step
+ladder and gives each LoRA the fewest teacher steps whose trajectory error is as low ("teacher steps
+to match": the speed-up). Writes results/equal_calls_large_n_embedded.{json,md}. About 10 min on one
+CPU core for the reference and a handful of rows.
 """
 
 from __future__ import annotations
@@ -77,12 +79,28 @@ def large_n_evaluator(per_digit: int, cfg: float = CFG, threads: int = 1, model:
     return Evaluator("embedded", per_digit, [EVAL_SEED], REFERENCE, cfg, path=model)
 
 
-def teacher_calls(rows: list[dict]) -> list[tuple[int, float]]:
-    """(steps, cfg) of the teacher rows needed at the LoRA rows' call counts."""
-    from train.evaluate import teacher_at
+def teacher_calls(rows: list[dict], match: bool = False) -> list[tuple[int, float]]:
+    """(steps, cfg) of the teacher rows needed at the LoRA rows' call counts (and, with ``match``,
+    at cfg 3 on the trainer's "steps to match" ladder)."""
+    from train.evaluate import TEACHER_LADDER, teacher_at
 
     need = {at for r in rows if (at := teacher_at(r["calls"], CFG))}
+    if match:
+        need |= {(k, CFG) for k in TEACHER_LADDER}
     return sorted(need, key=lambda t: (2 * t[0] if t[1] != 1 else t[0], t[1]))
+
+
+def to_match(trajectory_error: float, teacher_rows: list[dict]) -> dict:
+    """The fewest teacher DDIM steps at cfg 3 (and their calls) with a trajectory error as low."""
+    from train.evaluate import steps_to_match
+
+    k = steps_to_match({r["name"]: r for r in teacher_rows}, {"trajectory_error": trajectory_error}, CFG)
+    return {"teacher_steps_to_match": k, "teacher_calls_to_match": None if k is None else 2 * k}
+
+
+def match_cell(row: dict) -> str:
+    k = row["teacher_steps_to_match"]
+    return "more than the ladder" if k is None else f"{k} ({row['teacher_calls_to_match']} calls)"
 
 
 def compare(lora: dict, teacher: dict, n: int) -> dict:
@@ -97,10 +115,11 @@ def compare(lora: dict, teacher: dict, n: int) -> dict:
     }
 
 
-def over_seeds(lora_rows: list[dict], comparisons: list[dict]) -> list[dict]:
+def over_seeds(lora_rows: list[dict], comparisons: list[dict], teacher_rows: list[dict] | None = None) -> list[dict]:
     """LoRAs named ``NAME (seed N)`` (one per training seed): per NAME and step count, the mean and
     95 % CI (Student t) of each measure over the seeds, and in how many seeds the LoRA beats the
-    teacher at equal calls on each."""
+    teacher at equal calls on each; with ``teacher_rows`` (``--match``), the teacher steps that
+    match the mean trajectory error."""
     from train.evaluate import JUDGED as DIRECTIONS
 
     from .quality_embedded import summarise
@@ -121,6 +140,8 @@ def over_seeds(lora_rows: list[dict], comparisons: list[dict]) -> list[dict]:
         g["lora_wins_in_seeds"] = {
             measure: sum(bool(wins.get(r["name"], {}).get(measure)) for r in rows) for measure, _ in DIRECTIONS
         }
+        if teacher_rows is not None:
+            g.update(to_match(g["trajectory_error"]["mean"], teacher_rows))
         out.append(g)
     return out
 
@@ -130,6 +151,7 @@ def seeds_table(groups: list[dict]) -> str:
 
     label = {"trajectory_error": "traj. error", "frechet_teacher": "Fréchet → teacher", "adherence": "adherence"}
     heads = [f"{label[m]} {'↑' if up else '↓'}" for m, up in DIRECTIONS]
+    match = bool(groups) and "teacher_steps_to_match" in groups[0]
     return markdown_table(
         [
             "LoRA (mean ± 95 % CI over training seeds)",
@@ -137,6 +159,7 @@ def seeds_table(groups: list[dict]) -> str:
             "seeds",
             *heads,
             "seeds where the LoRA wins (same order)",
+            *(["teacher steps to match (mean traj. error)"] if match else []),
         ],
         [
             [
@@ -145,6 +168,7 @@ def seeds_table(groups: list[dict]) -> str:
                 g["seeds"],
                 *(f"{g[m]['mean']:.3f} ± {g[m]['ci95']:.3f}" for m, _ in DIRECTIONS),
                 " / ".join(str(g["lora_wins_in_seeds"][m]) for m, _ in DIRECTIONS),
+                *([match_cell(g)] if match else []),
             ]
             for g in groups
         ],
@@ -159,6 +183,11 @@ def main(argv=None) -> int:
         "--model",
         default=None,
         help='the embedded teacher: a packaged name ("polarity") or a folder; default: the default',
+    )
+    ap.add_argument(
+        "--match",
+        action="store_true",
+        help="also score the teacher at cfg 3 on the trainer's step ladder: teacher steps to match each LoRA",
     )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(RESULTS_DIR / "equal_calls_large_n_embedded.json"))
@@ -188,7 +217,7 @@ def main(argv=None) -> int:
             calls = 2 * k if cfg != 1 else k  # guidance runs the model twice a step
             add(lora_rows, label, "lora", k, calls, eta, scores, lora=name, cfg=cfg)
     teacher_rows: list[dict] = []
-    for k, w in teacher_calls(lora_rows):
+    for k, w in teacher_calls(lora_rows, a.match):
         add(
             teacher_rows,
             f"teacher DDIM {k} cfg {w:g}",
@@ -197,7 +226,11 @@ def main(argv=None) -> int:
             2 * k if w != 1 else k,
             0.0,
             ev.rows(None, [k], w, 0.0)[k],
+            cfg=w,
         )
+    if a.match:
+        for r in lora_rows:
+            r.update(to_match(r["trajectory_error"], teacher_rows))
     ref = {"name": f"teacher DDIM {REFERENCE} cfg {CFG:g} (reference)", "kind": "reference", "steps": REFERENCE}
     ref.update(calls=2 * REFERENCE, eta=0.0, **judged([ev.score(EVAL_SEED, ev.refs[EVAL_SEED])]))
     by_calls = {r["calls"]: r for r in teacher_rows}
@@ -207,6 +240,8 @@ def main(argv=None) -> int:
         command += f" --per-digit {a.per_digit}"
     if a.model is not None:
         command += f" --model {a.model}"
+    if a.match:
+        command += " --match"
     result = {
         "machine": machine_info(),
         "samples": n,
@@ -216,13 +251,21 @@ def main(argv=None) -> int:
         "reference": ref,
         "rows": [ref, *teacher_rows, *lora_rows],
         "comparisons": comparisons,
-        "over_seeds": over_seeds(lora_rows, comparisons),
+        "over_seeds": over_seeds(lora_rows, comparisons, teacher_rows if a.match else None),
         "command": command,
     }
     write_json(a.out, result)
     table = judged_table(result["rows"], ("sampler", "name"), ("calls", "calls"), frechet_digits=3)
+    named = {r["name"]: r for r in lora_rows}
     verdicts = markdown_table(
-        ["LoRA", "vs teacher at equal calls", "traj. error", "Fréchet → teacher", "adherence (digits of n, p)"],
+        [
+            "LoRA",
+            "vs teacher at equal calls",
+            "traj. error",
+            "Fréchet → teacher",
+            "adherence (digits of n, p)",
+            *(["teacher steps to match (traj. error)"] if a.match else []),
+        ],
         [
             [
                 c["lora"],
@@ -231,6 +274,7 @@ def main(argv=None) -> int:
                 "LoRA" if c["wins"]["frechet_teacher"] else "teacher",
                 f"{'LoRA' if c['wins']['adherence'] else 'teacher'} "
                 f"({c['adherence_digits']['lora_minus_teacher']:+d} of {n}, p={c['adherence_digits']['p']:.3f})",
+                *([match_cell(named[c["lora"]])] if a.match else []),
             ]
             for c in comparisons
         ],

@@ -165,3 +165,37 @@ def test_a_lora_row_with_guidance_costs_two_calls_a_step(tmp_path, fake):
     assert ("a.safetensors", [2], 1.2, 0.0) in fake.calls
     [c] = res["comparisons"]
     assert c["teacher"] == "teacher DDIM 2 cfg 3"  # 4 calls
+
+
+def test_match_gives_the_teacher_steps_with_a_trajectory_error_as_low(tmp_path, stand_in_evaluator):
+    from train.evaluate import TEACHER_LADDER
+
+    stand_in_evaluator(SeededEvaluator)
+    specs = []
+    for seed in range(3):
+        f = tmp_path / f"s{seed}.safetensors"
+        f.write_bytes(b"x")
+        specs += ["--lora", f"k=4 stage (seed {seed})={f}@4"]
+    out = tmp_path / "r.json"
+    assert eq.main([*specs, "--match", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    # the teacher at cfg 3 on the whole ladder (its traj. error: 0.2 / steps)
+    rows = {r["name"]: r for r in res["rows"]}
+    assert {r["steps"] for r in res["rows"] if r["kind"] == "teacher" and r["cfg"] == 3.0} == set(TEACHER_LADDER)
+    # LoRA traj. errors 0.025 / 0.035 / 0.045: the teacher needs 8 / 6 / 6 steps (0.025 / 0.033 / 0.033)
+    got = [rows[f"k=4 stage (seed {s}), 4 steps"]["teacher_steps_to_match"] for s in range(3)]
+    assert got == [8, 6, 6] and rows["k=4 stage (seed 0), 4 steps"]["teacher_calls_to_match"] == 16
+    [g] = res["over_seeds"]
+    assert g["teacher_steps_to_match"] == 6 and g["teacher_calls_to_match"] == 12  # mean 0.035
+    md = out.with_suffix(".md").read_text()
+    assert "| teacher (-30 of 1000, p=0.000) | 8 (16 calls) |" in md and "| 3 / 3 / 0 | 6 (12 calls) |" in md
+    assert res["command"].endswith(" --match")
+
+
+def test_without_match_no_ladder_is_scored(tmp_path, fake):
+    lora = tmp_path / "a.safetensors"
+    lora.write_bytes(b"x")
+    out = tmp_path / "r.json"
+    assert eq.main(["--lora", f"a={lora}@4", "--out", str(out)]) == 0
+    assert [c for c in fake.calls if c[0] is None] == [(None, [2], 3.0, 0.0)]
+    assert "teacher_steps_to_match" not in json.loads(out.read_text())["rows"][-1]
