@@ -132,13 +132,19 @@ class SeededEvaluator(FakeEvaluator):
         return out
 
 
-def test_loras_named_by_seed_are_summarised_over_seeds(tmp_path, stand_in_evaluator):
-    stand_in_evaluator(SeededEvaluator)
+def seeded_loras(tmp_path) -> list[str]:
+    """--lora arguments for one k=4 LoRA file per training seed 0-2 (s0/s1/s2.safetensors)."""
     specs = []
     for seed in range(3):
         f = tmp_path / f"s{seed}.safetensors"
         f.write_bytes(b"x")
         specs += ["--lora", f"k=4 stage (seed {seed})={f}@4"]
+    return specs
+
+
+def test_loras_named_by_seed_are_summarised_over_seeds(tmp_path, stand_in_evaluator):
+    stand_in_evaluator(SeededEvaluator)
+    specs = seeded_loras(tmp_path)
     specs += ["--lora", f"alone={tmp_path / 's0.safetensors'}@4"]
     out = tmp_path / "r.json"
     assert eq.main([*specs, "--out", str(out)]) == 0
@@ -171,11 +177,7 @@ def test_match_gives_the_teacher_steps_with_a_trajectory_error_as_low(tmp_path, 
     from train.evaluate import TEACHER_LADDER
 
     stand_in_evaluator(SeededEvaluator)
-    specs = []
-    for seed in range(3):
-        f = tmp_path / f"s{seed}.safetensors"
-        f.write_bytes(b"x")
-        specs += ["--lora", f"k=4 stage (seed {seed})={f}@4"]
+    specs = seeded_loras(tmp_path)
     out = tmp_path / "r.json"
     assert eq.main([*specs, "--match", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
