@@ -76,20 +76,27 @@ class TrajectoryBank:
 
         t = load_file(str(path))
         added = {k[6:]: v for k, v in t.items() if k.startswith("added.")} or None
-        return cls(t["x"], t["timesteps"], t["cond"], added, made_of(path))
+        return cls(t["x"], t["timesteps"], t["cond"], added, bank_header(path)[0])
 
 
-def made_of(path: Path) -> dict:
-    """How the bank at ``path`` was built ({} for a bank written without that record)."""
+def made_by(stage) -> dict:
+    """What a bank built for ``stage`` depends on besides its count and edges (recorded in its file)."""
+    return {"solver_steps": stage.ctx.config.solver_steps, "cfg_min": stage.cfg.cfg_min, "cfg_max": stage.cfg.cfg_max}
+
+
+def bank_header(path: Path) -> tuple[dict, list[int]]:
+    """How the bank at ``path`` was built ({} for a bank written without that record) and the shape of
+    its ``x`` ([records, trajectories, ...]), without reading the tensors."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
-    out = {}
+        shape = f.get_slice("x").get_shape()
+    made = {}
     for key, kind in (("solver_steps", int), ("cfg_min", float), ("cfg_max", float)):
         if key in meta:
-            out[key] = kind(meta[key])
-    return out
+            made[key] = kind(meta[key])
+    return made, shape
 
 
 def record_indices(grid: SegmentGrid, finest: int) -> list[int]:
@@ -131,5 +138,4 @@ def build_bank(stage, count: int, finest: int, report=None) -> TrajectoryBank:
         have += n
     added = None if addeds[0] is None else {k: torch.cat([a[k] for a in addeds]) for k in addeds[0]}
     timesteps = torch.tensor([int(grid.timestep(i)) for i in keep])
-    made = {"solver_steps": ctx.config.solver_steps, "cfg_min": stage.cfg.cfg_min, "cfg_max": stage.cfg.cfg_max}
-    return TrajectoryBank(torch.cat(xs, 1), timesteps, torch.cat(conds), added, made)
+    return TrajectoryBank(torch.cat(xs, 1), timesteps, torch.cat(conds), added, made_by(stage))

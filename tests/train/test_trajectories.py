@@ -109,7 +109,7 @@ def test_a_resumed_stage_reads_its_bank_back_and_a_changed_one_is_refused(bank_r
 
 def test_a_later_stage_trains_on_an_earlier_stages_bank_when_it_can(bank_run):
     from train.stages import get_stage
-    from train.trajectories import made_of
+    from train.trajectories import bank_header
 
     trainer, _, out = bank_run
     folder = out / "trajectories"
@@ -117,7 +117,7 @@ def test_a_later_stage_trains_on_an_earlier_stages_bank_when_it_can(bank_run):
     first = TrajectoryBank.load(folder / "stage1_rank0.safetensors")
     assert (
         first.made
-        == made_of(folder / "stage1_rank0.safetensors")
+        == bank_header(folder / "stage1_rank0.safetensors")[0]
         == {"solver_steps": 8, "cfg_min": 2.0, "cfg_max": 2.0}
     )
     assert TrajectoryBank.load(folder / "stage3_rank0.safetensors").made["cfg_max"] == 2.5

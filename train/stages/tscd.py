@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch.func import functional_call
 
 from hypersd_core.losses import adversarial_d_loss, adversarial_g_loss, consistency_loss
@@ -33,7 +32,7 @@ from ..checkpoint import load_optimizer_tensors, optimizer_tensors
 from ..errors import ResumeError
 from ..discriminator import FeatureDiscriminator, feature_channels, teacher_features
 from ..lora import LoraEMA
-from ..trajectories import TrajectoryBank, build_bank, made_of, record_indices
+from ..trajectories import TrajectoryBank, bank_header, build_bank, made_by, record_indices
 from . import register_stage
 from .base import Batch, Stage
 
@@ -91,7 +90,7 @@ class TSCDStage(Stage):
         ctx, acc = self.ctx, self.ctx.accelerator
         finest = math.lcm(*self._segment_counts())
         count = -(-self.cfg.trajectories // acc.num_processes)
-        path = Path(ctx.output_dir) / "trajectories" / f"stage{self.index + 1}_rank{acc.process_index}.safetensors"
+        path = self._bank_path(self.index + 1)
         if path.is_file():
             bank = TrajectoryBank.load(path)
             if bank.size != count or bank.finest != finest:
@@ -116,20 +115,21 @@ class TSCDStage(Stage):
         say(f"stage {self.index + 1}: trajectory bank built in {time.time() - t0:.0f} s ({path.parent})", flush=True)
         return bank
 
+    def _bank_path(self, stage_number: int) -> Path:
+        """This process's bank file of stage ``stage_number`` (1-based) in the output folder."""
+        rank = self.ctx.accelerator.process_index
+        return Path(self.ctx.output_dir) / "trajectories" / f"stage{stage_number}_rank{rank}.safetensors"
+
     def _earlier_bank(self, count: int, finest: int) -> Path | None:
         """An earlier stage's bank that this stage can train on as it is: the same number of trajectories,
         solver grid and guidance range, recorded at edges that include this stage's (the nearest
         stage first). Its trajectories do not depend on the LoRA, so one bank serves 8 -> 4 -> 2 -> 1."""
-        ctx = self.ctx
-        want = {"solver_steps": ctx.config.solver_steps, "cfg_min": self.cfg.cfg_min, "cfg_max": self.cfg.cfg_max}
-        rank = ctx.accelerator.process_index
         for j in range(self.index, 0, -1):
-            path = Path(ctx.output_dir) / "trajectories" / f"stage{j}_rank{rank}.safetensors"
-            if not path.is_file() or made_of(path) != want:
+            path = self._bank_path(j)
+            if not path.is_file():
                 continue
-            with safe_open(str(path), framework="pt") as f:
-                shape = f.get_slice("x").get_shape()
-            if shape[1] == count and (shape[0] - 1) % finest == 0:
+            made, shape = bank_header(path)
+            if made == made_by(self) and shape[1] == count and (shape[0] - 1) % finest == 0:
                 return path
         return None
 
